@@ -1,0 +1,204 @@
+// Every token of a training window is a prediction (next-item at all positions), and every
+// row of the loss shares one pool of negatives so the logits are a single GEMM.
+#include "model/retrieval_model.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/sampled_softmax.h"
+
+namespace genrec {
+namespace {
+
+constexpr float kNormEps = 1e-6f;
+constexpr uint64_t kInputDropoutStream = 1u << 20;
+constexpr uint64_t kNegativeStream = 2u << 20;
+
+template <typename T>
+T* grow(std::vector<T>& buffer, int64_t n) {
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// splitmix64 finaliser: decorrelates (seed, step) into one Philox key.
+uint64_t mix(uint64_t seed, int64_t step) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+TokenBatch next_item_batch(const SequenceBatch& batch) {
+  TokenBatch out;
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
+    for (int64_t t = begin; t + 1 < end; ++t) {
+      out.items.push_back(batch.items[t]);
+      out.timestamps.push_back(batch.timestamps[t]);
+      out.targets.push_back(batch.items[t + 1]);
+    }
+    out.offsets.push_back(static_cast<int64_t>(out.items.size()));
+  }
+  return out;
+}
+
+TokenBatch history_batch(const SequenceBatch& batch, std::vector<int64_t>* last_items) {
+  TokenBatch out;
+  last_items->clear();
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
+    GENREC_CHECK(end - begin >= 2, "evaluation window of user {} has {} events; needs 2",
+                 batch.users[b], end - begin);
+    out.items.insert(out.items.end(), batch.items.begin() + begin, batch.items.begin() + end - 1);
+    out.timestamps.insert(out.timestamps.end(), batch.timestamps.begin() + begin,
+                          batch.timestamps.begin() + end - 1);
+    out.offsets.push_back(static_cast<int64_t>(out.items.size()));
+    last_items->push_back(batch.items[end - 1]);
+  }
+  return out;
+}
+
+RetrievalModel::RetrievalModel(const RetrievalConfig& config) : config_(config) {
+  const int64_t D = config.dim;
+  GENREC_CHECK(config.num_items > 0, "model needs num_items > 0");
+  GENREC_CHECK(D > 0 && config.num_layers >= 0 && config.max_len > 0,
+               "model needs dim > 0, num_layers >= 0, max_len > 0");
+  GENREC_CHECK(config.num_negatives > 0 || config.in_batch_negatives,
+               "the loss needs negatives: num_negatives > 0 or in_batch_negatives");
+  GENREC_CHECK(config.temperature > 0.0f, "temperature must be positive");
+  item_table_ = params_.add("item_embedding", {config.num_items + 1, D}, Init::kNormal, 0.02f);
+  position_table_ = params_.add("position_embedding", {config.max_len, D}, Init::kNormal,
+                                1.0f / std::sqrt(static_cast<float>(D)));
+  HstuBlockConfig block{D, config.num_heads, config.dim_qk, config.dim_v, config.dropout,
+                        config.position_bias ? config.max_len : 0,
+                        config.time_bias ? config.num_time_buckets : 0};
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    blocks_.push_back(std::make_unique<HstuBlock>(block, params_, "block" + std::to_string(l),
+                                                  static_cast<uint64_t>(l)));
+  }
+  params_.allocate();
+}
+
+void RetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t seed, int64_t step) {
+  const int64_t T = batch.num_tokens(), D = config_.dim, B = batch.batch_size();
+  const int64_t V = config_.num_items;
+  int64_t* positions = grow(positions_, T);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
+    GENREC_CHECK(end - begin <= config_.max_len, "sequence {} has {} tokens; max_len is {}", b,
+                 end - begin, config_.max_len);
+    for (int64_t t = begin; t < end; ++t) positions[t] = t - begin;
+  }
+  layers_.resize(blocks_.size() + 1);
+  for (auto& layer : layers_) grow(layer, T * D);
+  float* x0 = layers_[0].data();
+  cpu::embedding_gather(x0, params_.value(item_table_), batch.items.data(), T, D, V + 1);
+  const float scale = std::sqrt(static_cast<float>(D));
+  const float* pos = params_.value(position_table_);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < D; ++c) x0[t * D + c] = x0[t * D + c] * scale + pos[positions[t] * D + c];
+  }
+  ctx_ = HstuBatchContext{batch.offsets.data(), B,     T, batch.timestamps.data(),
+                          1.0f / static_cast<float>(config_.max_len), training,
+                          mix(seed, step)};
+  if (training && config_.dropout > 0.0f) {
+    cpu::dropout_forward(x0, x0, T * D, config_.dropout, ctx_.dropout_seed, kInputDropoutStream);
+  }
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    blocks_[l]->forward(layers_[l + 1].data(), layers_[l].data(), ctx_);
+  }
+  cpu::l2_normalize_forward(grow(user_, T * D), grow(inv_norm_user_, T), layers_.back().data(), T,
+                            D, kNormEps);
+}
+
+float RetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
+  const int64_t T = batch.num_tokens(), D = config_.dim, V = config_.num_items;
+  GENREC_CHECK(static_cast<int64_t>(batch.targets.size()) == T, "training batch needs targets");
+  for (int64_t t = 0; t < T; ++t) {
+    GENREC_CHECK(batch.targets[t] >= 1 && batch.targets[t] <= V, "target item {} outside 1..{}",
+                 batch.targets[t], V);
+  }
+  if (T == 0) return 0.0f;
+  encode(batch, /*training=*/true, seed, step);
+
+  // Negative pool: uniform items, then optionally the batch's own targets.
+  const int64_t K_uniform = config_.num_negatives;
+  const int64_t K = K_uniform + (config_.in_batch_negatives ? T : 0);
+  int64_t* negatives = grow(negatives_, K);
+  Philox rng(ctx_.dropout_seed, kNegativeStream);
+  for (int64_t k = 0; k < K_uniform; ++k) negatives[k] = 1 + static_cast<int64_t>(rng.below(V));
+  for (int64_t k = K_uniform; k < K; ++k) negatives[k] = batch.targets[k - K_uniform];
+
+  const float* table = params_.value(item_table_);
+  cpu::embedding_gather(grow(pos_raw_, T * D), table, batch.targets.data(), T, D, V + 1);
+  cpu::l2_normalize_forward(grow(pos_, T * D), grow(inv_norm_pos_, T), pos_raw_.data(), T, D,
+                            kNormEps);
+  cpu::embedding_gather(grow(neg_raw_, K * D), table, negatives, K, D, V + 1);
+  cpu::l2_normalize_forward(grow(neg_, K * D), grow(inv_norm_neg_, K), neg_raw_.data(), K, D,
+                            kNormEps);
+  float loss = cpu::sampled_softmax_forward(grow(probs_, T * (K + 1)), user_.data(), pos_.data(),
+                                            batch.targets.data(), neg_.data(), negatives, T, K, D,
+                                            config_.temperature);
+
+  // Backward: loss → normalised embeddings → raw embeddings and encoder output.
+  float* d_user = grow(d_user_, T * D);
+  float* d_pos = grow(d_pos_, T * D);
+  float* d_neg = grow(d_neg_, K * D);
+  cpu::sampled_softmax_backward(d_user, d_pos, d_neg, probs_.data(), user_.data(), pos_.data(),
+                                neg_.data(), T, K, D, config_.temperature);
+  float* d_table = params_.grad(item_table_);
+  float* d_raw = grow(d_raw_, std::max(T, K) * D);
+  cpu::l2_normalize_backward(d_raw, d_pos, pos_.data(), inv_norm_pos_.data(), T, D);
+  cpu::embedding_scatter_add(d_table, d_raw, batch.targets.data(), T, D, V + 1);
+  cpu::l2_normalize_backward(d_raw, d_neg, neg_.data(), inv_norm_neg_.data(), K, D);
+  cpu::embedding_scatter_add(d_table, d_raw, negatives, K, D, V + 1);
+
+  float* d_a = grow(d_a_, T * D);
+  float* d_b = grow(d_b_, T * D);
+  cpu::l2_normalize_backward(d_a, d_user, user_.data(), inv_norm_user_.data(), T, D);
+  for (int64_t l = static_cast<int64_t>(blocks_.size()) - 1; l >= 0; --l) {
+    blocks_[l]->backward(d_b, d_a, layers_[l].data(), ctx_);
+    std::swap(d_a, d_b);
+  }
+  if (config_.dropout > 0.0f) {
+    cpu::dropout_backward(d_a, d_a, T * D, config_.dropout, ctx_.dropout_seed,
+                          kInputDropoutStream);
+  }
+  float* d_pos_table = params_.grad(position_table_);
+  const float scale = std::sqrt(static_cast<float>(D));
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = d_pos_table + positions_[t] * D;
+    for (int64_t c = 0; c < D; ++c) row[c] += d_a[t * D + c];
+  }
+  for (int64_t i = 0; i < T * D; ++i) d_a[i] *= scale;
+  cpu::embedding_scatter_add(d_table, d_a, batch.items.data(), T, D, V + 1);
+  return loss;
+}
+
+void RetrievalModel::encode_users(const TokenBatch& batch, float* out) {
+  const int64_t D = config_.dim;
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    GENREC_CHECK(batch.offsets[b + 1] > batch.offsets[b], "user {} of the batch has no history",
+                 b);
+  }
+  encode(batch, /*training=*/false, 0, 0);
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    const float* row = user_.data() + (batch.offsets[b + 1] - 1) * D;
+    std::copy(row, row + D, out + b * D);
+  }
+}
+
+void RetrievalModel::item_embeddings(std::vector<float>& out) const {
+  const int64_t V = config_.num_items, D = config_.dim;
+  out.resize(V * D);
+  std::vector<float> inv_norm(V);
+  cpu::l2_normalize_forward(out.data(), inv_norm.data(), params_.value(item_table_) + D, V, D,
+                            kNormEps);
+}
+
+}  // namespace genrec

@@ -1,0 +1,374 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "op_test_util.h"
+#include "ops/hstu_attention.h"
+
+namespace genrec {
+namespace {
+
+using test::kFdRelTol;
+using test::kFp32RelTol;
+
+// A jagged batch laid out as the model does: one buffer of rows [u | v | q | k | pad], so q, k
+// and v are strided column slices, plus relative-bias tables and timestamps.
+struct Attn {
+  std::vector<int64_t> lengths, offsets, timestamps;
+  int64_t B = 0, T = 0, H = 0, dqk = 0, dv = 0, P = 0, NB = 0;
+  int64_t ld = 0, voff = 0, qoff = 0, koff = 0;
+  static constexpr int64_t kPad = 3;
+  bool use_pos = false, use_time = false;
+  float alpha = 1.0f, inv_n = 1.0f;
+  std::vector<float> buf, pos, time;
+
+  const float* q() const { return buf.data() + qoff; }
+  const float* k() const { return buf.data() + koff; }
+  const float* v() const { return buf.data() + voff; }
+  cpu::HstuAttentionShape shape() const {
+    cpu::HstuAttentionShape s;
+    s.num_heads = H;
+    s.dim_qk = dqk;
+    s.dim_v = dv;
+    s.alpha = alpha;
+    s.inv_n = inv_n;
+    s.ld_q = s.ld_k = s.ld_v = ld;
+    return s;
+  }
+  cpu::HstuRelativeBias bias() const {
+    cpu::HstuRelativeBias b;
+    if (use_pos) {
+      b.position = pos.data();
+      b.num_positions = P;
+    }
+    if (use_time) {
+      b.time = time.data();
+      b.num_time_buckets = NB;
+      b.timestamps = timestamps.data();
+    }
+    return b;
+  }
+};
+
+// Random lengths in [1, max_len], with sequence 1 empty and sequence 2 of length 1.
+std::vector<int64_t> random_lengths(int64_t B, int64_t max_len, uint64_t seed) {
+  Philox rng(seed);
+  std::vector<int64_t> lengths(B);
+  for (auto& l : lengths) l = 1 + static_cast<int64_t>(rng.below(max_len));
+  if (B > 1) lengths[1] = 0;
+  if (B > 2) lengths[2] = 1;
+  return lengths;
+}
+
+Attn make_attn(std::vector<int64_t> lengths, int64_t H, int64_t dqk, int64_t dv, int64_t P,
+               int64_t NB, bool use_pos, bool use_time, uint64_t seed) {
+  Attn a;
+  a.lengths = std::move(lengths);
+  a.B = static_cast<int64_t>(a.lengths.size());
+  a.offsets.assign(a.B + 1, 0);
+  for (int64_t b = 0; b < a.B; ++b) a.offsets[b + 1] = a.offsets[b] + a.lengths[b];
+  a.T = a.offsets[a.B];
+  a.H = H;
+  a.dqk = dqk;
+  a.dv = dv;
+  a.P = P;
+  a.NB = NB;
+  a.use_pos = use_pos;
+  a.use_time = use_time;
+  a.voff = H * dv;
+  a.qoff = 2 * H * dv;
+  a.koff = a.qoff + H * dqk;
+  a.ld = a.koff + H * dqk + Attn::kPad;
+  a.alpha = 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(dqk, 1)));
+  a.inv_n = 1.0f / static_cast<float>(
+                       std::max<int64_t>(1, *std::max_element(a.lengths.begin(), a.lengths.end())));
+  a.buf = test::random_normal(a.T * a.ld, seed);
+  a.pos = test::random_normal(P, seed + 1, 0.5f);
+  a.time = test::random_normal(NB, seed + 2, 0.5f);
+  // Increasing timestamps per sequence; equal neighbours (dt = 0) now and then.
+  Philox rng(seed + 3);
+  for (int64_t b = 0; b < a.B; ++b) {
+    int64_t t = 1000000000 + static_cast<int64_t>(rng.below(1000000));
+    for (int64_t i = 0; i < a.lengths[b]; ++i) {
+      if (rng.uniform() > 0.2f) t += static_cast<int64_t>(rng.below(3000));
+      a.timestamps.push_back(t);
+    }
+  }
+  return a;
+}
+
+struct AttnRef {
+  std::vector<double> out, d_q, d_k, d_v, d_pos, d_time;  // compact [T, H*d] rows
+};
+
+// Straightforward float64 forward and (when d_out is given) backward.
+AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out) {
+  const int64_t H = a.H, dqk = a.dqk, dv = a.dv;
+  AttnRef r;
+  r.out.assign(a.T * H * dv, 0.0);
+  r.d_q.assign(a.T * H * dqk, 0.0);
+  r.d_k.assign(a.T * H * dqk, 0.0);
+  r.d_v.assign(a.T * H * dv, 0.0);
+  r.d_pos.assign(a.P, 0.0);
+  r.d_time.assign(a.NB, 0.0);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const int64_t s = a.offsets[b];
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < a.lengths[b]; ++i) {
+        for (int64_t j = 0; j <= i; ++j) {
+          const float* qi = a.q() + (s + i) * a.ld + h * dqk;
+          const float* kj = a.k() + (s + j) * a.ld + h * dqk;
+          const float* vj = a.v() + (s + j) * a.ld + h * dv;
+          double z = 0.0;
+          for (int64_t d = 0; d < dqk; ++d) z += double(qi[d]) * kj[d];
+          z *= a.alpha;
+          const int64_t p = std::min(i - j, a.P - 1);
+          int64_t tb = 0;
+          if (a.use_pos) z += a.pos[p];
+          if (a.use_time) {
+            tb = cpu::hstu_time_bucket(a.timestamps[s + i] - a.timestamps[s + j], a.NB);
+            z += a.time[tb];
+          }
+          const double sg = 1.0 / (1.0 + std::exp(-z));
+          const double S = z * sg * a.inv_n;
+          for (int64_t d = 0; d < dv; ++d) r.out[(s + i) * H * dv + h * dv + d] += S * vj[d];
+          if (d_out == nullptr) continue;
+          const float* go = d_out->data() + (s + i) * H * dv + h * dv;
+          double dS = 0.0;
+          for (int64_t d = 0; d < dv; ++d) {
+            dS += double(go[d]) * vj[d];
+            r.d_v[(s + j) * H * dv + h * dv + d] += S * go[d];
+          }
+          const double dz = dS * a.inv_n * sg * (1.0 + z * (1.0 - sg));
+          for (int64_t d = 0; d < dqk; ++d) {
+            r.d_q[(s + i) * H * dqk + h * dqk + d] += a.alpha * dz * kj[d];
+            r.d_k[(s + j) * H * dqk + h * dqk + d] += a.alpha * dz * qi[d];
+          }
+          if (a.use_pos) r.d_pos[p] += dz;
+          if (a.use_time) r.d_time[tb] += dz;
+        }
+      }
+    }
+  }
+  return r;
+}
+
+// Columns [col, col + width) of every row of a [T, ld] buffer, compacted.
+std::vector<float> columns(const std::vector<float>& buf, int64_t T, int64_t ld, int64_t col,
+                           int64_t width) {
+  std::vector<float> out(T * width);
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy_n(buf.data() + t * ld + col, width, out.data() + t * width);
+  }
+  return out;
+}
+
+std::vector<float> run_forward(const Attn& a) {
+  std::vector<float> out(a.T * a.H * a.dv);
+  test::poison(out);
+  cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
+                              a.bias());
+  return out;
+}
+
+struct Grads {
+  std::vector<float> buf, pos, time;
+};
+
+// Gradient buffer poisoned with NaN; bias gradients start from `pos0` / `time0`.
+Grads run_backward(const Attn& a, const std::vector<float>& d_out, const std::vector<float>& pos0,
+                   const std::vector<float>& time0) {
+  Grads g{std::vector<float>(a.T * a.ld), pos0, time0};
+  test::poison(g.buf);
+  cpu::hstu_attention_backward(g.buf.data() + a.qoff, g.buf.data() + a.koff, g.buf.data() + a.voff,
+                               a.use_pos ? g.pos.data() : nullptr,
+                               a.use_time ? g.time.data() : nullptr, d_out.data(), a.q(), a.k(),
+                               a.v(), a.offsets.data(), a.B, a.shape(), a.bias());
+  return g;
+}
+
+struct Config {
+  int64_t B, max_len, H, dqk, dv, P, NB;
+};
+
+// Small head dims (one column tile), large ones (several column tiles per row tile) and very
+// large ones (square tiles below 32 rows).
+const Config kConfigs[] = {
+    {7, 70, 3, 8, 12, 40, 20},
+    {5, 150, 2, 96, 128, 200, 64},
+    {3, 60, 1, 256, 200, 16, 30},
+};
+
+TEST(OpsHstuAttention, ForwardMatchesReference) {
+  uint64_t seed = 1;
+  for (const Config& c : kConfigs) {
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool use_pos = variant & 1, use_time = variant & 2;
+      SCOPED_TRACE(testing::Message() << "dqk=" << c.dqk << " dv=" << c.dv << " pos=" << use_pos
+                                      << " time=" << use_time);
+      Attn a = make_attn(random_lengths(c.B, c.max_len, seed), c.H, c.dqk, c.dv, c.P, c.NB, use_pos,
+                         use_time, seed + 10);
+      seed += 100;
+      auto out = run_forward(a);
+      EXPECT_LT(test::rel_l2(out, attn_reference(a, nullptr).out), kFp32RelTol);
+    }
+  }
+}
+
+TEST(OpsHstuAttention, BackwardMatchesReference) {
+  uint64_t seed = 500;
+  for (const Config& c : kConfigs) {
+    for (bool with_bias : {false, true}) {
+      SCOPED_TRACE(testing::Message()
+                   << "dqk=" << c.dqk << " dv=" << c.dv << " bias=" << with_bias);
+      Attn a = make_attn(random_lengths(c.B, c.max_len, seed), c.H, c.dqk, c.dv, c.P, c.NB,
+                         with_bias, with_bias, seed + 10);
+      auto d_out = test::random_normal(a.T * a.H * a.dv, seed + 20);
+      auto pos0 = test::random_normal(a.P, seed + 21), time0 = test::random_normal(a.NB, seed + 22);
+      seed += 100;
+      Grads g = run_backward(a, d_out, pos0, time0);
+      AttnRef r = attn_reference(a, &d_out);
+      EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.qoff, a.H * a.dqk), r.d_q), kFp32RelTol);
+      EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.koff, a.H * a.dqk), r.d_k), kFp32RelTol);
+      EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.voff, a.H * a.dv), r.d_v), kFp32RelTol);
+      // Nothing is written outside the q, k and v slices (u columns and padding).
+      for (int64_t t = 0; t < a.T; ++t) {
+        for (int64_t col = 0; col < a.ld; ++col) {
+          if (col < a.voff || col >= a.ld - Attn::kPad) {
+            ASSERT_TRUE(std::isnan(g.buf[t * a.ld + col])) << "row " << t << " col " << col;
+          }
+        }
+      }
+      if (with_bias) {
+        EXPECT_LT(test::rel_l2(test::difference(g.pos, pos0), r.d_pos), kFp32RelTol);
+        EXPECT_LT(test::rel_l2(test::difference(g.time, time0), r.d_time), kFp32RelTol);
+      }
+    }
+  }
+}
+
+TEST(OpsHstuAttention, BackwardMatchesFiniteDifferences) {
+  // Lengths 4, 0, 1, 5 with P = 3 (the position index clamps) and 4 time buckets.
+  Attn a = make_attn({4, 0, 1, 5}, 2, 3, 2, 3, 4, true, true, 77);
+  auto wts = test::random_weights(a.T * a.H * a.dv, 78);
+  std::vector<float> out(a.T * a.H * a.dv);
+  auto loss = [&] {
+    cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
+                                a.bias());
+    return test::weighted_sum(out.data(), wts);
+  };
+  std::vector<float> d_out(wts.begin(), wts.end());
+  std::vector<float> pos0(a.P, 0.0f), time0(a.NB, 0.0f);
+  Grads g = run_backward(a, d_out, pos0, time0);
+  auto fd = test::fd_gradient(a.buf, loss);
+  auto fd_cols = [&](int64_t col, int64_t width) {
+    std::vector<double> c(a.T * width);
+    for (int64_t t = 0; t < a.T; ++t) {
+      for (int64_t i = 0; i < width; ++i) c[t * width + i] = fd[t * a.ld + col + i];
+    }
+    return c;
+  };
+  EXPECT_LT(
+      test::rel_l2(columns(g.buf, a.T, a.ld, a.qoff, a.H * a.dqk), fd_cols(a.qoff, a.H * a.dqk)),
+      kFdRelTol);
+  EXPECT_LT(
+      test::rel_l2(columns(g.buf, a.T, a.ld, a.koff, a.H * a.dqk), fd_cols(a.koff, a.H * a.dqk)),
+      kFdRelTol);
+  EXPECT_LT(
+      test::rel_l2(columns(g.buf, a.T, a.ld, a.voff, a.H * a.dv), fd_cols(a.voff, a.H * a.dv)),
+      kFdRelTol);
+  EXPECT_LT(test::rel_l2(g.pos, test::fd_gradient(a.pos, loss)), kFdRelTol);
+  EXPECT_LT(test::rel_l2(g.time, test::fd_gradient(a.time, loss)), kFdRelTol);
+}
+
+// Thread scheduling must not change any bit: the batch is computed on all threads, twice, and
+// sequence by sequence (one pair per call, so one chunk on the calling thread). The batch is
+// far above the op's threshold for going parallel (sum of L^2 * (dqk + dv + 1) ~ 3e6).
+TEST(OpsHstuAttention, BackwardIsDeterministicAcrossThreadsAndBatching) {
+  Attn a = make_attn(random_lengths(6, 160, 90), 1, 24, 24, 100, 24, true, true, 91);
+  auto d_out = test::random_normal(a.T * a.dv, 92);
+  auto pos0 = test::random_normal(a.P, 93), time0 = test::random_normal(a.NB, 94);
+  Grads first = run_backward(a, d_out, pos0, time0);
+  Grads second = run_backward(a, d_out, pos0, time0);
+  auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+  };
+  EXPECT_TRUE(same_bits(first.buf, second.buf));
+  EXPECT_TRUE(same_bits(first.pos, second.pos));
+  EXPECT_TRUE(same_bits(first.time, second.time));
+
+  Grads single{std::vector<float>(a.T * a.ld), pos0, time0};
+  test::poison(single.buf);
+  std::vector<float> out_single(a.T * a.dv);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const int64_t s = a.offsets[b];
+    const int64_t offsets[2] = {0, a.lengths[b]};
+    cpu::HstuRelativeBias bias = a.bias();
+    bias.timestamps += s;
+    float* base = single.buf.data() + s * a.ld;
+    cpu::hstu_attention_backward(base + a.qoff, base + a.koff, base + a.voff, single.pos.data(),
+                                 single.time.data(), d_out.data() + s * a.dv, a.q() + s * a.ld,
+                                 a.k() + s * a.ld, a.v() + s * a.ld, offsets, 1, a.shape(), bias);
+    cpu::hstu_attention_forward(out_single.data() + s * a.dv, a.q() + s * a.ld, a.k() + s * a.ld,
+                                a.v() + s * a.ld, offsets, 1, a.shape(), bias);
+  }
+  EXPECT_TRUE(same_bits(first.buf, single.buf));
+  EXPECT_TRUE(same_bits(first.pos, single.pos));
+  EXPECT_TRUE(same_bits(first.time, single.time));
+  EXPECT_TRUE(same_bits(run_forward(a), out_single));
+}
+
+// dt exactly at, and one below, every bucket boundary, in both directions (t_i < t_j too).
+TEST(OpsHstuAttention, TimeBucketsMatchAtBoundaries) {
+  const int64_t NB = 60;
+  std::vector<int64_t> boundaries;
+  for (int64_t b = 1; b < NB; ++b) {
+    int64_t lo = 1, hi = int64_t{1} << 40;
+    while (lo < hi) {
+      int64_t mid = lo + (hi - lo) / 2;
+      if (cpu::hstu_time_bucket(mid, 1000) >= b) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    boundaries.push_back(lo);
+    boundaries.push_back(lo - 1);
+  }
+  const int64_t L = static_cast<int64_t>(boundaries.size()) + 1;
+  Attn a = make_attn({L}, 1, 4, 4, L, NB, false, true, 200);
+  const int64_t t0 = int64_t{1} << 41;
+  a.timestamps[0] = t0;
+  for (int64_t i = 1; i < L; ++i) {
+    a.timestamps[i] = (i % 4 < 2) ? t0 + boundaries[i - 1] : t0 - boundaries[i - 1];
+  }
+  a.time = test::random_normal(NB, 201, 2.0f);
+  EXPECT_LT(test::rel_l2(run_forward(a), attn_reference(a, nullptr).out), kFp32RelTol);
+}
+
+TEST(OpsHstuAttention, RejectsBadArguments) {
+  Attn a = make_attn({3, 2}, 2, 4, 4, 5, 5, true, true, 300);
+  std::vector<float> out(a.T * a.H * a.dv);
+  cpu::HstuAttentionShape shape = a.shape();
+  shape.ld_q = a.H * a.dqk - 1;
+  EXPECT_THROW(cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B,
+                                           shape, a.bias()),
+               Error);
+  cpu::HstuRelativeBias bias = a.bias();
+  bias.timestamps = nullptr;
+  EXPECT_THROW(cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B,
+                                           a.shape(), bias),
+               Error);
+  std::vector<int64_t> bad_offsets = {0, 3, 2};
+  EXPECT_THROW(cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), bad_offsets.data(), 2,
+                                           a.shape(), a.bias()),
+               Error);
+}
+
+}  // namespace
+}  // namespace genrec
