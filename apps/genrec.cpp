@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
   demo->add_option("--items", demo_config.data.synthetic_config.num_items, "Synthetic items")
       ->capture_default_str();
   demo->add_option("--seed", demo_config.train.seed, "Random seed")->capture_default_str();
+  demo->add_option("--device", demo_config.device, "cpu, cuda or auto")->capture_default_str();
 
   // synth
   auto* synth = app.add_subcommand("synth", "Write a synthetic dataset to a shard");
@@ -103,6 +104,8 @@ int main(int argc, char** argv) {
   train->add_option("--data", data_override, "Override data.path");
   train->add_option("--out", out_override, "Override output_dir");
   train->add_option("--epochs", epochs_override, "Override train.epochs");
+  std::string device_override;
+  train->add_option("--device", device_override, "Override device: cpu, cuda or auto");
   std::vector<std::string> overrides;
   train->add_option("--set", overrides, "Override a config key, e.g. --set model.time_bias=false");
   std::string result_name = "result";
@@ -117,6 +120,8 @@ int main(int argc, char** argv) {
   eval->add_option("--data", eval_data, "Data the model was trained on")
       ->required()
       ->check(CLI::ExistingFile);
+  std::string eval_device = "auto";
+  eval->add_option("--device", eval_device, "cpu, cuda or auto")->capture_default_str();
   eval->add_option("--split", eval_split, "test or validation")
       ->check(CLI::IsMember({"test", "validation"}))
       ->capture_default_str();
@@ -139,7 +144,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*demo) {
-      fmt::print("genrec demo: synthetic data, HSTU retrieval model, device cpu\n");
+      fmt::print("genrec demo: synthetic data, HSTU retrieval model, device {}\n",
+                 device_name(parse_device(demo_config.device)));
       std::fflush(stdout);
       TrainingRun run = run_training(demo_config);
       print_result("demo", run);
@@ -159,9 +165,10 @@ int main(int argc, char** argv) {
       if (!data_override.empty()) config.data.path = data_override, config.data.synthetic = false;
       if (!out_override.empty()) config.output_dir = config.train.checkpoint_dir = out_override;
       if (epochs_override > 0) config.train.epochs = epochs_override;
+      if (!device_override.empty()) config.device = device_override;
       print_result(result_name.c_str(), run_training(config));
     } else if (*eval) {
-      LoadedCheckpoint ckpt = load_checkpoint(eval_ckpt);
+      LoadedCheckpoint ckpt = load_checkpoint(eval_ckpt, parse_device(eval_device));
       SequenceDataset dataset = read_any(eval_data);
       Split split = eval_split == "test" ? Split::kTest : Split::kValidation;
       auto windows = leave_one_out_windows(dataset, split, ckpt.model->config().max_len);

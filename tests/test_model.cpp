@@ -27,10 +27,11 @@ double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 struct BlockFixture {
-  HstuBlockConfig config{/*dim=*/8, /*num_heads=*/2, /*dim_qk=*/4, /*dim_v=*/3, /*dropout=*/0.3f,
+  HstuBlockConfig config{/*dim=*/8,           /*num_heads=*/2,        /*dim_qk=*/4,
+                         /*dim_v=*/3,         /*dropout=*/0.3f,
                          /*num_positions=*/6, /*num_time_buckets=*/12};
   ParameterSet params;
-  HstuBlock block{config, params, "b", 7};
+  HstuBlock block{config, params, declare_hstu_block(params, "b", config), 7};
   std::vector<int64_t> offsets{0, 3, 3, 8, 9};  // includes an empty and a length-1 sequence
   std::vector<int64_t> timestamps;
   std::vector<float> x, w;
@@ -126,7 +127,7 @@ TEST(ModelRetrieval, TrainStepGradientMatchesFiniteDifferences) {
   config.num_negatives = 7;
   config.in_batch_negatives = true;
   config.temperature = 0.5f;  // milder than training's 0.05 keeps finite differences accurate
-  RetrievalModel model(config);
+  CpuRetrievalModel model(config);
   model.params().initialize(5);
   for (float& v : model.params().values()) v *= 4.0f;  // O(1) embeddings: well-scaled loss
 
@@ -139,7 +140,7 @@ TEST(ModelRetrieval, TrainStepGradientMatchesFiniteDifferences) {
     batch.timestamps.push_back(100 * t + rng.below(90));
   }
   ParameterSet& params = model.params();
-  params.zero_grad();
+  model.zero_grad();
   model.train_step(batch, 1, 3);
   std::vector<float> grad = params.grads();
 
@@ -166,7 +167,7 @@ TEST(ModelRetrieval, UserEmbeddingsAreUnitLengthAndDependOnHistory) {
   config.dim = 16;
   config.dim_qk = config.dim_v = 16;
   config.max_len = 10;
-  RetrievalModel model(config);
+  CpuRetrievalModel model(config);
   model.params().initialize(1);
   TokenBatch batch;
   batch.offsets = {0, 3, 6};
@@ -175,7 +176,8 @@ TEST(ModelRetrieval, UserEmbeddingsAreUnitLengthAndDependOnHistory) {
   std::vector<float> users(2 * 16, NAN);
   model.encode_users(batch, users.data());
   double n0 = 0, diff = 0;
-  for (int c = 0; c < 16; ++c) n0 += users[c] * users[c], diff += std::fabs(users[c] - users[16 + c]);
+  for (int c = 0; c < 16; ++c)
+    n0 += users[c] * users[c], diff += std::fabs(users[c] - users[16 + c]);
   EXPECT_NEAR(n0, 1.0, 1e-5);
   EXPECT_GT(diff, 1e-4);
 }
@@ -185,7 +187,7 @@ TEST(ModelRetrieval, RejectsSequencesLongerThanMaxLen) {
   config.num_items = 5;
   config.dim = config.dim_qk = config.dim_v = 4;
   config.max_len = 2;
-  RetrievalModel model(config);
+  CpuRetrievalModel model(config);
   TokenBatch batch;
   batch.offsets = {0, 3};
   batch.items = {1, 2, 3};

@@ -109,8 +109,10 @@ void expect_config_error(const std::string& yaml, const std::string& needle) {
 }
 
 TEST(TrainingConfig, ErrorsNameFileLineAndKey) {
-  expect_config_error("data:\n  path: x\nmodel:\n  dimm: 3\n", "bad.yaml:4: unknown key 'model.dimm'");
-  expect_config_error("data:\n  path: x\nmodel:\n  dim: abc\n", "bad.yaml:4: model.dim: 'abc' is not an integer");
+  expect_config_error("data:\n  path: x\nmodel:\n  dimm: 3\n",
+                      "bad.yaml:4: unknown key 'model.dimm'");
+  expect_config_error("data:\n  path: x\nmodel:\n  dim: abc\n",
+                      "bad.yaml:4: model.dim: 'abc' is not an integer");
   expect_config_error("data:\n  path: x\ntrain:\n  lr: -1\n", "train.lr must be positive");
   expect_config_error("model:\n  dim: 8\n", "data needs a path");
   expect_config_error("data: [1, 2\n", "YAML syntax error");

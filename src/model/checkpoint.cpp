@@ -78,12 +78,10 @@ RetrievalConfig retrieval_config_from_json(const nlohmann::json& j) {
 void save_checkpoint(const std::string& path, const RetrievalModel& model,
                      const ItemVocabulary& vocabulary, const nlohmann::json& state) {
   const ParameterSet& params = model.params();
-  nlohmann::json meta = {{"model", to_json(model.config())},
-                         {"parameters", parameter_layout(params)},
-                         {"num_values", params.numel()},
-                         {"adam_steps", params.adam_steps()},
-                         {"vocabulary_size", vocabulary.size()},
-                         {"state", state}};
+  nlohmann::json meta = {
+      {"model", to_json(model.config())},     {"parameters", parameter_layout(params)},
+      {"num_values", params.numel()},         {"adam_steps", params.adam_steps()},
+      {"vocabulary_size", vocabulary.size()}, {"state", state}};
   std::string text = meta.dump();
   std::string bytes(kMagic, sizeof(kMagic));
   uint64_t meta_bytes = text.size();
@@ -106,13 +104,13 @@ void save_checkpoint(const std::string& path, const RetrievalModel& model,
   GENREC_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename {} to {}", tmp, path);
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& path) {
+LoadedCheckpoint load_checkpoint(const std::string& path, Device device) {
   std::ifstream in(path, std::ios::binary);
   GENREC_CHECK(in.good(), "cannot open checkpoint {}", path);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  GENREC_CHECK(bytes.size() >= sizeof(kMagic) + 16 &&
-                   std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0,
-               "{} is not a genrec checkpoint (bad magic or too short)", path);
+  GENREC_CHECK(
+      bytes.size() >= sizeof(kMagic) + 16 && std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0,
+      "{} is not a genrec checkpoint (bad magic or too short)", path);
   uint64_t stored;
   std::memcpy(&stored, bytes.data() + bytes.size() - 8, 8);
   GENREC_CHECK(XXH64(bytes.data(), bytes.size() - 8, 0) == stored,
@@ -127,7 +125,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   pos += meta_bytes;
 
   LoadedCheckpoint out;
-  out.model = std::make_unique<RetrievalModel>(retrieval_config_from_json(meta.at("model")));
+  out.model = make_retrieval_model(retrieval_config_from_json(meta.at("model")), device);
   ParameterSet& params = out.model->params();
   GENREC_CHECK(meta.at("parameters") == parameter_layout(params),
                "checkpoint {}: parameter layout does not match this version of the model", path);
@@ -141,6 +139,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   GENREC_CHECK(pos == bytes.size(), "checkpoint {}: {} unexpected trailing bytes", path,
                bytes.size() - pos);
   out.vocabulary = ItemVocabulary::from_raw_ids(std::move(vocab));
+  out.model->upload();
   out.state = meta.at("state");
   return out;
 }

@@ -18,7 +18,8 @@ namespace genrec {
 nlohmann::json to_json(const RetrievalConfig& config);
 RetrievalConfig retrieval_config_from_json(const nlohmann::json& json);
 
-// Writes atomically (temporary file, then rename). `state` is the trainer's own JSON.
+// Writes atomically (temporary file, then rename). `state` is the trainer's own JSON. Saves
+// model.params(): a device model must download() first.
 void save_checkpoint(const std::string& path, const RetrievalModel& model,
                      const ItemVocabulary& vocabulary, const nlohmann::json& state);
 
@@ -29,6 +30,7 @@ struct LoadedCheckpoint {
 };
 
 // Verifies magic, checksum and parameter layout; errors name the file and the mismatch.
-LoadedCheckpoint load_checkpoint(const std::string& path);
+// The model is built for `device` and its parameters uploaded there.
+LoadedCheckpoint load_checkpoint(const std::string& path, Device device = Device::kCPU);
 
 }  // namespace genrec

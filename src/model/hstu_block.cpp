@@ -19,32 +19,35 @@ float* grow(std::vector<float>& buffer, int64_t n) {
 
 }  // namespace
 
-HstuBlock::HstuBlock(const HstuBlockConfig& config, ParameterSet& params,
-                     const std::string& prefix, uint64_t dropout_stream)
-    : config_(config), params_(params), dropout_stream_(dropout_stream) {
+HstuBlockParams declare_hstu_block(ParameterSet& params, const std::string& prefix,
+                                   const HstuBlockConfig& config) {
   const int64_t D = config.dim, hv = config.num_heads * config.dim_v;
+  const int64_t P = hstu_uvqk_width(config);
   GENREC_CHECK(D > 0 && config.num_heads > 0 && config.dim_qk > 0 && config.dim_v > 0,
                "HSTU block needs positive dim, num_heads, dim_qk and dim_v");
   GENREC_CHECK(config.dropout >= 0.0f && config.dropout < 1.0f, "dropout {} not in [0, 1)",
                config.dropout);
-  ln1_w_ = params.add(prefix + ".ln1.weight", {D}, Init::kOnes);
-  ln1_b_ = params.add(prefix + ".ln1.bias", {D}, Init::kZeros);
-  w_uvqk_ = params.add(prefix + ".uvqk.weight", {D, uvqk_width()}, Init::kXavier, 0, true);
-  b_uvqk_ = params.add(prefix + ".uvqk.bias", {uvqk_width()}, Init::kZeros);
-  w_out_ = params.add(prefix + ".out.weight", {hv, D}, Init::kXavier, 0, true);
-  b_out_ = params.add(prefix + ".out.bias", {D}, Init::kZeros);
+  HstuBlockParams ids;
+  ids.ln1_w = params.add(prefix + ".ln1.weight", {D}, Init::kOnes);
+  ids.ln1_b = params.add(prefix + ".ln1.bias", {D}, Init::kZeros);
+  ids.w_uvqk = params.add(prefix + ".uvqk.weight", {D, P}, Init::kXavier, 0, true);
+  ids.b_uvqk = params.add(prefix + ".uvqk.bias", {P}, Init::kZeros);
+  ids.w_out = params.add(prefix + ".out.weight", {hv, D}, Init::kXavier, 0, true);
+  ids.b_out = params.add(prefix + ".out.bias", {D}, Init::kZeros);
   if (config.num_positions > 0) {
-    pos_bias_ = params.add(prefix + ".position_bias", {config.num_positions}, Init::kNormal, 0.02f);
+    ids.pos_bias =
+        params.add(prefix + ".position_bias", {config.num_positions}, Init::kNormal, 0.02f);
   }
   if (config.num_time_buckets > 0) {
-    time_bias_ =
+    ids.time_bias =
         params.add(prefix + ".time_bias", {config.num_time_buckets}, Init::kNormal, 0.02f);
   }
+  return ids;
 }
 
-int64_t HstuBlock::uvqk_width() const {
-  return config_.num_heads * (2 * config_.dim_v + 2 * config_.dim_qk);
-}
+HstuBlock::HstuBlock(const HstuBlockConfig& config, ParameterSet& params,
+                     const HstuBlockParams& ids, uint64_t dropout_stream)
+    : config_(config), params_(params), dropout_stream_(dropout_stream), ids_(ids) {}
 
 cpu::HstuAttentionShape HstuBlock::attention_shape(const HstuBatchContext& ctx) const {
   cpu::HstuAttentionShape s;
@@ -59,13 +62,13 @@ cpu::HstuAttentionShape HstuBlock::attention_shape(const HstuBatchContext& ctx) 
 
 cpu::HstuRelativeBias HstuBlock::relative_bias(const HstuBatchContext& ctx) const {
   cpu::HstuRelativeBias b;
-  if (pos_bias_ >= 0) {
-    b.position = params_.value(pos_bias_);
+  if (ids_.pos_bias >= 0) {
+    b.position = params_.value(ids_.pos_bias);
     b.num_positions = config_.num_positions;
   }
-  if (time_bias_ >= 0) {
+  if (ids_.time_bias >= 0) {
     GENREC_CHECK(ctx.timestamps != nullptr, "time bias needs timestamps");
-    b.time = params_.value(time_bias_);
+    b.time = params_.value(ids_.time_bias);
     b.num_time_buckets = config_.num_time_buckets;
     b.timestamps = ctx.timestamps;
   }
@@ -81,9 +84,9 @@ void HstuBlock::forward(float* out, const float* x, const HstuBatchContext& ctx)
   float* attn = grow(attn_, T * hv);
   float* ln2 = grow(ln2_, T * hv);
   float* gated = grow(gated_, T * hv);
-  cpu::layer_norm_forward(ln1, grow(mean1_, T), grow(rstd1_, T), x, params_.value(ln1_w_),
-                          params_.value(ln1_b_), T, D, config_.layer_norm_eps);
-  cpu::linear_forward(pre, ln1, params_.value(w_uvqk_), params_.value(b_uvqk_), T, D, P);
+  cpu::layer_norm_forward(ln1, grow(mean1_, T), grow(rstd1_, T), x, params_.value(ids_.ln1_w),
+                          params_.value(ids_.ln1_b), T, D, config_.layer_norm_eps);
+  cpu::linear_forward(pre, ln1, params_.value(ids_.w_uvqk), params_.value(ids_.b_uvqk), T, D, P);
   cpu::silu_forward(uvqk, pre, T * P);
   const float* u = uvqk;
   const float* v = uvqk + hv;
@@ -97,7 +100,7 @@ void HstuBlock::forward(float* out, const float* x, const HstuBatchContext& ctx)
   if (ctx.training && config_.dropout > 0.0f) {
     cpu::dropout_forward(gated, gated, T * hv, config_.dropout, ctx.dropout_seed, dropout_stream_);
   }
-  cpu::linear_forward(out, gated, params_.value(w_out_), params_.value(b_out_), T, hv, D);
+  cpu::linear_forward(out, gated, params_.value(ids_.w_out), params_.value(ids_.b_out), T, hv, D);
   for (int64_t i = 0; i < T * D; ++i) out[i] += x[i];
 }
 
@@ -112,8 +115,8 @@ void HstuBlock::backward(float* d_x, const float* d_out, const float* x,
   float* d_ln1 = grow(d_ln1_, T * D);
   const float* uvqk = uvqk_.data();
 
-  cpu::linear_backward(d_gated, params_.grad(w_out_), params_.grad(b_out_), d_out, gated_.data(),
-                       params_.value(w_out_), T, hv, D);
+  cpu::linear_backward(d_gated, params_.grad(ids_.w_out), params_.grad(ids_.b_out), d_out,
+                       gated_.data(), params_.value(ids_.w_out), T, hv, D);
   if (ctx.training && config_.dropout > 0.0f) {
     cpu::dropout_backward(d_gated, d_gated, T * hv, config_.dropout, ctx.dropout_seed,
                           dropout_stream_);
@@ -121,17 +124,16 @@ void HstuBlock::backward(float* d_x, const float* d_out, const float* x,
   cpu::gate_backward(d_ln2, d_uvqk, d_gated, ln2_.data(), uvqk, P, T, hv);
   cpu::layer_norm_backward(d_attn, nullptr, nullptr, d_ln2, attn_.data(), nullptr, mean2_.data(),
                            rstd2_.data(), T, hv);
-  cpu::hstu_attention_backward(
-      d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
-      pos_bias_ >= 0 ? params_.grad(pos_bias_) : nullptr,
-      time_bias_ >= 0 ? params_.grad(time_bias_) : nullptr, d_attn, uvqk + 2 * hv,
-      uvqk + 2 * hv + hqk, uvqk + hv, ctx.offsets, ctx.batch_size, attention_shape(ctx),
-      relative_bias(ctx));
+  cpu::hstu_attention_backward(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
+                               ids_.pos_bias >= 0 ? params_.grad(ids_.pos_bias) : nullptr,
+                               ids_.time_bias >= 0 ? params_.grad(ids_.time_bias) : nullptr, d_attn,
+                               uvqk + 2 * hv, uvqk + 2 * hv + hqk, uvqk + hv, ctx.offsets,
+                               ctx.batch_size, attention_shape(ctx), relative_bias(ctx));
   cpu::silu_backward(d_uvqk, d_uvqk, pre_.data(), T * P);
-  cpu::linear_backward(d_ln1, params_.grad(w_uvqk_), params_.grad(b_uvqk_), d_uvqk, ln1_.data(),
-                       params_.value(w_uvqk_), T, D, P);
-  cpu::layer_norm_backward(d_x, params_.grad(ln1_w_), params_.grad(ln1_b_), d_ln1, x,
-                           params_.value(ln1_w_), mean1_.data(), rstd1_.data(), T, D);
+  cpu::linear_backward(d_ln1, params_.grad(ids_.w_uvqk), params_.grad(ids_.b_uvqk), d_uvqk,
+                       ln1_.data(), params_.value(ids_.w_uvqk), T, D, P);
+  cpu::layer_norm_backward(d_x, params_.grad(ids_.ln1_w), params_.grad(ids_.ln1_b), d_ln1, x,
+                           params_.value(ids_.ln1_w), mean1_.data(), rstd1_.data(), T, D);
   for (int64_t i = 0; i < T * D; ++i) d_x[i] += d_out[i];
 }
 

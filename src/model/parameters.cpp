@@ -37,11 +37,19 @@ void ParameterSet::initialize(uint64_t seed) {
     }
     for (int64_t j = 0; j < p.numel; ++j) {
       switch (p.init) {
-        case Init::kZeros: w[j] = 0.0f; break;
-        case Init::kOnes: w[j] = 1.0f; break;
-        case Init::kNormal: w[j] = p.scale * rng.normal(); break;
+        case Init::kZeros:
+          w[j] = 0.0f;
+          break;
+        case Init::kOnes:
+          w[j] = 1.0f;
+          break;
+        case Init::kNormal:
+          w[j] = p.scale * rng.normal();
+          break;
         case Init::kUniform:
-        case Init::kXavier: w[j] = bound * (2.0f * rng.uniform() - 1.0f); break;
+        case Init::kXavier:
+          w[j] = bound * (2.0f * rng.uniform() - 1.0f);
+          break;
       }
     }
   }
@@ -54,7 +62,9 @@ int ParameterSet::find(const std::string& name) const {
   fail("no parameter named '{}'", name);
 }
 
-void ParameterSet::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+void ParameterSet::zero_grad() {
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+}
 
 float ParameterSet::clip_grad_norm(float max_norm) {
   double sum = 0.0;

@@ -10,8 +10,8 @@
 namespace genrec {
 
 std::vector<Recommendation> recommend(RetrievalModel& model, const ItemVocabulary& vocabulary,
-                                      const SequenceDataset& dataset, int64_t user_index,
-                                      int64_t k, bool exclude_history) {
+                                      const SequenceDataset& dataset, int64_t user_index, int64_t k,
+                                      bool exclude_history) {
   GENREC_CHECK(user_index >= 0 && user_index < dataset.num_users(), "user index {} out of range",
                user_index);
   const int64_t V = model.config().num_items, D = model.config().dim;

@@ -17,7 +17,7 @@ struct Recommendation {
 // Events whose item the vocabulary does not know are skipped (the model has no embedding
 // for them). Fails when none of the user's events is known.
 std::vector<Recommendation> recommend(RetrievalModel& model, const ItemVocabulary& vocabulary,
-                                      const SequenceDataset& dataset, int64_t user_index,
-                                      int64_t k, bool exclude_history);
+                                      const SequenceDataset& dataset, int64_t user_index, int64_t k,
+                                      bool exclude_history);
 
 }  // namespace genrec

@@ -8,7 +8,9 @@
 #include "core/philox.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
+#include "ops/gemm.h"
 #include "ops/sampled_softmax.h"
+#include "ops/topk.h"
 
 namespace genrec {
 namespace {
@@ -74,17 +76,29 @@ RetrievalModel::RetrievalModel(const RetrievalConfig& config) : config_(config) 
   item_table_ = params_.add("item_embedding", {config.num_items + 1, D}, Init::kNormal, 0.02f);
   position_table_ = params_.add("position_embedding", {config.max_len, D}, Init::kNormal,
                                 1.0f / std::sqrt(static_cast<float>(D)));
-  HstuBlockConfig block{D, config.num_heads, config.dim_qk, config.dim_v, config.dropout,
-                        config.position_bias ? config.max_len : 0,
-                        config.time_bias ? config.num_time_buckets : 0};
+  block_config_ = HstuBlockConfig{D,
+                                  config.num_heads,
+                                  config.dim_qk,
+                                  config.dim_v,
+                                  config.dropout,
+                                  config.position_bias ? config.max_len : 0,
+                                  config.time_bias ? config.num_time_buckets : 0};
   for (int64_t l = 0; l < config.num_layers; ++l) {
-    blocks_.push_back(std::make_unique<HstuBlock>(block, params_, "block" + std::to_string(l),
-                                                  static_cast<uint64_t>(l)));
+    block_params_.push_back(
+        declare_hstu_block(params_, "block" + std::to_string(l), block_config_));
   }
   params_.allocate();
 }
 
-void RetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t seed, int64_t step) {
+CpuRetrievalModel::CpuRetrievalModel(const RetrievalConfig& config) : RetrievalModel(config) {
+  for (size_t l = 0; l < block_params_.size(); ++l) {
+    blocks_.push_back(std::make_unique<HstuBlock>(block_config_, params_, block_params_[l],
+                                                  static_cast<uint64_t>(l)));
+  }
+}
+
+void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t seed,
+                               int64_t step) {
   const int64_t T = batch.num_tokens(), D = config_.dim, B = batch.batch_size();
   const int64_t V = config_.num_items;
   int64_t* positions = grow(positions_, T);
@@ -101,10 +115,15 @@ void RetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t see
   const float scale = std::sqrt(static_cast<float>(D));
   const float* pos = params_.value(position_table_);
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t c = 0; c < D; ++c) x0[t * D + c] = x0[t * D + c] * scale + pos[positions[t] * D + c];
+    for (int64_t c = 0; c < D; ++c)
+      x0[t * D + c] = x0[t * D + c] * scale + pos[positions[t] * D + c];
   }
-  ctx_ = HstuBatchContext{batch.offsets.data(), B,     T, batch.timestamps.data(),
-                          1.0f / static_cast<float>(config_.max_len), training,
+  ctx_ = HstuBatchContext{batch.offsets.data(),
+                          B,
+                          T,
+                          batch.timestamps.data(),
+                          1.0f / static_cast<float>(config_.max_len),
+                          training,
                           mix(seed, step)};
   if (training && config_.dropout > 0.0f) {
     cpu::dropout_forward(x0, x0, T * D, config_.dropout, ctx_.dropout_seed, kInputDropoutStream);
@@ -116,7 +135,7 @@ void RetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t see
                             D, kNormEps);
 }
 
-float RetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
+float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
   const int64_t T = batch.num_tokens(), D = config_.dim, V = config_.num_items;
   GENREC_CHECK(static_cast<int64_t>(batch.targets.size()) == T, "training batch needs targets");
   for (int64_t t = 0; t < T; ++t) {
@@ -166,8 +185,7 @@ float RetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t
     std::swap(d_a, d_b);
   }
   if (config_.dropout > 0.0f) {
-    cpu::dropout_backward(d_a, d_a, T * D, config_.dropout, ctx_.dropout_seed,
-                          kInputDropoutStream);
+    cpu::dropout_backward(d_a, d_a, T * D, config_.dropout, ctx_.dropout_seed, kInputDropoutStream);
   }
   float* d_pos_table = params_.grad(position_table_);
   const float scale = std::sqrt(static_cast<float>(D));
@@ -180,11 +198,10 @@ float RetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t
   return loss;
 }
 
-void RetrievalModel::encode_users(const TokenBatch& batch, float* out) {
+void CpuRetrievalModel::encode_users(const TokenBatch& batch, float* out) {
   const int64_t D = config_.dim;
   for (int64_t b = 0; b < batch.batch_size(); ++b) {
-    GENREC_CHECK(batch.offsets[b + 1] > batch.offsets[b], "user {} of the batch has no history",
-                 b);
+    GENREC_CHECK(batch.offsets[b + 1] > batch.offsets[b], "user {} of the batch has no history", b);
   }
   encode(batch, /*training=*/false, 0, 0);
   for (int64_t b = 0; b < batch.batch_size(); ++b) {
@@ -193,12 +210,55 @@ void RetrievalModel::encode_users(const TokenBatch& batch, float* out) {
   }
 }
 
-void RetrievalModel::item_embeddings(std::vector<float>& out) const {
+void CpuRetrievalModel::optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) {
+  params_.clip_grad_norm(grad_clip);
+  params_.adam_step(adam, lr);
+}
+
+void CpuRetrievalModel::rank_targets(const TokenBatch& history, const int64_t* targets,
+                                     int64_t* ranks) {
+  const int64_t B = history.batch_size(), V = config_.num_items, D = config_.dim;
+  item_embeddings(items_);
+  float* users = grow(queries_, B * D);
+  encode_users(history, users);
+  float* scores = grow(scores_, B * V);
+  cpu::gemm(false, true, B, V, D, 1.0f, users, D, items_.data(), D, 0.0f, scores, V);
+  std::vector<int64_t> columns(targets, targets + B);
+  for (int64_t& c : columns) c -= 1;  // item i is column i - 1
+  cpu::rank_of_target(ranks, scores, columns.data(), B, V);
+}
+
+void CpuRetrievalModel::item_embeddings(std::vector<float>& out) {
   const int64_t V = config_.num_items, D = config_.dim;
   out.resize(V * D);
   std::vector<float> inv_norm(V);
   cpu::l2_normalize_forward(out.data(), inv_norm.data(), params_.value(item_table_) + D, V, D,
                             kNormEps);
+}
+
+std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device) {
+  if (device == Device::kCUDA) return make_cuda_retrieval_model(config);
+  return std::make_unique<CpuRetrievalModel>(config);
+}
+
+std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig&) {
+  fail("the CUDA retrieval model is not in this build; use --device cpu");
+}
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::kCPU;
+  if (name == "cuda") {
+    GENREC_CHECK(cuda_available(), "--device cuda: no CUDA device is available{}",
+#ifdef GENREC_WITH_CUDA
+                 ""
+#else
+                 " (genrec was built without CUDA)"
+#endif
+    );
+    return Device::kCUDA;
+  }
+  GENREC_CHECK(name == "auto", "unknown device '{}' (cpu, cuda or auto)", name);
+  return cuda_available() ? Device::kCUDA : Device::kCPU;
 }
 
 }  // namespace genrec

@@ -9,9 +9,11 @@
 #include <memory>
 #include <vector>
 
+#include "core/tensor.h"
 #include "data/batcher.h"
 #include "model/hstu_block.h"
 #include "model/parameters.h"
+#include "ops/adam.h"
 
 namespace genrec {
 
@@ -23,11 +25,11 @@ struct RetrievalConfig {
   int64_t dim_qk = 64;  // per head
   int64_t dim_v = 64;   // per head
   float dropout = 0.2f;
-  int64_t max_len = 200;           // longest history read; also N of the 1/N normalisation
-  bool position_bias = true;       // relative attention bias by position
-  bool time_bias = false;          // relative attention bias by log time bucket
+  int64_t max_len = 200;      // longest history read; also N of the 1/N normalisation
+  bool position_bias = true;  // relative attention bias by position
+  bool time_bias = false;     // relative attention bias by log time bucket
   int64_t num_time_buckets = 128;
-  int64_t num_negatives = 128;     // uniform negatives per batch
+  int64_t num_negatives = 128;      // uniform negatives per batch
   bool in_batch_negatives = false;  // also use the batch's target items as negatives
   float temperature = 0.05f;
 };
@@ -47,40 +49,78 @@ TokenBatch next_item_batch(const SequenceBatch& batch);
 // Evaluation: all but each window's last token are the history; the last is the target.
 TokenBatch history_batch(const SequenceBatch& batch, std::vector<int64_t>* last_items);
 
+// The model's interface, whatever the device. params() is the host copy of every parameter
+// and Adam moment: authoritative on the CPU backend, brought up to date by download() on a
+// device backend (and pushed back by upload()). The parameter layout is the same on every
+// backend, so checkpoints move between them.
 class RetrievalModel {
  public:
-  explicit RetrievalModel(const RetrievalConfig& config);
+  virtual ~RetrievalModel() = default;
 
   const RetrievalConfig& config() const { return config_; }
   ParameterSet& params() { return params_; }
   const ParameterSet& params() const { return params_; }
+  virtual Device device() const = 0;
 
+  virtual void zero_grad() = 0;
   // Forward and backward of the mean sampled-softmax loss over all targets of the batch;
-  // gradients accumulate into params(). `step` seeds dropout and negative sampling.
-  float train_step(const TokenBatch& batch, uint64_t seed, int64_t step);
+  // gradients accumulate. `seed` and `step` fix dropout and negative sampling.
+  virtual float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) = 0;
+  // Clips the global gradient norm (0 = off), then one Adam/AdamW step at rate `lr`.
+  virtual void optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) = 0;
 
-  // L2-normalised user embeddings [B, D] read at each sequence's last token (eval mode).
-  // Sequences must be non-empty.
-  void encode_users(const TokenBatch& batch, float* out);
+  // L2-normalised user embeddings [B, D] (host) at each sequence's last token (eval mode).
+  virtual void encode_users(const TokenBatch& batch, float* out) = 0;
+  // For each sequence: how many items score strictly higher than its target (item 1..V).
+  virtual void rank_targets(const TokenBatch& history, const int64_t* targets, int64_t* ranks) = 0;
+  // L2-normalised item embeddings [V, D] (host) for items 1..V (row i-1 is item i).
+  virtual void item_embeddings(std::vector<float>& out) = 0;
 
-  // L2-normalised item embeddings [V, D] for items 1..V (row i-1 is item i).
-  void item_embeddings(std::vector<float>& out) const;
+  virtual void download() {}
+  virtual void upload() {}
+
+ protected:
+  explicit RetrievalModel(const RetrievalConfig& config);
+
+  RetrievalConfig config_;
+  HstuBlockConfig block_config_;
+  ParameterSet params_;
+  int item_table_, position_table_;
+  std::vector<HstuBlockParams> block_params_;
+};
+
+// The fp32 CPU implementation: the reference every other backend is tested against.
+class CpuRetrievalModel : public RetrievalModel {
+ public:
+  explicit CpuRetrievalModel(const RetrievalConfig& config);
+
+  Device device() const override { return Device::kCPU; }
+  void zero_grad() override { params_.zero_grad(); }
+  float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) override;
+  void optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) override;
+  void encode_users(const TokenBatch& batch, float* out) override;
+  void rank_targets(const TokenBatch& history, const int64_t* targets, int64_t* ranks) override;
+  void item_embeddings(std::vector<float>& out) override;
 
  private:
   void encode(const TokenBatch& batch, bool training, uint64_t seed, int64_t step);
 
-  RetrievalConfig config_;
-  ParameterSet params_;
-  int item_table_, position_table_;
   std::vector<std::unique_ptr<HstuBlock>> blocks_;
   HstuBatchContext ctx_;
   // Activations: residual stream per layer boundary, and the loss inputs.
   std::vector<std::vector<float>> layers_;
   std::vector<float> user_, inv_norm_user_, pos_raw_, pos_, inv_norm_pos_, neg_raw_, neg_,
-      inv_norm_neg_, probs_;
-  std::vector<int64_t> positions_, rows_, row_targets_, negatives_;
+      inv_norm_neg_, probs_, items_, queries_, scores_;
+  std::vector<int64_t> positions_, negatives_;
   // Backward scratch.
   std::vector<float> d_user_, d_pos_, d_neg_, d_a_, d_b_, d_raw_;
 };
+
+// The backend for `device`: the CPU model, or the CUDA one when built with CUDA.
+std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device);
+std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig& config);
+
+// "cpu", "cuda", or "auto" (CUDA when a device is present) → a device.
+Device parse_device(const std::string& name);
 
 }  // namespace genrec

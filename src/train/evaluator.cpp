@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include "ops/gemm.h"
 #include "ops/topk.h"
 
 namespace genrec {
@@ -32,24 +31,14 @@ void finish(RankingMetrics& m) {
 RankingMetrics evaluate(RetrievalModel& model, const SequenceDataset& dataset,
                         const ItemVocabulary& vocabulary, const std::vector<Window>& windows,
                         int64_t batch_size) {
-  const int64_t V = model.config().num_items, D = model.config().dim;
-  std::vector<float> items;
-  model.item_embeddings(items);
   Batcher batcher(dataset, vocabulary, windows, {batch_size, 0, /*shuffle=*/false, 0});
   batcher.start_epoch(0);
   RankingMetrics metrics;
-  std::vector<float> users, scores;
   std::vector<int64_t> targets, ranks;
   for (int64_t i = 0; i < batcher.num_batches(); ++i) {
     TokenBatch batch = history_batch(batcher.make_batch(i), &targets);
-    const int64_t B = batch.batch_size();
-    users.resize(B * D);
-    scores.resize(B * V);
-    ranks.resize(B);
-    model.encode_users(batch, users.data());
-    cpu::gemm(false, true, B, V, D, 1.0f, users.data(), D, items.data(), D, 0.0f, scores.data(), V);
-    for (int64_t& t : targets) t -= 1;  // item index i is column i - 1
-    cpu::rank_of_target(ranks.data(), scores.data(), targets.data(), B, V);
+    ranks.resize(batch.batch_size());
+    model.rank_targets(batch, targets.data(), ranks.data());
     for (int64_t r : ranks) accumulate_rank(metrics, r);
   }
   finish(metrics);

@@ -24,20 +24,24 @@ TrainingRun run_training(const RunConfig& config) {
            run.dataset.num_events());
   RetrievalConfig model_config = config.model;
   model_config.num_items = run.vocabulary.size();
-  run.model = std::make_unique<RetrievalModel>(model_config);
+  Device device = parse_device(config.device);
+  run.model = make_retrieval_model(model_config, device);
   run.model->params().initialize(config.train.seed);
-  log_info("model: {} layers, dim {}, {} heads, {} parameters", model_config.num_layers,
-           model_config.dim, model_config.num_heads, run.model->params().numel());
+  run.model->upload();
+  log_info("model: {} layers, dim {}, {} heads, {} parameters, on {}", model_config.num_layers,
+           model_config.dim, model_config.num_heads, run.model->params().numel(),
+           device_name(device));
 
   Trainer trainer(*run.model, run.dataset, run.vocabulary, config.train);
   run.result = trainer.fit();
   const int64_t max_len = model_config.max_len;
-  run.popularity = evaluate_popularity(
-      run.dataset, run.vocabulary, leave_one_out_windows(run.dataset, Split::kTrain, max_len),
-      leave_one_out_windows(run.dataset, Split::kTest, max_len));
+  run.popularity = evaluate_popularity(run.dataset, run.vocabulary,
+                                       leave_one_out_windows(run.dataset, Split::kTrain, max_len),
+                                       leave_one_out_windows(run.dataset, Split::kTest, max_len));
   if (!config.output_dir.empty()) {
     std::filesystem::create_directories(config.output_dir);
     auto path = std::filesystem::path(config.output_dir) / "model.ckpt";
+    run.model->download();
     save_checkpoint(path.string(), *run.model, run.vocabulary,
                     {{"best_epoch", run.result.best_epoch}});
     log_info("saved the best model to {}", path.string());

@@ -63,10 +63,14 @@ class KeyReader {
  private:
   template <typename T>
   static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "a string";
+    if constexpr (std::is_same_v<T, bool>)
+      return "true or false";
+    else if constexpr (std::is_integral_v<T>)
+      return "an integer";
+    else if constexpr (std::is_floating_point_v<T>)
+      return "a number";
+    else
+      return "a string";
   }
 
   YAML::Node node_;
@@ -173,6 +177,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   RunConfig config;
   KeyReader top(root, "config", source);
   top.read("output_dir", config.output_dir);
+  top.read("device", config.device);
   read_data(top.section("data"), config.data, source);
   read_synthetic(top.section("synthetic"), config.data.synthetic_config, source);
   read_model(top.section("model"), config.model, source);

@@ -13,8 +13,8 @@
 namespace genrec {
 
 struct DataConfig {
-  std::string path;             // a shard or any format read_any() understands
-  bool synthetic = false;       // generate instead of reading `path`
+  std::string path;        // a shard or any format read_any() understands
+  bool synthetic = false;  // generate instead of reading `path`
   SyntheticConfig synthetic_config;
 };
 
@@ -23,6 +23,7 @@ struct RunConfig {
   RetrievalConfig model;  // num_items is filled from the data
   TrainerConfig train;
   std::string output_dir = "runs/latest";  // checkpoints and the final model
+  std::string device = "auto";             // cpu, cuda, or auto (CUDA when present)
 };
 
 // overrides: "section.key=value" entries applied on top of the file (e.g. from --set).

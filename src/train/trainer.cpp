@@ -17,8 +17,8 @@ namespace genrec {
 namespace {
 
 nlohmann::json metrics_json(const RankingMetrics& m) {
-  return {{"hr10", m.hr10},   {"ndcg10", m.ndcg10}, {"hr50", m.hr50},
-          {"ndcg50", m.ndcg50}, {"mrr", m.mrr},     {"users", m.users}};
+  return {{"hr10", m.hr10},     {"ndcg10", m.ndcg10}, {"hr50", m.hr50},
+          {"ndcg50", m.ndcg50}, {"mrr", m.mrr},       {"users", m.users}};
 }
 
 RankingMetrics metrics_from_json(const nlohmann::json& j) {
@@ -33,7 +33,8 @@ RankingMetrics metrics_from_json(const nlohmann::json& j) {
 }
 
 // Copies a checkpoint's parameters (and optimizer state) into a model of the same layout.
-void restore(ParameterSet& into, const ParameterSet& from, const std::string& path) {
+void restore(RetrievalModel& model, const ParameterSet& from, const std::string& path) {
+  ParameterSet& into = model.params();
   GENREC_CHECK(into.numel() == from.numel(),
                "checkpoint {} holds {} parameters; this model has {} (different config?)", path,
                from.numel(), into.numel());
@@ -41,6 +42,7 @@ void restore(ParameterSet& into, const ParameterSet& from, const std::string& pa
   into.adam_m() = from.adam_m();
   into.adam_v() = from.adam_v();
   into.set_adam_steps(from.adam_steps());
+  model.upload();
 }
 
 }  // namespace
@@ -66,8 +68,9 @@ float Trainer::learning_rate(int64_t step, int64_t total_steps) const {
 }
 
 void Trainer::save(const std::string& name, int64_t epoch, int64_t step, const TrainResult& result,
-                   int64_t stale) const {
+                   int64_t stale) {
   if (config_.checkpoint_dir.empty()) return;
+  model_.download();
   nlohmann::json state = {{"epoch", epoch},
                           {"step", step},
                           {"best_epoch", result.best_epoch},
@@ -91,13 +94,14 @@ TrainResult Trainer::fit() {
   TrainResult result;
   result.validation.ndcg10 = -1.0;
   int64_t first_epoch = 0, step = 0, stale = 0;
+  model_.download();
   std::vector<float> best_values = model_.params().values();
   if (!config_.checkpoint_dir.empty()) {
     std::filesystem::create_directories(config_.checkpoint_dir);
     auto last = std::filesystem::path(config_.checkpoint_dir) / "last.ckpt";
     if (config_.resume && std::filesystem::exists(last)) {
       LoadedCheckpoint ckpt = load_checkpoint(last.string());
-      restore(model_.params(), ckpt.model->params(), last.string());
+      restore(model_, ckpt.model->params(), last.string());
       first_epoch = ckpt.state.at("epoch");
       step = ckpt.state.at("step");
       stale = ckpt.state.at("stale");
@@ -113,7 +117,7 @@ TrainResult Trainer::fit() {
 
   batcher.start_epoch(0);
   const int64_t total_steps = batcher.num_batches() * config_.epochs;
-  cpu::AdamConfig adam{config_.lr, config_.beta1, config_.beta2, 1e-8f, config_.weight_decay,
+  cpu::AdamConfig adam{config_.lr,        config_.beta1, config_.beta2, 1e-8f, config_.weight_decay,
                        /*decoupled=*/true};
   for (int64_t epoch = first_epoch; epoch < config_.epochs; ++epoch) {
     auto epoch_start = std::chrono::steady_clock::now();
@@ -125,12 +129,11 @@ TrainResult Trainer::fit() {
     int64_t batches = 0, tokens = 0;
     while (auto window_batch = loader.next()) {
       TokenBatch batch = next_item_batch(*window_batch);
-      model_.params().zero_grad();
+      model_.zero_grad();
       float loss = model_.train_step(batch, config_.seed, step);
       GENREC_CHECK(std::isfinite(loss), "loss became {} at step {} (lower lr or set grad_clip)",
                    loss, step);
-      model_.params().clip_grad_norm(config_.grad_clip);
-      model_.params().adam_step(adam, learning_rate(step, total_steps));
+      model_.optimizer_step(adam, learning_rate(step, total_steps), config_.grad_clip);
       ++step, ++batches;
       loss_sum += loss;
       tokens += batch.num_tokens();
@@ -153,6 +156,7 @@ TrainResult Trainer::fit() {
     if (improved) {
       result.validation = val;
       result.best_epoch = epoch + 1;
+      model_.download();
       best_values = model_.params().values();
       stale = 0;
       save("best.ckpt", epoch + 1, step, result, stale);
@@ -167,9 +171,9 @@ TrainResult Trainer::fit() {
     }
   }
   model_.params().values() = best_values;
+  model_.upload();
   result.test = evaluate(model_, dataset_, vocabulary_, test, config_.eval_batch_size);
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
 

@@ -24,11 +24,11 @@ struct TrainerConfig {
   float grad_clip = 0.0f;     // max global gradient norm, 0 = off
   int64_t eval_every = 5;     // epochs between validations
   int64_t eval_batch_size = 256;
-  int64_t patience = 0;       // stop after this many validations without improvement; 0 = never
+  int64_t patience = 0;        // stop after this many validations without improvement; 0 = never
   std::string checkpoint_dir;  // empty: no checkpoints
   bool resume = false;         // continue from checkpoint_dir/last.ckpt when it exists
   uint64_t seed = 42;
-  bool progress = true;        // progress bar on a terminal
+  bool progress = true;  // progress bar on a terminal
 };
 
 struct TrainResult {
@@ -49,7 +49,7 @@ class Trainer {
 
  private:
   void save(const std::string& name, int64_t epoch, int64_t step, const TrainResult& result,
-            int64_t stale) const;
+            int64_t stale);
 
   RetrievalModel& model_;
   const SequenceDataset& dataset_;
