@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "core/philox.h"
+#include "model/retrieval_randomness.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
@@ -15,22 +15,10 @@
 namespace genrec {
 namespace {
 
-constexpr float kNormEps = 1e-6f;
-constexpr uint64_t kInputDropoutStream = 1u << 20;
-constexpr uint64_t kNegativeStream = 2u << 20;
-
 template <typename T>
 T* grow(std::vector<T>& buffer, int64_t n) {
   if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
   return buffer.data();
-}
-
-// splitmix64 finaliser: decorrelates (seed, step) into one Philox key.
-uint64_t mix(uint64_t seed, int64_t step) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
 }
 
 }  // namespace
@@ -124,7 +112,7 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
                           batch.timestamps.data(),
                           1.0f / static_cast<float>(config_.max_len),
                           training,
-                          mix(seed, step)};
+                          step_key(seed, step)};
   if (training && config_.dropout > 0.0f) {
     cpu::dropout_forward(x0, x0, T * D, config_.dropout, ctx_.dropout_seed, kInputDropoutStream);
   }
@@ -132,7 +120,7 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
     blocks_[l]->forward(layers_[l + 1].data(), layers_[l].data(), ctx_);
   }
   cpu::l2_normalize_forward(grow(user_, T * D), grow(inv_norm_user_, T), layers_.back().data(), T,
-                            D, kNormEps);
+                            D, kEmbeddingNormEps);
 }
 
 float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
@@ -145,21 +133,17 @@ float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int6
   if (T == 0) return 0.0f;
   encode(batch, /*training=*/true, seed, step);
 
-  // Negative pool: uniform items, then optionally the batch's own targets.
-  const int64_t K_uniform = config_.num_negatives;
-  const int64_t K = K_uniform + (config_.in_batch_negatives ? T : 0);
-  int64_t* negatives = grow(negatives_, K);
-  Philox rng(ctx_.dropout_seed, kNegativeStream);
-  for (int64_t k = 0; k < K_uniform; ++k) negatives[k] = 1 + static_cast<int64_t>(rng.below(V));
-  for (int64_t k = K_uniform; k < K; ++k) negatives[k] = batch.targets[k - K_uniform];
+  negatives_ = sample_negatives(config_, batch, ctx_.dropout_seed);
+  const int64_t K = static_cast<int64_t>(negatives_.size());
+  const int64_t* negatives = negatives_.data();
 
   const float* table = params_.value(item_table_);
   cpu::embedding_gather(grow(pos_raw_, T * D), table, batch.targets.data(), T, D, V + 1);
   cpu::l2_normalize_forward(grow(pos_, T * D), grow(inv_norm_pos_, T), pos_raw_.data(), T, D,
-                            kNormEps);
+                            kEmbeddingNormEps);
   cpu::embedding_gather(grow(neg_raw_, K * D), table, negatives, K, D, V + 1);
   cpu::l2_normalize_forward(grow(neg_, K * D), grow(inv_norm_neg_, K), neg_raw_.data(), K, D,
-                            kNormEps);
+                            kEmbeddingNormEps);
   float loss = cpu::sampled_softmax_forward(grow(probs_, T * (K + 1)), user_.data(), pos_.data(),
                                             batch.targets.data(), neg_.data(), negatives, T, K, D,
                                             config_.temperature);
@@ -233,7 +217,7 @@ void CpuRetrievalModel::item_embeddings(std::vector<float>& out) {
   out.resize(V * D);
   std::vector<float> inv_norm(V);
   cpu::l2_normalize_forward(out.data(), inv_norm.data(), params_.value(item_table_) + D, V, D,
-                            kNormEps);
+                            kEmbeddingNormEps);
 }
 
 std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device) {
@@ -242,7 +226,7 @@ std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& conf
 }
 
 std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig&) {
-  fail("the CUDA retrieval model is not in this build; use --device cpu");
+  fail("this build has no CUDA retrieval model yet; use --device cpu");
 }
 
 Device parse_device(const std::string& name) {

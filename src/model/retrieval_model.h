@@ -34,6 +34,9 @@ struct RetrievalConfig {
   float temperature = 0.05f;
 };
 
+// Floor of the L2 norms of user and item embeddings (avoids 0/0 for an all-zero row).
+constexpr float kEmbeddingNormEps = 1e-6f;
+
 // Inputs of one forward pass: a jagged batch of item indices.
 struct TokenBatch {
   std::vector<int64_t> offsets{0};  // [B + 1]
@@ -49,10 +52,10 @@ TokenBatch next_item_batch(const SequenceBatch& batch);
 // Evaluation: all but each window's last token are the history; the last is the target.
 TokenBatch history_batch(const SequenceBatch& batch, std::vector<int64_t>* last_items);
 
-// The model's interface, whatever the device. params() is the host copy of every parameter
-// and Adam moment: authoritative on the CPU backend, brought up to date by download() on a
-// device backend (and pushed back by upload()). The parameter layout is the same on every
-// backend, so checkpoints move between them.
+// The model's interface, whatever the device. params() is the host copy of every parameter,
+// gradient and Adam moment: authoritative on the CPU backend, brought up to date by download()
+// on a device backend (upload() pushes values and moments back). The parameter layout is the same
+// on every backend, so checkpoints move between them.
 class RetrievalModel {
  public:
   virtual ~RetrievalModel() = default;
@@ -78,6 +81,8 @@ class RetrievalModel {
 
   virtual void download() {}
   virtual void upload() {}
+  // Returns when all queued device work has finished.
+  virtual void synchronize() {}
 
  protected:
   explicit RetrievalModel(const RetrievalConfig& config);
