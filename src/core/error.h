@@ -22,7 +22,7 @@ template <typename... Args>
 }  // namespace genrec
 
 // Checks an invariant and throws genrec::Error with a formatted message when it does not hold.
-#define GENREC_CHECK(cond, ...)                 \
-  do {                                          \
-    if (!(cond)) ::genrec::fail(__VA_ARGS__);   \
+#define GENREC_CHECK(cond, ...)               \
+  do {                                        \
+    if (!(cond)) ::genrec::fail(__VA_ARGS__); \
   } while (0)

@@ -24,8 +24,12 @@ const auto g_start = std::chrono::steady_clock::now();
 
 }  // namespace
 
-LogLevel log_level() { return g_level; }
-void set_log_level(LogLevel level) { g_level = level; }
+LogLevel log_level() {
+  return g_level;
+}
+void set_log_level(LogLevel level) {
+  g_level = level;
+}
 
 void log_write(LogLevel level, std::string_view message) {
   static const char* names[] = {"debug", "info", "warn", "error"};

@@ -46,10 +46,14 @@ GENREC_HOST_DEVICE uint32_t philox_u32(uint64_t seed, uint64_t offset, uint64_t 
             static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
   Philox4 r = philox4x32(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   switch (index & 3) {
-    case 0: return r.x;
-    case 1: return r.y;
-    case 2: return r.z;
-    default: return r.w;
+    case 0:
+      return r.x;
+    case 1:
+      return r.y;
+    case 2:
+      return r.z;
+    default:
+      return r.w;
   }
 }
 

@@ -10,27 +10,39 @@ namespace genrec {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
   }
   return "?";
 }
 
-const char* device_name(Device device) { return device == Device::kCPU ? "cpu" : "cuda"; }
+const char* device_name(Device device) {
+  return device == Device::kCPU ? "cpu" : "cuda";
+}
 
 int64_t Tensor::numel() const {
   return std::accumulate(shape_.begin(), shape_.end(), int64_t{1}, std::multiplies<>());
@@ -119,7 +131,9 @@ void Tensor::fill_zero() {
 }
 
 #ifndef GENREC_WITH_CUDA
-void* device_alloc(size_t) { fail("genrec was built without CUDA; rebuild with GENREC_CUDA=ON"); }
+void* device_alloc(size_t) {
+  fail("genrec was built without CUDA; rebuild with GENREC_CUDA=ON");
+}
 void device_free(void*) {}
 void device_copy(void*, Device, const void*, Device, size_t) {
   fail("genrec was built without CUDA; rebuild with GENREC_CUDA=ON");
@@ -127,7 +141,9 @@ void device_copy(void*, Device, const void*, Device, size_t) {
 void device_memset_zero(void*, size_t) {
   fail("genrec was built without CUDA; rebuild with GENREC_CUDA=ON");
 }
-bool cuda_available() { return false; }
+bool cuda_available() {
+  return false;
+}
 #endif
 
 }  // namespace genrec

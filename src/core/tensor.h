@@ -24,11 +24,17 @@ const char* device_name(Device device);
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kF32; }
+constexpr DType dtype_of<float>() {
+  return DType::kF32;
+}
 template <>
-constexpr DType dtype_of<int32_t>() { return DType::kI32; }
+constexpr DType dtype_of<int32_t>() {
+  return DType::kI32;
+}
 template <>
-constexpr DType dtype_of<int64_t>() { return DType::kI64; }
+constexpr DType dtype_of<int64_t>() {
+  return DType::kI64;
+}
 
 class Tensor {
  public:
@@ -63,7 +69,7 @@ class Tensor {
   // Rows [begin, end) of the first axis.
   Tensor rows(int64_t begin, int64_t end) const;
 
-  Tensor to(Device device) const;  // deep copy onto `device`
+  Tensor to(Device device) const;     // deep copy onto `device`
   void copy_from(const Tensor& src);  // same dtype and element count, any devices
   void fill_zero();
 

@@ -49,8 +49,8 @@ struct BatcherConfig {
 // Produces the batches of one pass over `windows` (order shuffled per epoch when asked).
 class Batcher {
  public:
-  Batcher(const SequenceDataset& dataset, const ItemVocabulary& vocab,
-          std::vector<Window> windows, BatcherConfig config);
+  Batcher(const SequenceDataset& dataset, const ItemVocabulary& vocab, std::vector<Window> windows,
+          BatcherConfig config);
   // Plan for epoch `epoch`: groups of window indices, deterministic given seed and epoch.
   void start_epoch(int64_t epoch);
   int64_t num_batches() const { return static_cast<int64_t>(plan_.size()); }

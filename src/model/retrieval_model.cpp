@@ -225,9 +225,11 @@ std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& conf
   return std::make_unique<CpuRetrievalModel>(config);
 }
 
+#ifndef GENREC_WITH_CUDA
 std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig&) {
-  fail("this build has no CUDA retrieval model yet; use --device cpu");
+  fail("genrec was built without CUDA; use --device cpu");
 }
+#endif
 
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::kCPU;

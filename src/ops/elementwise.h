@@ -21,8 +21,8 @@ void gate_backward(float* d_x, float* d_u, const float* d_out, const float* x, c
 void l2_normalize_forward(float* out, float* inv_norm, const float* x, int64_t T, int64_t C,
                           float eps);
 // d_x written, from d_out, the forward output and inv_norm.
-void l2_normalize_backward(float* d_x, const float* d_out, const float* out,
-                           const float* inv_norm, int64_t T, int64_t C);
+void l2_normalize_backward(float* d_x, const float* d_out, const float* out, const float* inv_norm,
+                           int64_t T, int64_t C);
 
 // Inverted dropout: element i is kept iff philox_uniform(seed, offset, i) >= p, and kept
 // elements are scaled by 1/(1-p). p = 0 copies. In-place allowed. The same (seed, offset)

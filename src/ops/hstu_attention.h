@@ -45,9 +45,8 @@ void hstu_attention_forward(float* out, const float* q, const float* k, const fl
 // d_q, d_k, d_v are written with the strides of q, k, v; d_position_bias and d_time_bias
 // accumulate (+=) and are skipped when null.
 void hstu_attention_backward(float* d_q, float* d_k, float* d_v, float* d_position_bias,
-                             float* d_time_bias, const float* d_out, const float* q,
-                             const float* k, const float* v, const int64_t* offsets,
-                             int64_t batch_size, const HstuAttentionShape& shape,
-                             const HstuRelativeBias& bias);
+                             float* d_time_bias, const float* d_out, const float* q, const float* k,
+                             const float* v, const int64_t* offsets, int64_t batch_size,
+                             const HstuAttentionShape& shape, const HstuRelativeBias& bias);
 
 }  // namespace genrec::cpu

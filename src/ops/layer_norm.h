@@ -12,7 +12,7 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* in, c
 
 // d_in written; d_weight and d_bias accumulate (+=) and are skipped when null.
 void layer_norm_backward(float* d_in, float* d_weight, float* d_bias, const float* d_out,
-                         const float* in, const float* weight, const float* mean,
-                         const float* rstd, int64_t T, int64_t C);
+                         const float* in, const float* weight, const float* mean, const float* rstd,
+                         int64_t T, int64_t C);
 
 }  // namespace genrec::cpu

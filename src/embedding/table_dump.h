@@ -1,0 +1,45 @@
+// Dump files of a DynamicTable: a 64-byte header, fixed-size rows (key, score, stamp, values,
+// optimizer state) and an XXH64 of everything before it, written to a temporary file that is
+// renamed over the target, so a reader sees either the old file or the complete new one. An
+// incremental dump holds the rows whose stamp is after a given stamp; erasures are not
+// recorded. docs/EMBEDDING.md specifies the format.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "embedding/dynamic_table.h"
+
+namespace genrec {
+
+constexpr uint32_t kTableDumpVersion = 1;
+
+struct TableDumpInfo {
+  uint32_t version = kTableDumpVersion;
+  bool incremental = false;
+  int64_t dim = 0;
+  OptimizerState optimizer = OptimizerState::kNone;
+  int64_t state_dim = 0;
+  EvictionPolicy eviction = EvictionPolicy::kLru;
+  uint64_t since_stamp = 0;  // incremental: rows with stamp > since_stamp
+  uint64_t step = 0;         // the table's step when dumped
+  int64_t count = 0;         // rows
+};
+
+struct TableDump {
+  TableDumpInfo info;
+  TableRows rows;  // sorted by key
+};
+
+// Writes every row; returns the number of rows written.
+int64_t dump_table(const DynamicTable& table, const std::string& path);
+// Writes the rows whose update stamp is greater than since_stamp.
+int64_t dump_table_since(const DynamicTable& table, const std::string& path, uint64_t since_stamp);
+// Reads and validates a dump (magic, version, size, checksum, layout); errors name the file.
+TableDump read_table_dump(const std::string& path);
+// Inserts or overwrites the dump's rows in `table` exactly (values, states, scores, stamps);
+// other rows are kept, so a full dump followed by its incremental dumps restores the table.
+// The table must have the dump's dim and optimizer state; its step is left unchanged.
+TableDumpInfo load_table(DynamicTable& table, const std::string& path);
+
+}  // namespace genrec

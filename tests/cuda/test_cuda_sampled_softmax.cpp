@@ -1,0 +1,217 @@
+// CUDA sampled softmax against the CPU op on the same random problems (shared negatives, some
+// equal to a row's positive and so masked), forward and backward.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "cuda_test_util.h"
+#include "ops/cuda/sampled_softmax.h"
+#include "ops/sampled_softmax.h"
+
+namespace genrec {
+namespace {
+
+using test::kCudaF32RelTol;
+
+// Tolerance kCudaF32RelTol: both ops compute in fp32 with different summation orders (dot
+// products over D <= 64, softmax sums over K + 1 <= 1001 terms, gradient GEMMs over K or
+// N <= 1000): relative differences of order 1e-7 to 1e-6. 1e-5 still flags a single wrong
+// element.
+
+struct Problem {
+  int64_t N, K, D;
+  float temperature;
+  std::vector<float> query, positive, negatives;
+  std::vector<int64_t> positive_ids, negative_ids;
+};
+
+// Rows of norm ~scale; ids from a small range so that some negatives equal a row's positive,
+// and row 0's positive id appears (twice) among the negatives.
+Problem make_problem(int64_t N, int64_t K, int64_t D, float temperature, float scale,
+                     uint64_t seed) {
+  Problem p{N, K, D, temperature, {}, {}, {}, {}, {}};
+  const float s = scale / std::sqrt(static_cast<float>(std::max<int64_t>(D, 1)));
+  p.query = test::random_normal(N * D, seed, s);
+  p.positive = test::random_normal(N * D, seed + 1, s);
+  p.negatives = test::random_normal(K * D, seed + 2, s);
+  Philox rng(seed + 3);
+  const uint64_t ids = static_cast<uint64_t>(std::max<int64_t>(3 * K, 1));
+  for (int64_t n = 0; n < N; ++n) p.positive_ids.push_back(static_cast<int64_t>(rng.below(ids)));
+  for (int64_t k = 0; k < K; ++k) p.negative_ids.push_back(static_cast<int64_t>(rng.below(ids)));
+  if (K >= 3 && N >= 1) p.negative_ids[1] = p.negative_ids[K - 1] = p.positive_ids[0];
+  return p;
+}
+
+struct DeviceProblem {
+  test::DeviceArray<float> query, positive, negatives;
+  test::DeviceArray<int64_t> positive_ids, negative_ids;
+  explicit DeviceProblem(const Problem& p)
+      : query(test::upload<float>(p.query)),
+        positive(test::upload<float>(p.positive)),
+        negatives(test::upload<float>(p.negatives)),
+        positive_ids(test::upload_raw(p.positive_ids)),
+        negative_ids(test::upload_raw(p.negative_ids)) {}
+};
+
+float cpu_forward(const Problem& p, std::vector<float>& probs) {
+  probs.assign(p.N * (p.K + 1), 0.0f);
+  test::poison(probs);
+  return cpu::sampled_softmax_forward(probs.data(), p.query.data(), p.positive.data(),
+                                      p.positive_ids.data(), p.negatives.data(),
+                                      p.negative_ids.data(), p.N, p.K, p.D, p.temperature);
+}
+
+float cuda_forward(const Problem& p, const DeviceProblem& d, std::vector<float>& probs) {
+  test::DeviceArray<float> dev_probs(p.N * (p.K + 1));
+  dev_probs.poison();
+  const float loss = cuda::sampled_softmax_forward(
+      dev_probs.get(), d.query.get(), d.positive.get(), d.positive_ids.get(), d.negatives.get(),
+      d.negative_ids.get(), p.N, p.K, p.D, p.temperature, nullptr);
+  probs = dev_probs.download();
+  return loss;
+}
+
+double rel_diff(double a, double b) {
+  return std::abs(a - b) / std::max(std::abs(b), 1e-30);
+}
+
+struct Case {
+  int64_t N, K, D;
+  float temperature, scale;
+};
+
+// Batch sizes 1..300, no / one / many negatives, cosine-like logits at temperature 0.05.
+const Case kCases[] = {
+    {1, 1, 8, 1.0f, 1.0f},      {7, 5, 8, 1.0f, 1.0f},        {64, 0, 16, 0.5f, 1.0f},
+    {256, 128, 32, 0.5f, 2.0f}, {300, 1000, 48, 0.05f, 1.0f}, {64, 200, 64, 0.05f, 1.0f},
+    {33, 77, 1, 1.0f, 1.0f},
+};
+
+TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
+  GENREC_REQUIRE_CUDA();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(testing::Message()
+                 << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
+    Problem p = make_problem(c.N, c.K, c.D, c.temperature, c.scale, 7 + c.N + c.K);
+    DeviceProblem d(p);
+    std::vector<float> ref_probs, probs;
+    const float ref_loss = cpu_forward(p, ref_probs);
+    const float loss = cuda_forward(p, d, probs);
+    EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
+    EXPECT_LT(test::rel_l2(probs, ref_probs), kCudaF32RelTol);
+    if (c.K >= 3) {
+      EXPECT_EQ(probs[2], 0.0f) << "row 0's positive among the negatives is masked";
+      EXPECT_EQ(probs[c.K], 0.0f);
+    }
+  }
+}
+
+TEST(CudaSampledSoftmax, AsyncVariantWritesTheSameLossOnTheDevice) {
+  GENREC_REQUIRE_CUDA();
+  Problem p = make_problem(100, 50, 24, 0.1f, 1.0f, 11);
+  DeviceProblem d(p);
+  std::vector<float> probs;
+  const float host_loss = cuda_forward(p, d, probs);
+  test::DeviceArray<float> dev_probs(p.N * (p.K + 1)), dev_loss(1);
+  dev_probs.poison();
+  dev_loss.poison();
+  cudaStream_t stream;
+  GENREC_CUDA_CHECK(cudaStreamCreate(&stream));
+  cuda::sampled_softmax_forward_async(dev_loss.get(), dev_probs.get(), d.query.get(),
+                                      d.positive.get(), d.positive_ids.get(), d.negatives.get(),
+                                      d.negative_ids.get(), p.N, p.K, p.D, p.temperature, stream);
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  GENREC_CUDA_CHECK(cudaStreamDestroy(stream));
+  const float loss = dev_loss.download()[0];
+  EXPECT_EQ(loss, host_loss);  // same kernels, deterministic reduction
+  const std::vector<float> probs2 = dev_probs.download();
+  EXPECT_EQ(0, std::memcmp(probs.data(), probs2.data(), probs.size() * sizeof(float)));
+}
+
+TEST(CudaSampledSoftmax, LogitsInTheThousandsStayFinite) {
+  GENREC_REQUIRE_CUDA();
+  // Probabilities are only as accurate as the logits (an absolute logit error e is a relative
+  // probability error e, here ~1e-4), so they are checked for being finite and normalised,
+  // and the loss (~1e3) against the CPU op.
+  Problem p = make_problem(8, 40, 16, 0.05f, 30.0f, 5);
+  DeviceProblem d(p);
+  std::vector<float> ref_probs, probs;
+  const float ref_loss = cpu_forward(p, ref_probs);
+  const float loss = cuda_forward(p, d, probs);
+  EXPECT_GT(ref_loss, 100.0f);
+  EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
+  for (int64_t n = 0; n < p.N; ++n) {
+    double sum = 0.0;
+    for (int64_t k = 0; k <= p.K; ++k) {
+      ASSERT_TRUE(std::isfinite(probs[n * (p.K + 1) + k]));
+      sum += probs[n * (p.K + 1) + k];
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-5) << "row " << n;
+  }
+}
+
+// The backward of both ops from the same probs (the CPU forward's), gradients poisoned first.
+TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
+  GENREC_REQUIRE_CUDA();
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(testing::Message()
+                 << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
+    Problem p = make_problem(c.N, c.K, c.D, c.temperature, c.scale, 70 + c.N + c.K);
+    DeviceProblem d(p);
+    std::vector<float> probs;
+    cpu_forward(p, probs);
+    std::vector<float> dq(p.N * p.D), dp(p.N * p.D), dn(p.K * p.D);
+    test::poison(dq);
+    test::poison(dp);
+    test::poison(dn);
+    cpu::sampled_softmax_backward(dq.data(), dp.data(), dn.data(), probs.data(), p.query.data(),
+                                  p.positive.data(), p.negatives.data(), p.N, p.K, p.D,
+                                  p.temperature);
+    auto dev_probs = test::upload<float>(probs);
+    test::DeviceArray<float> gq(p.N * p.D), gp(p.N * p.D), gn(p.K * p.D);
+    gq.poison();
+    gp.poison();
+    gn.poison();
+    cuda::sampled_softmax_backward(gq.get(), gp.get(), gn.get(), dev_probs.get(), d.query.get(),
+                                   d.positive.get(), d.negatives.get(), p.N, p.K, p.D,
+                                   p.temperature, nullptr);
+    EXPECT_LT(test::rel_l2(gq.download(), dq), kCudaF32RelTol) << "d_query";
+    EXPECT_LT(test::rel_l2(gp.download(), dp), kCudaF32RelTol) << "d_positive";
+    EXPECT_LT(test::rel_l2(gn.download(), dn), kCudaF32RelTol) << "d_negatives";
+  }
+}
+
+TEST(CudaSampledSoftmax, EmptyBatch) {
+  GENREC_REQUIRE_CUDA();
+  Problem p = make_problem(0, 6, 4, 1.0f, 1.0f, 3);
+  DeviceProblem d(p);
+  test::DeviceArray<int64_t> no_positive_ids(1);  // never read, but must be given when K > 0
+  EXPECT_EQ(cuda::sampled_softmax_forward(nullptr, nullptr, nullptr, no_positive_ids.get(),
+                                          d.negatives.get(), d.negative_ids.get(), 0, p.K, p.D,
+                                          p.temperature, nullptr),
+            0.0f);
+  test::DeviceArray<float> gn(p.K * p.D);
+  gn.poison();
+  cuda::sampled_softmax_backward(nullptr, nullptr, gn.get(), nullptr, nullptr, nullptr,
+                                 d.negatives.get(), 0, p.K, p.D, p.temperature, nullptr);
+  EXPECT_EQ(gn.download(), std::vector<float>(p.K * p.D, 0.0f));
+}
+
+TEST(CudaSampledSoftmax, RejectsNonPositiveTemperature) {
+  GENREC_REQUIRE_CUDA();
+  Problem p = make_problem(2, 3, 4, 1.0f, 1.0f, 41);
+  DeviceProblem d(p);
+  test::DeviceArray<float> probs(2 * 4);
+  EXPECT_THROW(cuda::sampled_softmax_forward(probs.get(), d.query.get(), d.positive.get(),
+                                             d.positive_ids.get(), d.negatives.get(),
+                                             d.negative_ids.get(), 2, 3, 4, 0.0f, nullptr),
+               Error);
+}
+
+}  // namespace
+}  // namespace genrec

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Run THERE, on the GPU machine (Ubuntu 24.04, CUDA 13, CMake 4, g++ 13, no package registry),
+# from the repo root: builds genrec with CUDA against the Debian packages that
+# scripts/fetch-device-deps.sh put in .deps/, runs the CUDA tests, the CPU tests and the CUDA
+# benchmark, and prints a summary table last. The packages are unpacked with `dpkg -x` into
+# .deps/root (never into /) and every find step of the build is pointed there; shared libraries
+# the system lacks are linked into .deps/runtime-lib, which is the only thing put on
+# LD_LIBRARY_PATH, so no system library is ever shadowed.
+#
+#   tools/device/run.sh               unpack, configure, build, CUDA tests, CPU tests, benchmarks
+#   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
+#   tools/device/run.sh --no-bench    everything but the benchmark
+# Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90), GENREC_JOBS (nproc).
+# Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+REPO="$PWD"
+DEPS="$REPO/.deps"
+ROOT="$DEPS/root"
+USR="$ROOT/usr"
+ARCH=x86_64-linux-gnu
+LIBDIR="$USR/lib/$ARCH"
+BLASDIR="$LIBDIR/openblas-pthread"
+RUNTIME="$DEPS/runtime-lib"
+BUILD="${GENREC_BUILD_DIR:-build-device}"
+CUDA_ARCH="${GENREC_CUDA_ARCH:-90}"
+JOBS="${GENREC_JOBS:-$(nproc)}"
+LOGS="${GENREC_LOG_DIR:-$REPO/$BUILD/logs}"
+
+build_only=0
+bench=1
+for arg in "$@"; do
+  case "$arg" in
+    --build-only) build_only=1 ;;
+    --no-bench) bench=0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+summary=()
+failed=0
+# step NAME DETAIL-FILE COMMAND...: runs COMMAND, records ok/FAIL, seconds and a detail line.
+step() {
+  local name="$1" detail_file="$2"
+  shift 2
+  local start=$SECONDS rc detail=""
+  echo "==== $name"
+  "$@"
+  rc=$?
+  [ -n "$detail_file" ] && [ -f "$detail_file" ] && detail="$(cat "$detail_file")"
+  summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+    "$((SECONDS - start))" "$detail")")
+  [ $rc -eq 0 ] || failed=1
+  return $rc
+}
+
+print_summary() {
+  echo
+  echo "==== summary ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no git'), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo 'no nvidia-smi'))"
+  printf '| %-22s | %-4s | %7s | %s\n' step rc time detail
+  printf '|%s|%s|%s|%s\n' "------------------------" "------" "---------" "-------"
+  for line in "${summary[@]}"; do echo "$line"; done
+}
+
+unpack() {
+  shopt -s nullglob
+  local debs=("$DEPS"/*.deb)
+  if [ ${#debs[@]} -eq 0 ]; then
+    echo "run.sh: no .deb files in .deps/: run scripts/fetch-device-deps.sh on a machine with the" \
+      "Debian registry and bring .deps/ along" >&2
+    return 1
+  fi
+  rm -rf "$ROOT" "$RUNTIME"
+  mkdir -p "$ROOT" "$RUNTIME"
+  for deb in "${debs[@]}"; do
+    if command -v dpkg >/dev/null; then
+      dpkg -x "$deb" "$ROOT" || return 1
+    else  # no dpkg: a .deb is an ar archive holding data.tar.*
+      (cd "$ROOT" && ar p "$deb" "$(ar t "$deb" | grep '^data\.tar')" | tar -x -f - -C "$ROOT") ||
+        return 1
+    fi
+  done
+  # pkg-config files say prefix=/usr (some give absolute /usr paths): point them into .deps.
+  while IFS= read -r pc; do
+    sed -i -e "s|=/usr/|=$USR/|g" -e "s|=/usr\$|=$USR|" -e "s|-I/usr/include|-I$USR/include|g" \
+      "$pc"
+  done < <(find "$USR" -name '*.pc')
+  # zstd's .pc gives libdir /usr/lib; Debian ships the library in the multiarch directory.
+  sed -i "s|^libdir=\${exec_prefix}/lib\$|libdir=\${exec_prefix}/lib/$ARCH|" "$LIBDIR/pkgconfig/libzstd.pc"
+  # Runtime libraries the system lacks (at least libgfortran for OpenBLAS, usually all).
+  local missing=() ldconfig
+  ldconfig="$(command -v ldconfig || echo /sbin/ldconfig)"
+  for soname in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libfmt.so.9 \
+    libyaml-cpp.so.0.7 libxxhash.so.0 libzstd.so.1 libpkgconf.so.3; do
+    if ! "$ldconfig" -p 2>/dev/null | grep -q "[[:space:]]$soname "; then
+      local file
+      file="$(find "$LIBDIR" "$BLASDIR" -maxdepth 1 -name "$soname" | head -1)"
+      [ -n "$file" ] && ln -sf "$file" "$RUNTIME/$soname" && missing+=("$soname")
+    fi
+  done
+  # pkgconf from .deps, run with its own library only.
+  cat >"$DEPS/pkg-config" <<WRAPPER
+#!/bin/sh
+LD_LIBRARY_PATH="$LIBDIR\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$USR/bin/pkgconf" "\$@"
+WRAPPER
+  chmod +x "$DEPS/pkg-config"
+  echo "$(ls "$DEPS"/*.deb | wc -l) packages into .deps/root; runtime-lib: ${missing[*]:-none}" \
+    >"$LOGS/unpack.txt"
+  cat "$LOGS/unpack.txt"
+}
+
+configure() {
+  local pkg_config="$DEPS/pkg-config"
+  if ! "$pkg_config" --version >/dev/null 2>&1; then
+    pkg_config="$(command -v pkg-config || true)"
+    echo "run.sh: bundled pkgconf does not run here; using '${pkg_config:-none}'"
+  fi
+  export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$USR/share/pkgconfig"
+  export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"
+  # CMAKE_POLICY_VERSION_MINIMUM: CMake 4 refuses package files that ask for policies < 3.5.
+  # -rpath-link: lets the linker resolve libopenblas's own dependency (libgfortran) in .deps.
+  cmake -S "$REPO" -B "$BUILD" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DGENREC_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
+    -DCMAKE_PREFIX_PATH="$USR" \
+    -DCMAKE_LIBRARY_PATH="$BLASDIR;$LIBDIR" \
+    -DBLA_VENDOR=OpenBLAS \
+    -DCBLAS_INCLUDE_DIR="$USR/include/$ARCH/openblas-pthread" \
+    -DPKG_CONFIG_EXECUTABLE="$pkg_config" \
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$LIBDIR:$BLASDIR" \
+    -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+    2>&1 | tee "$LOGS/configure.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+  # Proof that the dependencies came from .deps: count compile commands naming it.
+  local n
+  n="$(grep -c "$ROOT" "$BUILD/compile_commands.json" 2>/dev/null || echo 0)"
+  echo "$n compile commands reference .deps/root" >"$LOGS/configure.txt"
+}
+
+build() {
+  cmake --build "$BUILD" -j"$JOBS" 2>&1 | tee "$LOGS/build.log" | grep -E "error|warning|Linking|Built target" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ]
+}
+
+# run_tests NAME CTEST-ARGS...: ctest with a pass/fail count as the step detail.
+run_tests() {
+  local name="$1"
+  shift
+  ctest --test-dir "$BUILD" --output-on-failure --timeout 600 "$@" 2>&1 | tee "$LOGS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  grep -E "tests passed|tests failed" "$LOGS/$name.log" | tail -1 >"$LOGS/$name.txt"
+  grep -E "^\s+[0-9]+ - .*\((Failed|SEGFAULT|Timeout|Subprocess aborted|Exception)" "$LOGS/$name.log" |
+    head -10 | sed 's/^ */  failed: /' >>"$LOGS/$name.txt"
+  return "$rc"
+}
+
+run_bench() {
+  GENREC_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "$BUILD/genrec_cuda_bench" 2>&1 | tee "$LOGS/bench.log"
+  local rc=${PIPESTATUS[0]}
+  grep -m1 "^device:" "$LOGS/bench.log" | cut -c1-60 >"$LOGS/bench.txt"
+  return "$rc"
+}
+
+run_train_bench() {
+  "$BUILD/genrec_train_bench" --device cuda 2>&1 | tee "$LOGS/train-bench.log"
+  local rc=${PIPESTATUS[0]}
+  grep -m1 "all max" "$LOGS/train-bench.log" | awk -F'|' '{print $10 " tokens/s"}' >"$LOGS/train-bench.txt"
+  return "$rc"
+}
+
+mkdir -p "$LOGS" "$BUILD"
+export LD_LIBRARY_PATH="$RUNTIME${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+step unpack "$LOGS/unpack.txt" unpack &&
+  step configure "$LOGS/configure.txt" configure &&
+  step build "" build
+built=$?
+if [ $built -eq 0 ] && [ $build_only -eq 0 ]; then
+  if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+    echo "run.sh: nvidia-smi finds no GPU; the CUDA tests will skip themselves"
+  fi
+  step "CUDA tests" "$LOGS/cuda-tests.txt" run_tests cuda-tests -R '^Cuda'
+  step "CPU tests" "$LOGS/cpu-tests.txt" run_tests cpu-tests -E '^Cuda' -j"$JOBS"
+  [ $bench -eq 1 ] && step benchmark "$LOGS/bench.txt" run_bench
+  [ $bench -eq 1 ] && step "train benchmark" "$LOGS/train-bench.txt" run_train_bench
+fi
+print_summary
+exit $failed
