@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace genrec {
@@ -93,47 +94,6 @@ class Cursor {
 };
 
 // ---- writing ----
-
-class TempFile {
- public:
-  explicit TempFile(const std::string& target) : target_(target) {
-    temp_ = target + ".tmp-XXXXXX";
-    fd_ = ::mkstemp(temp_.data());
-    if (fd_ < 0)
-      fail("shard {}: cannot create a temporary file: {}", target_, std::strerror(errno));
-    ::fchmod(fd_, 0644);
-  }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(temp_.c_str());
-  }
-  void write_at(const void* data, size_t size, uint64_t offset) {
-    const char* p = static_cast<const char*>(data);
-    while (size > 0) {
-      ssize_t n = ::pwrite(fd_, p, size, static_cast<off_t>(offset));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("shard {}: write failed: {}", target_, std::strerror(errno));
-      p += n;
-      size -= static_cast<size_t>(n);
-      offset += static_cast<uint64_t>(n);
-    }
-  }
-  void commit() {
-    if (::fsync(fd_) != 0) fail("shard {}: fsync failed: {}", target_, std::strerror(errno));
-    int rc = ::close(fd_);
-    fd_ = -1;
-    if (rc != 0) fail("shard {}: close failed: {}", target_, std::strerror(errno));
-    if (::rename(temp_.c_str(), target_.c_str()) != 0) {
-      fail("shard {}: cannot rename {} into place: {}", target_, temp_, std::strerror(errno));
-    }
-    committed_ = true;
-  }
-
- private:
-  std::string target_, temp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 std::string block_payload(const SequenceDataset& ds, uint64_t first_user, uint64_t num_users) {
   const int64_t u0 = static_cast<int64_t>(first_user), u1 = u0 + static_cast<int64_t>(num_users);
@@ -226,7 +186,7 @@ void write_shard(const std::string& path, const SequenceDataset& dataset,
   const uint64_t data_offset =
       kFixedHeaderBytes + names_bytes + kIndexEntryBytes * blocks.size() + kChecksumBytes;
 
-  TempFile file(path);
+  AtomicFile file(path, "shard");
   uint64_t offset = data_offset;
   std::vector<char> compressed;
   for (auto& b : blocks) {

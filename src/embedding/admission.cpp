@@ -6,21 +6,9 @@
 #include <bit>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace genrec {
-namespace {
-
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
-
 CountingFilter::CountingFilter(const AdmissionOptions& options) : options_(options) {
   GENREC_CHECK(options.threshold >= 1 && options.threshold <= 255,
                "admission: threshold must be in [1, 255], got {}", options.threshold);

@@ -12,20 +12,12 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/philox.h"
 #include "core/thread_pool.h"
 
 namespace genrec {
 namespace {
-
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 31;
-  return x;
-}
 
 // Below this many keys a batch runs on the calling thread.
 constexpr int64_t kParallelKeys = 4096;

@@ -3,9 +3,6 @@
 // and never loads half its rows.
 #include "embedding/table_dump.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <bit>
@@ -15,6 +12,7 @@
 #include <iterator>
 #include <memory>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace genrec {
@@ -44,50 +42,23 @@ uint64_t row_bytes(uint64_t dim, uint64_t state_dim) {
   return 24 + 4 * (dim + state_dim);
 }
 
-// Writes a temporary file next to the target, hashing as it goes; commit() renames it.
+// An AtomicFile that hashes what it writes (all but the trailing checksum itself).
 class DumpWriter {
  public:
-  explicit DumpWriter(const std::string& target) : target_(target), temp_(target + ".tmp-XXXXXX") {
-    fd_ = ::mkstemp(temp_.data());
-    if (fd_ < 0)
-      fail("table dump {}: cannot create a temporary file: {}", target_, std::strerror(errno));
-    ::fchmod(fd_, 0644);
+  explicit DumpWriter(const std::string& target) : file_(target, "table dump") {
     state_ = XXH64_createState();
     XXH64_reset(state_, 0);
   }
-  ~DumpWriter() {
-    XXH64_freeState(state_);
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(temp_.c_str());
-  }
+  ~DumpWriter() { XXH64_freeState(state_); }
   void write(const std::string& bytes, bool hash = true) {
     if (hash) XXH64_update(state_, bytes.data(), bytes.size());
-    const char* p = bytes.data();
-    size_t size = bytes.size();
-    while (size > 0) {
-      ssize_t n = ::write(fd_, p, size);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("table dump {}: write failed: {}", target_, std::strerror(errno));
-      p += n;
-      size -= static_cast<size_t>(n);
-    }
+    file_.write(bytes.data(), bytes.size());
   }
   uint64_t digest() const { return XXH64_digest(state_); }
-  void commit() {
-    if (::fsync(fd_) != 0) fail("table dump {}: fsync failed: {}", target_, std::strerror(errno));
-    int rc = ::close(fd_);
-    fd_ = -1;
-    if (rc != 0) fail("table dump {}: close failed: {}", target_, std::strerror(errno));
-    if (::rename(temp_.c_str(), target_.c_str()) != 0) {
-      fail("table dump {}: cannot rename {} into place: {}", target_, temp_, std::strerror(errno));
-    }
-    committed_ = true;
-  }
+  void commit() { file_.commit(); }
 
  private:
-  std::string target_, temp_;
-  int fd_ = -1;
-  bool committed_ = false;
+  AtomicFile file_;
   XXH64_state_t* state_ = nullptr;
 };
 

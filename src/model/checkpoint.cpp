@@ -2,11 +2,11 @@
 
 #include <xxhash.h>
 
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace genrec {
@@ -94,14 +94,9 @@ void save_checkpoint(const std::string& path, const RetrievalModel& model,
   uint64_t checksum = XXH64(bytes.data(), bytes.size(), 0);
   append(bytes, &checksum, 1);
 
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    GENREC_CHECK(out.good(), "cannot write checkpoint {}", tmp);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    GENREC_CHECK(out.good(), "write to checkpoint {} failed (disk full?)", tmp);
-  }
-  GENREC_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename {} to {}", tmp, path);
+  AtomicFile file(path, "checkpoint");
+  file.write(bytes.data(), bytes.size());
+  file.commit();
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& path, Device device) {

@@ -78,6 +78,28 @@ RetrievalModel::RetrievalModel(const RetrievalConfig& config) : config_(config) 
   params_.allocate();
 }
 
+void RetrievalModel::validate(const TokenBatch& batch, bool training) const {
+  const int64_t T = batch.num_tokens(), V = config_.num_items;
+  GENREC_CHECK(!batch.offsets.empty() && batch.offsets.front() == 0 && batch.offsets.back() == T &&
+                   static_cast<int64_t>(batch.timestamps.size()) == T,
+               "batch columns disagree: {} offsets ending at {}, {} items, {} timestamps",
+               batch.offsets.size(), batch.offsets.empty() ? 0 : batch.offsets.back(), T,
+               batch.timestamps.size());
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    const int64_t length = batch.offsets[b + 1] - batch.offsets[b];
+    GENREC_CHECK(length >= 0 && length <= config_.max_len,
+                 "sequence {} has {} tokens; max_len is {}", b, length, config_.max_len);
+  }
+  for (int64_t item : batch.items) {
+    GENREC_CHECK(item >= 1 && item <= V, "item {} outside 1..{}", item, V);
+  }
+  if (!training) return;
+  GENREC_CHECK(static_cast<int64_t>(batch.targets.size()) == T, "training batch needs targets");
+  for (int64_t target : batch.targets) {
+    GENREC_CHECK(target >= 1 && target <= V, "target item {} outside 1..{}", target, V);
+  }
+}
+
 CpuRetrievalModel::CpuRetrievalModel(const RetrievalConfig& config) : RetrievalModel(config) {
   for (size_t l = 0; l < block_params_.size(); ++l) {
     blocks_.push_back(std::make_unique<HstuBlock>(block_config_, params_, block_params_[l],
@@ -91,10 +113,9 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
   const int64_t V = config_.num_items;
   int64_t* positions = grow(positions_, T);
   for (int64_t b = 0; b < B; ++b) {
-    int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
-    GENREC_CHECK(end - begin <= config_.max_len, "sequence {} has {} tokens; max_len is {}", b,
-                 end - begin, config_.max_len);
-    for (int64_t t = begin; t < end; ++t) positions[t] = t - begin;
+    for (int64_t t = batch.offsets[b]; t < batch.offsets[b + 1]; ++t) {
+      positions[t] = t - batch.offsets[b];
+    }
   }
   layers_.resize(blocks_.size() + 1);
   for (auto& layer : layers_) grow(layer, T * D);
@@ -125,11 +146,7 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
 
 float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
   const int64_t T = batch.num_tokens(), D = config_.dim, V = config_.num_items;
-  GENREC_CHECK(static_cast<int64_t>(batch.targets.size()) == T, "training batch needs targets");
-  for (int64_t t = 0; t < T; ++t) {
-    GENREC_CHECK(batch.targets[t] >= 1 && batch.targets[t] <= V, "target item {} outside 1..{}",
-                 batch.targets[t], V);
-  }
+  validate(batch, /*training=*/true);
   if (T == 0) return 0.0f;
   encode(batch, /*training=*/true, seed, step);
 
@@ -184,6 +201,7 @@ float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int6
 
 void CpuRetrievalModel::encode_users(const TokenBatch& batch, float* out) {
   const int64_t D = config_.dim;
+  validate(batch, /*training=*/false);
   for (int64_t b = 0; b < batch.batch_size(); ++b) {
     GENREC_CHECK(batch.offsets[b + 1] > batch.offsets[b], "user {} of the batch has no history", b);
   }

@@ -84,6 +84,10 @@ class RetrievalModel {
   // Returns when all queued device work has finished.
   virtual void synchronize() {}
 
+  // Throws unless the batch fits the model: sequences of at most max_len tokens, items (and,
+  // when training, one target per token) in 1..V.
+  void validate(const TokenBatch& batch, bool training) const;
+
  protected:
   explicit RetrievalModel(const RetrievalConfig& config);
 

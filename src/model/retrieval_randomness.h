@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/hash.h"
 #include "core/philox.h"
 #include "model/retrieval_model.h"
 
@@ -14,12 +15,9 @@ namespace genrec {
 constexpr uint64_t kInputDropoutStream = 1u << 20;  // block l uses stream l
 constexpr uint64_t kNegativeStream = 2u << 20;
 
-// splitmix64 finaliser: decorrelates (seed, step) into one Philox key.
+// Decorrelates (seed, step) into one Philox key.
 inline uint64_t step_key(uint64_t seed, int64_t step) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return mix64(seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1));
 }
 
 // num_negatives uniform items in 1..V, then (optionally) the batch's own targets.

@@ -164,11 +164,7 @@ class CudaRetrievalModel : public RetrievalModel {
 
   float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) override {
     const int64_t T = batch.num_tokens(), D = config_.dim, V = config_.num_items;
-    GENREC_CHECK(static_cast<int64_t>(batch.targets.size()) == T, "training batch needs targets");
-    for (int64_t t = 0; t < T; ++t) {
-      GENREC_CHECK(batch.targets[t] >= 1 && batch.targets[t] <= V, "target item {} outside 1..{}",
-                   batch.targets[t], V);
-    }
+    validate(batch, /*training=*/true);
     if (T == 0) return 0.0f;
     const uint64_t dropout_seed = step_key(seed, step);
     const std::vector<int64_t> negatives = sample_negatives(config_, batch, dropout_seed);
@@ -311,14 +307,8 @@ class CudaRetrievalModel : public RetrievalModel {
     max_length_ = 0;
     for (int64_t b = 0; b < B; ++b) {
       const int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
-      GENREC_CHECK(end - begin <= config_.max_len, "sequence {} has {} tokens; max_len is {}", b,
-                   end - begin, config_.max_len);
       max_length_ = std::max(max_length_, end - begin);
       for (int64_t t = begin; t < end; ++t) host_ints_.push_back(t - begin);
-    }
-    for (int64_t item : batch.items) {
-      GENREC_CHECK(item >= 1 && item <= config_.num_items, "item {} outside 1..{}", item,
-                   config_.num_items);
     }
     targets_at_ = positions_at_ + T;
     host_ints_.insert(host_ints_.end(), batch.targets.begin(), batch.targets.end());
@@ -455,6 +445,7 @@ class CudaRetrievalModel : public RetrievalModel {
   // Encodes `batch` in eval mode and gathers each sequence's last user vector: [B, D] fp32.
   float* last_user_rows(const TokenBatch& batch) {
     const int64_t B = batch.batch_size(), D = config_.dim;
+    validate(batch, /*training=*/false);
     for (int64_t b = 0; b < B; ++b) {
       GENREC_CHECK(batch.offsets[b + 1] > batch.offsets[b], "user {} of the batch has no history",
                    b);

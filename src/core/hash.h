@@ -1,0 +1,17 @@
+// 64-bit integer mixing (the splitmix64 finaliser): spreads any key or counter over all bits,
+// for hash-table slots, sketch rows and per-step RNG keys.
+#pragma once
+
+#include <cstdint>
+
+namespace genrec {
+
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace genrec
