@@ -20,12 +20,11 @@
 #include <vector>
 
 #include "core/atomic_file.h"
+#include "core/byte_io.h"
 #include "core/error.h"
 
 namespace genrec {
 namespace {
-
-static_assert(std::endian::native == std::endian::little, "shards are little-endian");
 
 constexpr char kMagic[8] = {'G', 'E', 'N', 'R', 'E', 'C', 'S', 'H'};
 constexpr size_t kFixedHeaderBytes = 64;
@@ -45,18 +44,6 @@ struct BlockEntry {
 
 uint64_t block_payload_bytes(uint64_t users, uint64_t events, uint64_t num_features) {
   return 16 * users + 20 * events + 8 * num_features * events;
-}
-
-template <typename T>
-void put(std::string& out, T value) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &value, sizeof(T));
-  out.append(bytes, sizeof(T));
-}
-
-template <typename T>
-void put_array(std::string& out, const T* values, size_t count) {
-  out.append(reinterpret_cast<const char*>(values), count * sizeof(T));
 }
 
 // Bounds-checked little-endian reader over a byte range.

@@ -13,30 +13,15 @@
 #include <memory>
 
 #include "core/atomic_file.h"
+#include "core/byte_io.h"
 #include "core/error.h"
 
 namespace genrec {
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "dumps are little-endian");
-
 constexpr char kMagic[8] = {'G', 'E', 'N', 'R', 'E', 'C', 'E', 'M'};
 constexpr size_t kHeaderBytes = 64;
 constexpr size_t kChecksumBytes = 8;
-
-template <typename T>
-void put(std::string& out, T value) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &value, sizeof(T));
-  out.append(bytes, sizeof(T));
-}
-
-template <typename T>
-T get(const char* p) {
-  T value;
-  std::memcpy(&value, p, sizeof(T));
-  return value;
-}
 
 uint64_t row_bytes(uint64_t dim, uint64_t state_dim) {
   return 24 + 4 * (dim + state_dim);

@@ -7,17 +7,13 @@
 #include <iterator>
 
 #include "core/atomic_file.h"
+#include "core/byte_io.h"
 #include "core/error.h"
 
 namespace genrec {
 namespace {
 
 constexpr char kMagic[8] = {'G', 'R', 'C', 'K', 'P', 'T', '0', '1'};
-
-template <typename T>
-void append(std::string& out, const T* data, size_t count) {
-  out.append(reinterpret_cast<const char*>(data), count * sizeof(T));
-}
 
 // Reads `count` elements from `bytes` at `*pos`, or fails naming what was cut short.
 template <typename T>
@@ -85,14 +81,14 @@ void save_checkpoint(const std::string& path, const RetrievalModel& model,
   std::string text = meta.dump();
   std::string bytes(kMagic, sizeof(kMagic));
   uint64_t meta_bytes = text.size();
-  append(bytes, &meta_bytes, 1);
+  put<uint64_t>(bytes, meta_bytes);
   bytes += text;
-  append(bytes, params.values().data(), params.values().size());
-  append(bytes, params.adam_m().data(), params.adam_m().size());
-  append(bytes, params.adam_v().data(), params.adam_v().size());
-  append(bytes, vocabulary.raw_ids().data(), vocabulary.raw_ids().size());
+  put_array(bytes, params.values().data(), params.values().size());
+  put_array(bytes, params.adam_m().data(), params.adam_m().size());
+  put_array(bytes, params.adam_v().data(), params.adam_v().size());
+  put_array(bytes, vocabulary.raw_ids().data(), vocabulary.raw_ids().size());
   uint64_t checksum = XXH64(bytes.data(), bytes.size(), 0);
-  append(bytes, &checksum, 1);
+  put<uint64_t>(bytes, checksum);
 
   AtomicFile file(path, "checkpoint");
   file.write(bytes.data(), bytes.size());
