@@ -5,102 +5,21 @@
 #include <cstring>
 #include <vector>
 
+#include "attention_problem.h"
 #include "core/error.h"
-#include "core/philox.h"
 #include "op_test_util.h"
 #include "ops/hstu_attention.h"
 
 namespace genrec {
 namespace {
 
+using test::Attn;
+using test::AttnConfig;
+using test::columns;
 using test::kFdRelTol;
 using test::kFp32RelTol;
-
-// A jagged batch laid out as the model does: one buffer of rows [u | v | q | k | pad], so q, k
-// and v are strided column slices, plus relative-bias tables and timestamps.
-struct Attn {
-  std::vector<int64_t> lengths, offsets, timestamps;
-  int64_t B = 0, T = 0, H = 0, dqk = 0, dv = 0, P = 0, NB = 0;
-  int64_t ld = 0, voff = 0, qoff = 0, koff = 0;
-  static constexpr int64_t kPad = 3;
-  bool use_pos = false, use_time = false;
-  float alpha = 1.0f, inv_n = 1.0f;
-  std::vector<float> buf, pos, time;
-
-  const float* q() const { return buf.data() + qoff; }
-  const float* k() const { return buf.data() + koff; }
-  const float* v() const { return buf.data() + voff; }
-  cpu::HstuAttentionShape shape() const {
-    cpu::HstuAttentionShape s;
-    s.num_heads = H;
-    s.dim_qk = dqk;
-    s.dim_v = dv;
-    s.alpha = alpha;
-    s.inv_n = inv_n;
-    s.ld_q = s.ld_k = s.ld_v = ld;
-    return s;
-  }
-  cpu::HstuRelativeBias bias() const {
-    cpu::HstuRelativeBias b;
-    if (use_pos) {
-      b.position = pos.data();
-      b.num_positions = P;
-    }
-    if (use_time) {
-      b.time = time.data();
-      b.num_time_buckets = NB;
-      b.timestamps = timestamps.data();
-    }
-    return b;
-  }
-};
-
-// Random lengths in [1, max_len], with sequence 1 empty and sequence 2 of length 1.
-std::vector<int64_t> random_lengths(int64_t B, int64_t max_len, uint64_t seed) {
-  Philox rng(seed);
-  std::vector<int64_t> lengths(B);
-  for (auto& l : lengths) l = 1 + static_cast<int64_t>(rng.below(max_len));
-  if (B > 1) lengths[1] = 0;
-  if (B > 2) lengths[2] = 1;
-  return lengths;
-}
-
-Attn make_attn(std::vector<int64_t> lengths, int64_t H, int64_t dqk, int64_t dv, int64_t P,
-               int64_t NB, bool use_pos, bool use_time, uint64_t seed) {
-  Attn a;
-  a.lengths = std::move(lengths);
-  a.B = static_cast<int64_t>(a.lengths.size());
-  a.offsets.assign(a.B + 1, 0);
-  for (int64_t b = 0; b < a.B; ++b) a.offsets[b + 1] = a.offsets[b] + a.lengths[b];
-  a.T = a.offsets[a.B];
-  a.H = H;
-  a.dqk = dqk;
-  a.dv = dv;
-  a.P = P;
-  a.NB = NB;
-  a.use_pos = use_pos;
-  a.use_time = use_time;
-  a.voff = H * dv;
-  a.qoff = 2 * H * dv;
-  a.koff = a.qoff + H * dqk;
-  a.ld = a.koff + H * dqk + Attn::kPad;
-  a.alpha = 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(dqk, 1)));
-  a.inv_n = 1.0f / static_cast<float>(
-                       std::max<int64_t>(1, *std::max_element(a.lengths.begin(), a.lengths.end())));
-  a.buf = test::random_normal(a.T * a.ld, seed);
-  a.pos = test::random_normal(P, seed + 1, 0.5f);
-  a.time = test::random_normal(NB, seed + 2, 0.5f);
-  // Increasing timestamps per sequence; equal neighbours (dt = 0) now and then.
-  Philox rng(seed + 3);
-  for (int64_t b = 0; b < a.B; ++b) {
-    int64_t t = 1000000000 + static_cast<int64_t>(rng.below(1000000));
-    for (int64_t i = 0; i < a.lengths[b]; ++i) {
-      if (rng.uniform() > 0.2f) t += static_cast<int64_t>(rng.below(3000));
-      a.timestamps.push_back(t);
-    }
-  }
-  return a;
-}
+using test::make_attn;
+using test::random_lengths;
 
 struct AttnRef {
   std::vector<double> out, d_q, d_k, d_v, d_pos, d_time;  // compact [T, H*d] rows
@@ -158,16 +77,6 @@ AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out) {
   return r;
 }
 
-// Columns [col, col + width) of every row of a [T, ld] buffer, compacted.
-std::vector<float> columns(const std::vector<float>& buf, int64_t T, int64_t ld, int64_t col,
-                           int64_t width) {
-  std::vector<float> out(T * width);
-  for (int64_t t = 0; t < T; ++t) {
-    std::copy_n(buf.data() + t * ld + col, width, out.data() + t * width);
-  }
-  return out;
-}
-
 std::vector<float> run_forward(const Attn& a) {
   std::vector<float> out(a.T * a.H * a.dv);
   test::poison(out);
@@ -192,13 +101,9 @@ Grads run_backward(const Attn& a, const std::vector<float>& d_out, const std::ve
   return g;
 }
 
-struct Config {
-  int64_t B, max_len, H, dqk, dv, P, NB;
-};
-
 // Small head dims (one column tile), large ones (several column tiles per row tile) and very
 // large ones (square tiles below 32 rows).
-const Config kConfigs[] = {
+const AttnConfig kConfigs[] = {
     {7, 70, 3, 8, 12, 40, 20},
     {5, 150, 2, 96, 128, 200, 64},
     {3, 60, 1, 256, 200, 16, 30},
@@ -206,7 +111,7 @@ const Config kConfigs[] = {
 
 TEST(OpsHstuAttention, ForwardMatchesReference) {
   uint64_t seed = 1;
-  for (const Config& c : kConfigs) {
+  for (const AttnConfig& c : kConfigs) {
     for (int variant = 0; variant < 4; ++variant) {
       const bool use_pos = variant & 1, use_time = variant & 2;
       SCOPED_TRACE(testing::Message() << "dqk=" << c.dqk << " dv=" << c.dv << " pos=" << use_pos
@@ -222,7 +127,7 @@ TEST(OpsHstuAttention, ForwardMatchesReference) {
 
 TEST(OpsHstuAttention, BackwardMatchesReference) {
   uint64_t seed = 500;
-  for (const Config& c : kConfigs) {
+  for (const AttnConfig& c : kConfigs) {
     for (bool with_bias : {false, true}) {
       SCOPED_TRACE(testing::Message()
                    << "dqk=" << c.dqk << " dv=" << c.dv << " bias=" << with_bias);
@@ -326,28 +231,8 @@ TEST(OpsHstuAttention, BackwardIsDeterministicAcrossThreadsAndBatching) {
 // dt exactly at, and one below, every bucket boundary, in both directions (t_i < t_j too).
 TEST(OpsHstuAttention, TimeBucketsMatchAtBoundaries) {
   const int64_t NB = 60;
-  std::vector<int64_t> boundaries;
-  for (int64_t b = 1; b < NB; ++b) {
-    int64_t lo = 1, hi = int64_t{1} << 40;
-    while (lo < hi) {
-      int64_t mid = lo + (hi - lo) / 2;
-      if (cpu::hstu_time_bucket(mid, 1000) >= b) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    boundaries.push_back(lo);
-    boundaries.push_back(lo - 1);
-  }
-  const int64_t L = static_cast<int64_t>(boundaries.size()) + 1;
-  Attn a = make_attn({L}, 1, 4, 4, L, NB, false, true, 200);
-  const int64_t t0 = int64_t{1} << 41;
-  a.timestamps[0] = t0;
-  for (int64_t i = 1; i < L; ++i) {
-    a.timestamps[i] = (i % 4 < 2) ? t0 + boundaries[i - 1] : t0 - boundaries[i - 1];
-  }
-  a.time = test::random_normal(NB, 201, 2.0f);
+  Attn a =
+      test::boundary_attn(NB, test::time_bucket_boundaries(NB, int64_t{1} << 40), int64_t{1} << 41);
   EXPECT_LT(test::rel_l2(run_forward(a), attn_reference(a, nullptr).out), kFp32RelTol);
 }
 

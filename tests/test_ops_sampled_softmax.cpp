@@ -6,42 +6,23 @@
 #include "core/error.h"
 #include "op_test_util.h"
 #include "ops/sampled_softmax.h"
+#include "sampled_softmax_problem.h"
 
 namespace genrec {
 namespace {
 
+using test::cpu_softmax_forward;
 using test::kFdRelTol;
 using test::kFp32RelTol;
-
-struct Problem {
-  int64_t N, K, D;
-  float temperature;
-  std::vector<float> query, positive, negatives;
-  std::vector<int64_t> positive_ids, negative_ids;
-};
-
-// Rows of norm ~scale; ids drawn from a small range so that some negatives equal a row's
-// positive, and row 0's positive id is forced to appear (twice) among the negatives.
-Problem make_problem(int64_t N, int64_t K, int64_t D, float temperature, float scale,
-                     uint64_t seed) {
-  Problem p{N, K, D, temperature, {}, {}, {}, {}, {}};
-  const float s = scale / std::sqrt(static_cast<float>(D));
-  p.query = test::random_normal(N * D, seed, s);
-  p.positive = test::random_normal(N * D, seed + 1, s);
-  p.negatives = test::random_normal(K * D, seed + 2, s);
-  Philox rng(seed + 3);
-  for (int64_t n = 0; n < N; ++n) p.positive_ids.push_back(static_cast<int64_t>(rng.below(3 * K)));
-  for (int64_t k = 0; k < K; ++k) p.negative_ids.push_back(static_cast<int64_t>(rng.below(3 * K)));
-  if (K >= 3) p.negative_ids[1] = p.negative_ids[K - 1] = p.positive_ids[0];
-  return p;
-}
+using test::make_softmax_problem;
+using test::SoftmaxProblem;
 
 struct Reference {
   double loss;
   std::vector<double> probs, d_query, d_positive, d_negatives;
 };
 
-Reference reference(const Problem& p) {
+Reference reference(const SoftmaxProblem& p) {
   const int64_t N = p.N, K = p.K, D = p.D;
   Reference r{0.0, std::vector<double>(N * (K + 1)), std::vector<double>(N * D, 0.0),
               std::vector<double>(N * D, 0.0), std::vector<double>(K * D, 0.0)};
@@ -77,14 +58,6 @@ Reference reference(const Problem& p) {
   return r;
 }
 
-float run_forward(Problem& p, std::vector<float>& probs) {
-  probs.assign(p.N * (p.K + 1), 0.0f);
-  test::poison(probs);
-  return cpu::sampled_softmax_forward(probs.data(), p.query.data(), p.positive.data(),
-                                      p.positive_ids.data(), p.negatives.data(),
-                                      p.negative_ids.data(), p.N, p.K, p.D, p.temperature);
-}
-
 TEST(OpsSampledSoftmax, ForwardMatchesReference) {
   struct Case {
     int64_t N, K, D;
@@ -94,9 +67,9 @@ TEST(OpsSampledSoftmax, ForwardMatchesReference) {
   for (Case c : {Case{6, 5, 8, 1.0f, 1.0f}, Case{300, 128, 32, 0.5f, 2.0f},
                  Case{64, 200, 16, 0.05f, 1.0f}}) {
     SCOPED_TRACE(testing::Message() << "N=" << c.N << " K=" << c.K << " t=" << c.temperature);
-    Problem p = make_problem(c.N, c.K, c.D, c.temperature, c.scale, 7 + c.N);
+    SoftmaxProblem p = make_softmax_problem(c.N, c.K, c.D, c.temperature, c.scale, 7 + c.N);
     std::vector<float> probs;
-    const float loss = run_forward(p, probs);
+    const float loss = cpu_softmax_forward(p, probs);
     Reference r = reference(p);
     EXPECT_LT(std::abs(loss - r.loss) / r.loss, kFp32RelTol) << loss << " vs " << r.loss;
     EXPECT_LT(test::rel_l2(probs, r.probs), kFp32RelTol);
@@ -109,9 +82,9 @@ TEST(OpsSampledSoftmax, LogitsInTheThousandsStayFinite) {
   // exp overflows fp32 beyond 88. Softmax probabilities are only as accurate as the logits
   // (an absolute logit error e is a relative probability error e, here ~1e-3), so the probs
   // are checked for being finite and normalised, and the loss against the reference.
-  Problem p = make_problem(8, 40, 16, 0.05f, 30.0f, 5);
+  SoftmaxProblem p = make_softmax_problem(8, 40, 16, 0.05f, 30.0f, 5);
   std::vector<float> probs;
-  const float loss = run_forward(p, probs);
+  const float loss = cpu_softmax_forward(p, probs);
   Reference r = reference(p);
   EXPECT_GT(r.loss, 100.0);
   EXPECT_LT(std::abs(loss - r.loss) / r.loss, kFp32RelTol) << loss << " vs " << r.loss;
@@ -126,9 +99,9 @@ TEST(OpsSampledSoftmax, LogitsInTheThousandsStayFinite) {
 }
 
 TEST(OpsSampledSoftmax, BackwardMatchesFiniteDifferences) {
-  Problem p = make_problem(5, 6, 4, 0.5f, 1.5f, 21);
+  SoftmaxProblem p = make_softmax_problem(5, 6, 4, 0.5f, 1.5f, 21);
   std::vector<float> probs;
-  auto loss = [&] { return static_cast<double>(run_forward(p, probs)); };
+  auto loss = [&] { return static_cast<double>(cpu_softmax_forward(p, probs)); };
   loss();
   std::vector<float> d_query(p.N * p.D), d_positive(p.N * p.D), d_negatives(p.K * p.D);
   test::poison(d_query);
@@ -143,9 +116,9 @@ TEST(OpsSampledSoftmax, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(OpsSampledSoftmax, BackwardMatchesReferenceOnLargeBatch) {
-  Problem p = make_problem(400, 256, 48, 0.05f, 1.0f, 31);
+  SoftmaxProblem p = make_softmax_problem(400, 256, 48, 0.05f, 1.0f, 31);
   std::vector<float> probs;
-  run_forward(p, probs);
+  cpu_softmax_forward(p, probs);
   Reference r = reference(p);
   std::vector<float> d_query(p.N * p.D), d_positive(p.N * p.D), d_negatives(p.K * p.D);
   test::poison(d_query);
@@ -160,7 +133,7 @@ TEST(OpsSampledSoftmax, BackwardMatchesReferenceOnLargeBatch) {
 }
 
 TEST(OpsSampledSoftmax, RejectsNonPositiveTemperature) {
-  Problem p = make_problem(2, 3, 4, 1.0f, 1.0f, 41);
+  SoftmaxProblem p = make_softmax_problem(2, 3, 4, 1.0f, 1.0f, 41);
   std::vector<float> probs(2 * 4);
   EXPECT_THROW(cpu::sampled_softmax_forward(probs.data(), p.query.data(), p.positive.data(),
                                             p.positive_ids.data(), p.negatives.data(),

@@ -3,11 +3,11 @@
 // for bf16 (the CPU op then runs on the bf16-rounded inputs).
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
+#include "../attention_problem.h"
 #include "core/cuda/stream.h"
 #include "cuda_test_util.h"
 #include "ops/cuda/hstu_attention.h"
@@ -16,7 +16,12 @@
 namespace genrec {
 namespace {
 
+using test::Attn;
+using test::AttnConfig;
+using test::columns;
 using test::kCudaF32RelTol;
+using test::make_attn;
+using test::random_lengths;
 
 // Tolerances: test::rel_tol<T>() of cuda_test_util.h. fp32: both ops accumulate in fp32 over at
 // most a few hundred terms per output (keys, head dims), in different orders: relative L2
@@ -28,104 +33,6 @@ using test::kCudaF32RelTol;
 // (7 stored mantissa bits): a relative L2 error of ~2^-7 / sqrt(12) / 1.44 ~ 1.6e-3 on its own
 // (1.7e-3 measured); 1e-2 leaves a factor of ~6. The fp32 bias gradients of the bf16 op are
 // not rounded and keep kCudaF32RelTol.
-
-// ---- problems ----
-
-// One buffer of rows [u | v | q | k | pad] as the model lays it out, so q, k and v are strided
-// column slices; relative-bias tables and timestamps.
-struct Attn {
-  std::vector<int64_t> lengths, offsets, timestamps;
-  int64_t B = 0, T = 0, H = 0, dqk = 0, dv = 0, P = 0, NB = 0, max_len = 0;
-  int64_t ld = 0, voff = 0, qoff = 0, koff = 0;
-  static constexpr int64_t kPad = 3;
-  bool use_pos = false, use_time = false;
-  float alpha = 1.0f, inv_n = 1.0f;
-  std::vector<float> buf, pos, time;
-
-  cpu::HstuAttentionShape shape() const {
-    cpu::HstuAttentionShape s;
-    s.num_heads = H;
-    s.dim_qk = dqk;
-    s.dim_v = dv;
-    s.alpha = alpha;
-    s.inv_n = inv_n;
-    s.ld_q = s.ld_k = s.ld_v = ld;
-    return s;
-  }
-  // The bias description over the given tables and timestamps (host or device pointers).
-  cpu::HstuRelativeBias bias(const float* pos_table, const float* time_table,
-                             const int64_t* ts) const {
-    cpu::HstuRelativeBias b;
-    if (use_pos) {
-      b.position = pos_table;
-      b.num_positions = P;
-    }
-    if (use_time) {
-      b.time = time_table;
-      b.num_time_buckets = NB;
-      b.timestamps = ts;
-    }
-    return b;
-  }
-};
-
-// Random lengths in [1, max_len]; sequence 0 has the maximum, 1 is empty, 2 has length 1.
-std::vector<int64_t> random_lengths(int64_t B, int64_t max_len, uint64_t seed) {
-  Philox rng(seed);
-  std::vector<int64_t> lengths(B);
-  for (auto& l : lengths) l = 1 + static_cast<int64_t>(rng.below(max_len));
-  lengths[0] = max_len;
-  if (B > 1) lengths[1] = 0;
-  if (B > 2) lengths[2] = 1;
-  return lengths;
-}
-
-Attn make_attn(std::vector<int64_t> lengths, int64_t H, int64_t dqk, int64_t dv, int64_t P,
-               int64_t NB, bool use_pos, bool use_time, uint64_t seed) {
-  Attn a;
-  a.lengths = std::move(lengths);
-  a.B = static_cast<int64_t>(a.lengths.size());
-  a.offsets.assign(a.B + 1, 0);
-  for (int64_t b = 0; b < a.B; ++b) a.offsets[b + 1] = a.offsets[b] + a.lengths[b];
-  a.T = a.offsets[a.B];
-  a.max_len = *std::max_element(a.lengths.begin(), a.lengths.end());
-  a.H = H;
-  a.dqk = dqk;
-  a.dv = dv;
-  a.P = P;
-  a.NB = NB;
-  a.use_pos = use_pos;
-  a.use_time = use_time;
-  a.voff = H * dv;
-  a.qoff = 2 * H * dv;
-  a.koff = a.qoff + H * dqk;
-  a.ld = a.koff + H * dqk + Attn::kPad;
-  a.alpha = 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(dqk, 1)));
-  a.inv_n = 1.0f / static_cast<float>(std::max<int64_t>(1, a.max_len));
-  a.buf = test::random_normal(a.T * a.ld, seed);
-  a.pos = test::random_normal(P, seed + 1, 0.5f);
-  a.time = test::random_normal(NB, seed + 2, 0.5f);
-  // Increasing timestamps per sequence; equal neighbours (dt = 0) now and then.
-  Philox rng(seed + 3);
-  for (int64_t b = 0; b < a.B; ++b) {
-    int64_t t = 1000000000 + static_cast<int64_t>(rng.below(1000000));
-    for (int64_t i = 0; i < a.lengths[b]; ++i) {
-      if (rng.uniform() > 0.2f) t += static_cast<int64_t>(rng.below(3000));
-      a.timestamps.push_back(t);
-    }
-  }
-  return a;
-}
-
-// Columns [col, col + width) of every row of a [T, ld] buffer, compacted.
-std::vector<float> columns(const std::vector<float>& buf, int64_t T, int64_t ld, int64_t col,
-                           int64_t width) {
-  std::vector<float> out(T * width);
-  for (int64_t t = 0; t < T; ++t) {
-    std::copy_n(buf.data() + t * ld + col, width, out.data() + t * width);
-  }
-  return out;
-}
 
 std::vector<float> difference(const std::vector<float>& a, const std::vector<float>& b) {
   std::vector<float> d(a.size());
@@ -159,9 +66,8 @@ double forward_error(Attn& a, int64_t max_len_hint = -1) {
   a.buf = test::round_through<T>(std::move(a.buf));
   std::vector<float> ref(a.T * a.H * a.dv);
   test::poison(ref);
-  cpu::hstu_attention_forward(ref.data(), a.buf.data() + a.qoff, a.buf.data() + a.koff,
-                              a.buf.data() + a.voff, a.offsets.data(), a.B, a.shape(),
-                              a.bias(a.pos.data(), a.time.data(), a.timestamps.data()));
+  cpu::hstu_attention_forward(ref.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
+                              a.bias());
   cuda::Stream stream;
   DeviceAttn<T> d(a);
   test::DeviceArray<T> out(a.T * a.H * a.dv);
@@ -187,9 +93,8 @@ void check_backward(Attn& a, uint64_t seed) {
   test::poison(ref);
   std::vector<float> ref_pos = pos0, ref_time = time0;
   cpu::hstu_attention_backward(ref.data() + a.qoff, ref.data() + a.koff, ref.data() + a.voff,
-                               ref_pos.data(), ref_time.data(), d_out.data(), a.buf.data() + a.qoff,
-                               a.buf.data() + a.koff, a.buf.data() + a.voff, a.offsets.data(), a.B,
-                               a.shape(), a.bias(a.pos.data(), a.time.data(), a.timestamps.data()));
+                               ref_pos.data(), ref_time.data(), d_out.data(), a.q(), a.k(), a.v(),
+                               a.offsets.data(), a.B, a.shape(), a.bias());
 
   cuda::Stream stream;
   DeviceAttn<T> d(a);
@@ -241,14 +146,10 @@ void check_backward(Attn& a, uint64_t seed) {
   }
 }
 
-struct Config {
-  int64_t B, max_len, H, dqk, dv, P, NB;
-};
-
 // Batch sizes 1..256 with lengths up to 128 (two 64-query tiles); position tables shorter
 // than, and as long as, the longest sequence; the last config has head dims above 128, so
 // every kernel takes several column passes.
-const Config kConfigs[] = {
+const AttnConfig kConfigs[] = {
     {1, 128, 2, 32, 48, 100, 30},  {7, 100, 3, 24, 40, 50, 20},  {64, 128, 2, 64, 32, 128, 40},
     {256, 128, 2, 16, 24, 40, 64}, {5, 90, 2, 160, 136, 30, 16},
 };
@@ -258,13 +159,13 @@ const Config kConfigs[] = {
 template <typename F>
 void for_each_problem(uint64_t first_seed, F&& check) {
   uint64_t seed = first_seed;
-  for (const Config& c : kConfigs) {
+  for (const AttnConfig& c : kConfigs) {
     for (int variant = 0; variant < 4; ++variant) {
       const bool use_pos = variant & 1, use_time = variant & 2;
       SCOPED_TRACE(testing::Message() << "B=" << c.B << " H=" << c.H << " dqk=" << c.dqk << " dv="
                                       << c.dv << " pos=" << use_pos << " time=" << use_time);
-      Attn a = make_attn(random_lengths(c.B, c.max_len, seed), c.H, c.dqk, c.dv, c.P, c.NB, use_pos,
-                         use_time, seed + 10);
+      Attn a = make_attn(random_lengths(c.B, c.max_len, seed, /*first_at_max=*/true), c.H, c.dqk,
+                         c.dv, c.P, c.NB, use_pos, use_time, seed + 10);
       check(a, seed);
       seed += 100;
     }
@@ -308,7 +209,8 @@ TEST(CudaHstuAttention, MaxLenHintBelowTheMaximumIsStillCorrect) {
   GENREC_REQUIRE_CUDA();
   for (int64_t hint : {0, 1, 64}) {
     SCOPED_TRACE(testing::Message() << "max_len hint " << hint);
-    Attn a = make_attn(random_lengths(9, 200, 70), 2, 32, 16, 150, 30, true, true, 71);
+    Attn a = make_attn(random_lengths(9, 200, 70, /*first_at_max=*/true), 2, 32, 16, 150, 30, true,
+                       true, 71);
     EXPECT_LT(forward_error<float>(a, hint), kCudaF32RelTol);
   }
 }
@@ -318,31 +220,13 @@ TEST(CudaHstuAttention, MaxLenHintBelowTheMaximumIsStillCorrect) {
 TEST(CudaHstuAttention, TimeBucketsMatchCpuAtBoundaries) {
   GENREC_REQUIRE_CUDA();
   const int64_t NB = 100;
-  std::vector<int64_t> boundaries;
-  for (int64_t b = 1; b < NB; ++b) {
-    int64_t lo = 1, hi = int64_t{1} << 50;
-    while (lo < hi) {
-      int64_t mid = lo + (hi - lo) / 2;
-      if (cpu::hstu_time_bucket(mid, 1000) >= b) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    boundaries.push_back(lo);
-    boundaries.push_back(lo - 1);
+  const std::vector<int64_t> boundaries = test::time_bucket_boundaries(NB, int64_t{1} << 50);
+  for (int64_t lo : boundaries) {
     // The host side of the shared function.
     ASSERT_EQ(cuda::hstu_time_bucket(lo, 1000), cpu::hstu_time_bucket(lo, 1000));
     ASSERT_EQ(cuda::hstu_time_bucket(-(lo - 1), 1000), cpu::hstu_time_bucket(-(lo - 1), 1000));
   }
-  const int64_t L = static_cast<int64_t>(boundaries.size()) + 1;
-  Attn a = make_attn({L}, 1, 4, 4, L, NB, false, true, 200);
-  const int64_t t0 = int64_t{1} << 46;
-  a.timestamps[0] = t0;
-  for (int64_t i = 1; i < L; ++i) {
-    a.timestamps[i] = (i % 4 < 2) ? t0 + boundaries[i - 1] : t0 - boundaries[i - 1];
-  }
-  a.time = test::random_normal(NB, 201, 2.0f);
+  Attn a = test::boundary_attn(NB, boundaries, int64_t{1} << 46);
   EXPECT_LT(forward_error<float>(a), kCudaF32RelTol);
   check_backward<float>(a, 202);
 }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../sampled_softmax_problem.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "ops/cuda/sampled_softmax.h"
@@ -16,41 +17,20 @@
 namespace genrec {
 namespace {
 
+using test::cpu_softmax_forward;
 using test::kCudaF32RelTol;
+using test::make_softmax_problem;
+using test::SoftmaxProblem;
 
 // Tolerance kCudaF32RelTol: both ops compute in fp32 with different summation orders (dot
 // products over D <= 64, softmax sums over K + 1 <= 1001 terms, gradient GEMMs over K or
 // N <= 1000): relative differences of order 1e-7 to 1e-6. 1e-5 still flags a single wrong
 // element.
 
-struct Problem {
-  int64_t N, K, D;
-  float temperature;
-  std::vector<float> query, positive, negatives;
-  std::vector<int64_t> positive_ids, negative_ids;
-};
-
-// Rows of norm ~scale; ids from a small range so that some negatives equal a row's positive,
-// and row 0's positive id appears (twice) among the negatives.
-Problem make_problem(int64_t N, int64_t K, int64_t D, float temperature, float scale,
-                     uint64_t seed) {
-  Problem p{N, K, D, temperature, {}, {}, {}, {}, {}};
-  const float s = scale / std::sqrt(static_cast<float>(std::max<int64_t>(D, 1)));
-  p.query = test::random_normal(N * D, seed, s);
-  p.positive = test::random_normal(N * D, seed + 1, s);
-  p.negatives = test::random_normal(K * D, seed + 2, s);
-  Philox rng(seed + 3);
-  const uint64_t ids = static_cast<uint64_t>(std::max<int64_t>(3 * K, 1));
-  for (int64_t n = 0; n < N; ++n) p.positive_ids.push_back(static_cast<int64_t>(rng.below(ids)));
-  for (int64_t k = 0; k < K; ++k) p.negative_ids.push_back(static_cast<int64_t>(rng.below(ids)));
-  if (K >= 3 && N >= 1) p.negative_ids[1] = p.negative_ids[K - 1] = p.positive_ids[0];
-  return p;
-}
-
 struct DeviceProblem {
   test::DeviceArray<float> query, positive, negatives;
   test::DeviceArray<int64_t> positive_ids, negative_ids;
-  explicit DeviceProblem(const Problem& p)
+  explicit DeviceProblem(const SoftmaxProblem& p)
       : query(test::upload<float>(p.query)),
         positive(test::upload<float>(p.positive)),
         negatives(test::upload<float>(p.negatives)),
@@ -58,15 +38,7 @@ struct DeviceProblem {
         negative_ids(test::upload_raw(p.negative_ids)) {}
 };
 
-float cpu_forward(const Problem& p, std::vector<float>& probs) {
-  probs.assign(p.N * (p.K + 1), 0.0f);
-  test::poison(probs);
-  return cpu::sampled_softmax_forward(probs.data(), p.query.data(), p.positive.data(),
-                                      p.positive_ids.data(), p.negatives.data(),
-                                      p.negative_ids.data(), p.N, p.K, p.D, p.temperature);
-}
-
-float cuda_forward(const Problem& p, const DeviceProblem& d, std::vector<float>& probs) {
+float cuda_forward(const SoftmaxProblem& p, const DeviceProblem& d, std::vector<float>& probs) {
   test::DeviceArray<float> dev_probs(p.N * (p.K + 1));
   dev_probs.poison();
   const float loss = cuda::sampled_softmax_forward(
@@ -97,10 +69,10 @@ TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(testing::Message()
                  << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
-    Problem p = make_problem(c.N, c.K, c.D, c.temperature, c.scale, 7 + c.N + c.K);
+    SoftmaxProblem p = make_softmax_problem(c.N, c.K, c.D, c.temperature, c.scale, 7 + c.N + c.K);
     DeviceProblem d(p);
     std::vector<float> ref_probs, probs;
-    const float ref_loss = cpu_forward(p, ref_probs);
+    const float ref_loss = cpu_softmax_forward(p, ref_probs);
     const float loss = cuda_forward(p, d, probs);
     EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
     EXPECT_LT(test::rel_l2(probs, ref_probs), kCudaF32RelTol);
@@ -113,7 +85,7 @@ TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
 
 TEST(CudaSampledSoftmax, AsyncVariantWritesTheSameLossOnTheDevice) {
   GENREC_REQUIRE_CUDA();
-  Problem p = make_problem(100, 50, 24, 0.1f, 1.0f, 11);
+  SoftmaxProblem p = make_softmax_problem(100, 50, 24, 0.1f, 1.0f, 11);
   DeviceProblem d(p);
   std::vector<float> probs;
   const float host_loss = cuda_forward(p, d, probs);
@@ -138,10 +110,10 @@ TEST(CudaSampledSoftmax, LogitsInTheThousandsStayFinite) {
   // Probabilities are only as accurate as the logits (an absolute logit error e is a relative
   // probability error e, here ~1e-4), so they are checked for being finite and normalised,
   // and the loss (~1e3) against the CPU op.
-  Problem p = make_problem(8, 40, 16, 0.05f, 30.0f, 5);
+  SoftmaxProblem p = make_softmax_problem(8, 40, 16, 0.05f, 30.0f, 5);
   DeviceProblem d(p);
   std::vector<float> ref_probs, probs;
-  const float ref_loss = cpu_forward(p, ref_probs);
+  const float ref_loss = cpu_softmax_forward(p, ref_probs);
   const float loss = cuda_forward(p, d, probs);
   EXPECT_GT(ref_loss, 100.0f);
   EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
@@ -161,10 +133,10 @@ TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(testing::Message()
                  << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
-    Problem p = make_problem(c.N, c.K, c.D, c.temperature, c.scale, 70 + c.N + c.K);
+    SoftmaxProblem p = make_softmax_problem(c.N, c.K, c.D, c.temperature, c.scale, 70 + c.N + c.K);
     DeviceProblem d(p);
     std::vector<float> probs;
-    cpu_forward(p, probs);
+    cpu_softmax_forward(p, probs);
     std::vector<float> dq(p.N * p.D), dp(p.N * p.D), dn(p.K * p.D);
     test::poison(dq);
     test::poison(dp);
@@ -188,7 +160,7 @@ TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
 
 TEST(CudaSampledSoftmax, EmptyBatch) {
   GENREC_REQUIRE_CUDA();
-  Problem p = make_problem(0, 6, 4, 1.0f, 1.0f, 3);
+  SoftmaxProblem p = make_softmax_problem(0, 6, 4, 1.0f, 1.0f, 3);
   DeviceProblem d(p);
   test::DeviceArray<int64_t> no_positive_ids(1);  // never read, but must be given when K > 0
   EXPECT_EQ(cuda::sampled_softmax_forward(nullptr, nullptr, nullptr, no_positive_ids.get(),
@@ -204,7 +176,7 @@ TEST(CudaSampledSoftmax, EmptyBatch) {
 
 TEST(CudaSampledSoftmax, RejectsNonPositiveTemperature) {
   GENREC_REQUIRE_CUDA();
-  Problem p = make_problem(2, 3, 4, 1.0f, 1.0f, 41);
+  SoftmaxProblem p = make_softmax_problem(2, 3, 4, 1.0f, 1.0f, 41);
   DeviceProblem d(p);
   test::DeviceArray<float> probs(2 * 4);
   EXPECT_THROW(cuda::sampled_softmax_forward(probs.get(), d.query.get(), d.positive.get(),
