@@ -121,6 +121,39 @@ __device__ __forceinline__ void dot_tile(float (&acc)[4][4], float* sa, float* s
   }
 }
 
+// acc[a][n] += Σ_r S(ty + 16a, r) · rows[r][c0 + tx + 16n] over the tile's n_rows rows of
+// src (row stride ld, n_cols valid columns from c0), staged through shared memory kRows at a
+// time. S is the score tile in shared memory, read as scores[row][r], or scores[r][row] when
+// kTransposed. Every thread of the block must call it (it synchronises).
+template <int W, int NC, int kRows, bool kTransposed, typename T>
+__device__ __forceinline__ void accumulate_scores_times_rows(float (&acc)[4][NC],
+                                                             const float* scores, float* stage_buf,
+                                                             const T* src, int64_t ld, int n_rows,
+                                                             int n_cols) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int r0 = 0; r0 < n_rows; r0 += kRows) {
+    __syncthreads();
+    stage<W>(stage_buf, W, kRows, src + r0 * ld, ld, n_rows - r0, n_cols);
+    __syncthreads();
+#pragma unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      float sv[4], x[NC];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        sv[a] = kTransposed ? scores[(r0 + r) * kScoreLd + ty + 16 * a]
+                            : scores[(ty + 16 * a) * kScoreLd + r0 + r];
+      }
+#pragma unroll
+      for (int n = 0; n < NC; ++n) x[n] = stage_buf[r * W + tx + 16 * n];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+#pragma unroll
+        for (int n = 0; n < NC; ++n) acc[a][n] = fmaf(sv[a], x[n], acc[a][n]);
+      }
+    }
+  }
+}
+
 struct SeqTile {
   int64_t start;
   int length;
@@ -183,24 +216,8 @@ __global__ void __launch_bounds__(kThreads)
             scores[(ty + 16 * a) * kScoreLd + tx + 16 * b] = s;
           }
         }
-        for (int r0 = 0; r0 < nk; r0 += kRows) {
-          __syncthreads();
-          stage<W>(stage_buf, W, kRows, vh + (j0 + r0) * p.ld_v + c0, p.ld_v, nk - r0, p.dv - c0);
-          __syncthreads();
-#pragma unroll 4
-          for (int r = 0; r < kRows; ++r) {
-            float s[4], x[NC];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) s[a] = scores[(ty + 16 * a) * kScoreLd + r0 + r];
-#pragma unroll
-            for (int n = 0; n < NC; ++n) x[n] = stage_buf[r * W + tx + 16 * n];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-#pragma unroll
-              for (int n = 0; n < NC; ++n) acc[a][n] = fmaf(s[a], x[n], acc[a][n]);
-            }
-          }
-        }
+        accumulate_scores_times_rows<W, NC, kRows, false>(
+            acc, scores, stage_buf, vh + j0 * p.ld_v + c0, p.ld_v, nk, p.dv - c0);
       }
 #pragma unroll
       for (int a = 0; a < 4; ++a) {
@@ -296,24 +313,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         if (p.dqk == 0) continue;
-        for (int r0 = 0; r0 < nk; r0 += kRows) {
-          __syncthreads();
-          stage<W>(stage_buf, W, kRows, kh + (j0 + r0) * p.ld_k + c0, p.ld_k, nk - r0, p.dqk - c0);
-          __syncthreads();
-#pragma unroll 4
-          for (int r = 0; r < kRows; ++r) {
-            float s[4], x[NC];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) s[a] = scores[(ty + 16 * a) * kScoreLd + r0 + r];
-#pragma unroll
-            for (int n = 0; n < NC; ++n) x[n] = stage_buf[r * W + tx + 16 * n];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-#pragma unroll
-              for (int n = 0; n < NC; ++n) acc[a][n] = fmaf(s[a], x[n], acc[a][n]);
-            }
-          }
-        }
+        accumulate_scores_times_rows<W, NC, kRows, false>(
+            acc, scores, stage_buf, kh + j0 * p.ld_k + c0, p.ld_k, nk, p.dqk - c0);
       }
 #pragma unroll
       for (int a = 0; a < 4; ++a) {
@@ -394,25 +395,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         if (c0 < p.dv) {  // dv += Sᵀ do
-          for (int r0 = 0; r0 < nq; r0 += kRows) {
-            __syncthreads();
-            stage<W>(stage_buf, W, kRows, doh + (i0 + r0) * p.ld_o + c0, p.ld_o, nq - r0,
-                     p.dv - c0);
-            __syncthreads();
-#pragma unroll 4
-            for (int r = 0; r < kRows; ++r) {
-              float s[4], x[NC];
-#pragma unroll
-              for (int a = 0; a < 4; ++a) s[a] = scores[(r0 + r) * kScoreLd + ty + 16 * a];
-#pragma unroll
-              for (int n = 0; n < NC; ++n) x[n] = stage_buf[r * W + tx + 16 * n];
-#pragma unroll
-              for (int a = 0; a < 4; ++a) {
-#pragma unroll
-                for (int n = 0; n < NC; ++n) acc_v[a][n] = fmaf(s[a], x[n], acc_v[a][n]);
-              }
-            }
-          }
+          accumulate_scores_times_rows<W, NC, kRows, true>(
+              acc_v, scores, stage_buf, doh + i0 * p.ld_o + c0, p.ld_o, nq, p.dv - c0);
         }
         if (c0 < p.dqk) {   // dk += dzᵀ q
           __syncthreads();  // S is consumed
@@ -421,25 +405,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int b = 0; b < 4; ++b) scores[(ty + 16 * a) * kScoreLd + tx + 16 * b] = g[a][b];
           }
-          for (int r0 = 0; r0 < nq; r0 += kRows) {
-            __syncthreads();
-            stage<W>(stage_buf, W, kRows, qh + (i0 + r0) * p.ld_q + c0, p.ld_q, nq - r0,
-                     p.dqk - c0);
-            __syncthreads();
-#pragma unroll 4
-            for (int r = 0; r < kRows; ++r) {
-              float s[4], x[NC];
-#pragma unroll
-              for (int a = 0; a < 4; ++a) s[a] = scores[(r0 + r) * kScoreLd + ty + 16 * a];
-#pragma unroll
-              for (int n = 0; n < NC; ++n) x[n] = stage_buf[r * W + tx + 16 * n];
-#pragma unroll
-              for (int a = 0; a < 4; ++a) {
-#pragma unroll
-                for (int n = 0; n < NC; ++n) acc_k[a][n] = fmaf(s[a], x[n], acc_k[a][n]);
-              }
-            }
-          }
+          accumulate_scores_times_rows<W, NC, kRows, true>(
+              acc_k, scores, stage_buf, qh + i0 * p.ld_q + c0, p.ld_q, nq, p.dqk - c0);
         }
       }
 #pragma unroll
