@@ -68,9 +68,8 @@ float Trainer::learning_rate(int64_t step, int64_t total_steps) const {
 }
 
 void Trainer::save(const std::string& name, int64_t epoch, int64_t step, const TrainResult& result,
-                   int64_t stale) {
+                   int64_t stale) const {
   if (config_.checkpoint_dir.empty()) return;
-  model_.download();
   nlohmann::json state = {{"epoch", epoch},
                           {"step", step},
                           {"best_epoch", result.best_epoch},
@@ -153,10 +152,10 @@ TrainResult Trainer::fit() {
     RankingMetrics val =
         evaluate(model_, dataset_, vocabulary_, validation, config_.eval_batch_size);
     bool improved = val.ndcg10 > result.validation.ndcg10;
+    model_.download();  // once: the best copy and both checkpoints read the host parameters
     if (improved) {
       result.validation = val;
       result.best_epoch = epoch + 1;
-      model_.download();
       best_values = model_.params().values();
       stale = 0;
       save("best.ckpt", epoch + 1, step, result, stale);

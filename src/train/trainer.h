@@ -48,8 +48,9 @@ class Trainer {
   float learning_rate(int64_t step, int64_t total_steps) const;
 
  private:
+  // Writes the model's host parameters (current after download()) and the trainer state.
   void save(const std::string& name, int64_t epoch, int64_t step, const TrainResult& result,
-            int64_t stale);
+            int64_t stale) const;
 
   RetrievalModel& model_;
   const SequenceDataset& dataset_;
