@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "data/synthetic.h"
 #include "model/checkpoint.h"
+#include "model/recommender.h"
 #include "train/pipeline.h"
 #include "train/run_config.h"
 
@@ -117,6 +118,28 @@ TEST(TrainingConfig, ErrorsNameFileLineAndKey) {
   expect_config_error("model:\n  dim: 8\n", "data needs a path");
   expect_config_error("data: [1, 2\n", "YAML syntax error");
   expect_config_error("data:\n  path: x\nmodel:\n  dropout: 1.5\n", "dropout must be in [0, 1)");
+}
+
+}  // namespace
+}  // namespace genrec
+
+namespace genrec {
+namespace {
+
+TEST(TrainingRecommend, ExcludesTheWholeHistoryNotOnlyTheEncodedWindow) {
+  SequenceDataset dataset;
+  dataset.add_user(7, {10, 11, 12, 13, 14, 15}, {1, 2, 3, 4, 5, 6}, {0, 0, 0, 0, 0, 0});
+  dataset.add_user(8, {16, 17, 18}, {1, 2, 3}, {0, 0, 0});
+  ItemVocabulary vocabulary = ItemVocabulary::build(dataset);
+  RetrievalConfig config;
+  config.num_items = vocabulary.size();
+  config.dim = config.dim_qk = config.dim_v = 8;
+  config.max_len = 2;  // the model reads only items 14 and 15
+  auto model = make_retrieval_model(config, Device::kCPU);
+  model->params().initialize(4);
+  auto recs = recommend(*model, vocabulary, dataset, 0, 3, /*exclude_history=*/true);
+  ASSERT_EQ(recs.size(), 3u);
+  for (const Recommendation& r : recs) EXPECT_GE(r.item, 16) << "recommended history item";
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ std::vector<Recommendation> recommend(RetrievalModel& model, const ItemVocabular
   }
   GENREC_CHECK(!batch.items.empty(), "user {} has no event with an item the model knows",
                dataset.user_ids[user_index]);
+  // The whole history is excluded, the model reads only its last max_len events.
+  const std::vector<int64_t> history = batch.items;
   int64_t keep = std::min<int64_t>(batch.num_tokens(), model.config().max_len);
   batch.items.erase(batch.items.begin(), batch.items.end() - keep);
   batch.timestamps.erase(batch.timestamps.begin(), batch.timestamps.end() - keep);
@@ -35,7 +37,7 @@ std::vector<Recommendation> recommend(RetrievalModel& model, const ItemVocabular
   model.item_embeddings(items);
   cpu::gemm(false, true, 1, V, D, 1.0f, user.data(), D, items.data(), D, 0.0f, scores.data(), V);
   if (exclude_history) {
-    for (int64_t index : batch.items) scores[index - 1] = -std::numeric_limits<float>::infinity();
+    for (int64_t index : history) scores[index - 1] = -std::numeric_limits<float>::infinity();
   }
   std::vector<int64_t> top(k);
   std::vector<float> values(k);
