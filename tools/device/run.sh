@@ -10,7 +10,8 @@
 #   tools/device/run.sh               unpack, configure, build, CUDA tests, CPU tests, benchmarks
 #   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
 #   tools/device/run.sh --no-bench    everything but the benchmark
-# Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90), GENREC_JOBS (nproc).
+# Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90), GENREC_JOBS (nproc),
+# GENREC_TEST_TIMEOUT (seconds per test, 600).
 # Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --build-only) build_only=1 ;;
     --no-bench) bench=0 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -148,7 +149,7 @@ build() {
 run_tests() {
   local name="$1"
   shift
-  ctest --test-dir "$BUILD" --output-on-failure --timeout 600 "$@" 2>&1 | tee "$LOGS/$name.log"
+  ctest --test-dir "$BUILD" --output-on-failure --timeout "${GENREC_TEST_TIMEOUT:-600}" "$@" 2>&1 | tee "$LOGS/$name.log"
   local rc=${PIPESTATUS[0]}
   grep -E "tests passed|tests failed" "$LOGS/$name.log" | tail -1 >"$LOGS/$name.txt"
   grep -E "^\s+[0-9]+ - .*\((Failed|SEGFAULT|Timeout|Subprocess aborted|Exception)" "$LOGS/$name.log" |
