@@ -19,6 +19,7 @@
 #include "core/cuda/device.h"
 #include "core/cuda/stream.h"
 #include "core/tensor.h"
+#include "cuda_bench_util.h"
 #include "ops/cuda/adam.h"
 #include "ops/cuda/convert.h"
 #include "ops/cuda/elementwise.h"
@@ -29,42 +30,10 @@
 namespace {
 
 using bf16 = __nv_bfloat16;
+using genrec::bench::g_iters;
+using genrec::bench::median_ms;
+using genrec::bench::random_array;
 using genrec::cuda::DeviceBuffer;
-
-int g_iters = 20;
-
-// Device array of n values uniform in [-1, 1) (a cheap LCG on the host, converted on device).
-template <typename T>
-DeviceBuffer<T> random_array(int64_t n, uint64_t seed, cudaStream_t stream) {
-  std::vector<float> host(static_cast<size_t>(n));
-  uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
-  for (auto& v : host) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    v = static_cast<float>(static_cast<int64_t>(s >> 40) - (int64_t{1} << 23)) / 8388608.0f;
-  }
-  DeviceBuffer<float> staged(n, stream);
-  GENREC_CUDA_CHECK(cudaMemcpyAsync(staged.data(), host.data(), host.size() * sizeof(float),
-                                    cudaMemcpyHostToDevice, stream));
-  DeviceBuffer<T> out(n, stream);
-  genrec::cuda::convert(out.data(), staged.data(), n, stream);
-  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return out;
-}
-
-double median_ms(const std::function<void()>& run, cudaStream_t stream) {
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<double> times;
-  genrec::cuda::Event start(true), stop(true);
-  for (int i = 0; i < g_iters; ++i) {
-    start.record(stream);
-    run();
-    stop.record(stream);
-    stop.synchronize();
-    times.push_back(stop.elapsed_ms_since(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 void row(const std::string& op, const char* dtype, const std::string& shape, double ms,
          double flops, double bytes) {

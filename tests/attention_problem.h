@@ -20,7 +20,7 @@ struct Attn {
   std::vector<int64_t> lengths, offsets, timestamps;
   int64_t B = 0, T = 0, H = 0, dqk = 0, dv = 0, P = 0, NB = 0, max_len = 0;
   int64_t ld = 0, voff = 0, qoff = 0, koff = 0;
-  static constexpr int64_t kPad = 3;
+  int64_t pad = 3;  // unused columns at the end of each row (8 keeps rows 16-byte aligned)
   bool use_pos = false, use_time = false;
   float alpha = 1.0f, inv_n = 1.0f;
   std::vector<float> buf, pos, time;
@@ -71,8 +71,9 @@ inline std::vector<int64_t> random_lengths(int64_t B, int64_t max_len, uint64_t 
 }
 
 inline Attn make_attn(std::vector<int64_t> lengths, int64_t H, int64_t dqk, int64_t dv, int64_t P,
-                      int64_t NB, bool use_pos, bool use_time, uint64_t seed) {
+                      int64_t NB, bool use_pos, bool use_time, uint64_t seed, int64_t pad = 3) {
   Attn a;
+  a.pad = pad;
   a.lengths = std::move(lengths);
   a.B = static_cast<int64_t>(a.lengths.size());
   a.offsets.assign(a.B + 1, 0);
@@ -89,7 +90,7 @@ inline Attn make_attn(std::vector<int64_t> lengths, int64_t H, int64_t dqk, int6
   a.voff = H * dv;
   a.qoff = 2 * H * dv;
   a.koff = a.qoff + H * dqk;
-  a.ld = a.koff + H * dqk + Attn::kPad;
+  a.ld = a.koff + H * dqk + a.pad;
   a.alpha = 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(dqk, 1)));
   a.inv_n = 1.0f / static_cast<float>(std::max<int64_t>(1, a.max_len));
   a.buf = random_normal(a.T * a.ld, seed);

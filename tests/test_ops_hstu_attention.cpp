@@ -144,7 +144,7 @@ TEST(OpsHstuAttention, BackwardMatchesReference) {
       // Nothing is written outside the q, k and v slices (u columns and padding).
       for (int64_t t = 0; t < a.T; ++t) {
         for (int64_t col = 0; col < a.ld; ++col) {
-          if (col < a.voff || col >= a.ld - Attn::kPad) {
+          if (col < a.voff || col >= a.ld - a.pad) {
             ASSERT_TRUE(std::isnan(g.buf[t * a.ld + col])) << "row " << t << " col " << col;
           }
         }

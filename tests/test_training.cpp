@@ -37,6 +37,7 @@ RunConfig small_run(const std::string& out, int64_t epochs) {
   config.train.eval_every = 2;
   config.train.batch_size = 64;
   config.train.progress = false;
+  config.device = "cpu";  // the CPU path is the bit-exact reference these tests pin down
   config.output_dir = config.train.checkpoint_dir = out;
   return config;
 }

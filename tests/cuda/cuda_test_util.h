@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -55,11 +56,16 @@ inline float host_float(float x) {
 inline float host_float(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
+inline float host_float(__half x) {
+  return __half2float(x);
+}
 
 template <typename T>
 T host_cast(float x) {
   if constexpr (std::is_same_v<T, float>) {
     return x;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
   } else {
     return __float2bfloat16_rn(x);
   }

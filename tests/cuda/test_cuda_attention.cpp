@@ -126,7 +126,7 @@ void check_backward(Attn& a, uint64_t seed) {
       << "d_v";
   for (int64_t t = 0; t < a.T; ++t) {
     for (int64_t col = 0; col < a.ld; ++col) {
-      if (col < a.voff || col >= a.ld - Attn::kPad) {
+      if (col < a.voff || col >= a.ld - a.pad) {
         ASSERT_TRUE(std::isnan(got[t * a.ld + col])) << "written: row " << t << " col " << col;
       }
     }

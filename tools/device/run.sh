@@ -165,6 +165,15 @@ run_bench() {
   return "$rc"
 }
 
+run_attention_bench() {
+  GENREC_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "$BUILD/genrec_attention_bench" 2>&1 | tee "$LOGS/attention-bench.log"
+  local rc=${PIPESTATUS[0]}
+  grep -m1 "| 32 | 1024 | 4 | 128 | uniform" "$LOGS/attention-bench.log" |
+    awk -F'|' '{print "B32 N1024 fwd+bwd" $9 "ms"}' >"$LOGS/attention-bench.txt"
+  return "$rc"
+}
+
 run_train_bench() {
   "$BUILD/genrec_train_bench" --device cuda 2>&1 | tee "$LOGS/train-bench.log"
   local rc=${PIPESTATUS[0]}
@@ -185,6 +194,7 @@ if [ $built -eq 0 ] && [ $build_only -eq 0 ]; then
   step "CUDA tests" "$LOGS/cuda-tests.txt" run_tests cuda-tests -R '^Cuda'
   step "CPU tests" "$LOGS/cpu-tests.txt" run_tests cpu-tests -E '^Cuda' -j"$JOBS"
   [ $bench -eq 1 ] && step benchmark "$LOGS/bench.txt" run_bench
+  [ $bench -eq 1 ] && step "attention benchmark" "$LOGS/attention-bench.txt" run_attention_bench
   [ $bench -eq 1 ] && step "train benchmark" "$LOGS/train-bench.txt" run_train_bench
 fi
 print_summary

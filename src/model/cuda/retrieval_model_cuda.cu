@@ -18,6 +18,7 @@
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/hstu_attention.h"
+#include "ops/cuda/hstu_attention_fused.h"
 #include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/layer_norm.h"
 #include "ops/cuda/sampled_softmax.h"
@@ -390,9 +391,16 @@ class CudaRetrievalModel : public RetrievalModel {
     cuda::linear_forward<bf16>(gemm_, pre, ln1, value_bf16(ids.w_uvqk), value(ids.b_uvqk), T, D, P,
                                stream_);
     cuda::silu_forward<bf16>(uvqk, pre, T * P, stream_);
-    cuda::hstu_attention_forward<bf16>(attn, uvqk + 2 * hv, uvqk + 2 * hv + hqk, uvqk + hv,
-                                       batch_ints_.data(), batch.batch_size(), attention_shape(),
-                                       relative_bias(ids), max_length_, stream_);
+    const bf16 *q = uvqk + 2 * hv, *k = uvqk + 2 * hv + hqk, *v = uvqk + hv;
+    if (cuda::hstu_fused_supported(attention_shape(), batch.batch_size(), q, k, v)) {
+      cuda::hstu_attention_fused_forward<bf16>(attn, q, k, v, batch_ints_.data(),
+                                               batch.batch_size(), attention_shape(),
+                                               relative_bias(ids), {}, max_length_, stream_);
+    } else {
+      cuda::hstu_attention_forward<bf16>(attn, q, k, v, batch_ints_.data(), batch.batch_size(),
+                                         attention_shape(), relative_bias(ids), max_length_,
+                                         stream_);
+    }
     cuda::layer_norm_forward<bf16>(ln2, grow(a.mean2, T), grow(a.rstd2, T), attn, nullptr, nullptr,
                                    T, hv, eps, stream_);
     cuda::gate_forward<bf16>(gated, ln2, uvqk, P, T, hv, stream_);
@@ -427,12 +435,20 @@ class CudaRetrievalModel : public RetrievalModel {
     cuda::gate_backward<bf16>(d_ln2, d_uvqk, d_gated, a.ln2.data(), uvqk, P, T, hv, stream_);
     cuda::layer_norm_backward<bf16>(d_attn, nullptr, nullptr, d_ln2, a.attn.data(), nullptr,
                                     a.mean2.data(), a.rstd2.data(), T, hv, stream_);
-    cuda::hstu_attention_backward<bf16>(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
-                                        ids.pos_bias >= 0 ? grad(ids.pos_bias) : nullptr,
-                                        ids.time_bias >= 0 ? grad(ids.time_bias) : nullptr, d_attn,
-                                        uvqk + 2 * hv, uvqk + 2 * hv + hqk, uvqk + hv,
-                                        batch_ints_.data(), batch.batch_size(), attention_shape(),
-                                        relative_bias(ids), max_length_, stream_);
+    const bf16 *q = uvqk + 2 * hv, *k = uvqk + 2 * hv + hqk, *v = uvqk + hv;
+    float* d_pos = ids.pos_bias >= 0 ? grad(ids.pos_bias) : nullptr;
+    float* d_time = ids.time_bias >= 0 ? grad(ids.time_bias) : nullptr;
+    if (cuda::hstu_fused_supported(attention_shape(), batch.batch_size(), q, k, v)) {
+      cuda::hstu_attention_fused_backward<bf16>(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
+                                                d_pos, d_time, d_attn, q, k, v, batch_ints_.data(),
+                                                batch.batch_size(), attention_shape(),
+                                                relative_bias(ids), {}, max_length_, stream_);
+    } else {
+      cuda::hstu_attention_backward<bf16>(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
+                                          d_pos, d_time, d_attn, q, k, v, batch_ints_.data(),
+                                          batch.batch_size(), attention_shape(), relative_bias(ids),
+                                          max_length_, stream_);
+    }
     cuda::silu_backward<bf16>(d_uvqk, d_uvqk, a.pre.data(), T * P, stream_);
     cuda::linear_backward<bf16>(gemm_, d_ln1, grad(ids.w_uvqk), grad(ids.b_uvqk), d_uvqk,
                                 a.ln1.data(), value_bf16(ids.w_uvqk), T, D, P, stream_);

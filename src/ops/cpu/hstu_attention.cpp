@@ -142,14 +142,21 @@ struct Problem {
   int64_t batch_size;
   HstuAttentionShape shape;
   HstuRelativeBias bias;
+  HstuMask mask;
+  bool masked;  // anything beyond causality: per-element visibility
   int64_t tile_rows, tile_cols;
   int64_t ld_out;          // row stride of out and d_out
   int64_t num_time_slots;  // time-bias entries that can be indexed
   const TimeBucketTable* buckets;
 
   Problem(const int64_t* offsets_, int64_t batch_size_, const HstuAttentionShape& shape_,
-          const HstuRelativeBias& bias_)
-      : offsets(offsets_), batch_size(batch_size_), shape(shape_), bias(bias_) {
+          const HstuRelativeBias& bias_, const HstuMask& mask_)
+      : offsets(offsets_),
+        batch_size(batch_size_),
+        shape(shape_),
+        bias(bias_),
+        mask(mask_),
+        masked(!mask_.causal_only()) {
     const int64_t H = shape.num_heads;
     GENREC_CHECK(H >= 1 && shape.dim_qk >= 0 && shape.dim_v >= 0,
                  "hstu attention: bad shape heads={} dim_qk={} dim_v={}", H, shape.dim_qk,
@@ -164,6 +171,14 @@ struct Problem {
                  "hstu attention: time bias needs timestamps and >= 1 bucket (got {})",
                  bias.num_time_buckets);
     validate_offsets(offsets, batch_size, offsets[batch_size]);
+    GENREC_CHECK(mask.num_contexts >= 0 && mask.max_attn_len >= 0,
+                 "hstu attention: bad mask contexts={} max_attn_len={}", mask.num_contexts,
+                 mask.max_attn_len);
+    for (int64_t b = 0; mask.num_targets != nullptr && b < batch_size; ++b) {
+      GENREC_CHECK(mask.num_targets[b] >= 0 && mask.num_targets[b] <= length(b),
+                   "hstu attention: sequence {} has {} targets but {} tokens", b,
+                   mask.num_targets[b], length(b));
+    }
     ld_out = H * shape.dim_v;
     const int64_t d = std::max<int64_t>({shape.dim_qk, shape.dim_v, 1});
     tile_rows = kMaxTileRows;
@@ -180,15 +195,24 @@ struct Problem {
   }
 
   int64_t length(int64_t b) const { return offsets[b + 1] - offsets[b]; }
+  HstuSequenceMask sequence_mask(int64_t b) const {
+    return HstuSequenceMask(length(b), mask.num_targets ? mask.num_targets[b] : 0, mask);
+  }
+  // Key tiles of a query tile end at its last row, unless contexts see ahead.
+  int64_t keys_end(int64_t b, int64_t i1) const {
+    return masked && mask.num_contexts > 0 ? length(b) : i1;
+  }
 };
 
 struct Scratch {
   std::vector<float> scores, grads;
   std::vector<int32_t> slots;
+  std::vector<uint8_t> visible;  // per element of a tile, for masked problems
   explicit Scratch(const Problem& p)
       : scores(p.tile_rows * p.tile_cols),
         grads(p.tile_rows * p.tile_cols),
-        slots(p.bias.time != nullptr ? p.tile_rows * p.tile_cols : 0) {}
+        slots(p.bias.time != nullptr ? p.tile_rows * p.tile_cols : 0),
+        visible(p.masked ? p.tile_rows * p.tile_cols : 0) {}
 };
 
 // Runs fn(b, h, scratch) for every pair with a non-empty sequence: inline when the batch is
@@ -223,11 +247,12 @@ void for_each_pair(const Problem& p, F&& fn) {
   });
 }
 
-// Pre-activation scores of a tile: z = alpha q_i·k_j + biases for j <= i (valid[r] columns of
-// row r); the time-bias slot of each valid element goes to `slots` when that is non-null.
-void tile_scores(const Problem& p, const float* q, const float* k, int64_t start, int64_t h,
-                 int64_t i0, int64_t mq, int64_t j0, int64_t nk, float* z, int32_t* slots,
-                 int64_t* valid) {
+// Pre-activation scores of a tile: z = alpha q_i·k_j + biases. Unmasked problems compute the
+// valid[r] leading columns of row r (j <= i); masked ones compute every column and mark each
+// element in `visible`. The time-bias slot of each element goes to `slots` when non-null.
+void tile_scores(const Problem& p, const HstuSequenceMask& m, const float* q, const float* k,
+                 int64_t start, int64_t h, int64_t i0, int64_t mq, int64_t j0, int64_t nk, float* z,
+                 int32_t* slots, int64_t* valid, uint8_t* visible) {
   const HstuAttentionShape& s = p.shape;
   tile_gemm(false, true, mq, nk, s.dim_qk, s.alpha, q + (start + i0) * s.ld_q + h * s.dim_qk,
             s.ld_q, k + (start + j0) * s.ld_k + h * s.dim_qk, s.ld_k, 0.0f, z, nk);
@@ -236,11 +261,14 @@ void tile_scores(const Problem& p, const float* q, const float* k, int64_t start
   const int64_t last_pos = p.bias.num_positions - 1;
   for (int64_t r = 0; r < mq; ++r) {
     const int64_t i = i0 + r;
-    const int64_t nv = std::clamp<int64_t>(i - j0 + 1, 0, nk);
+    const int64_t nv = p.masked ? nk : std::clamp<int64_t>(i - j0 + 1, 0, nk);
     valid[r] = nv;
     float* zr = z + r * nk;
+    if (p.masked) {
+      for (int64_t c = 0; c < nk; ++c) visible[r * nk + c] = m.visible(i, j0 + c);
+    }
     if (pos != nullptr) {
-      for (int64_t c = 0; c < nv; ++c) zr[c] += pos[std::min(i - j0 - c, last_pos)];
+      for (int64_t c = 0; c < nv; ++c) zr[c] += pos[std::min(m.relative(i, j0 + c), last_pos)];
     }
     if (time != nullptr) {
       const int64_t* ts = p.bias.timestamps + start;
@@ -254,27 +282,40 @@ void tile_scores(const Problem& p, const float* q, const float* k, int64_t start
   }
 }
 
+// Zeroes the elements of row r that the mask hides (masked problems only).
+void hide_masked(const Problem& p, const uint8_t* visible, int64_t r, int64_t nk, float* row) {
+  if (!p.masked) return;
+  for (int64_t c = 0; c < nk; ++c) {
+    if (!visible[r * nk + c]) row[c] = 0.0f;
+  }
+}
+
 }  // namespace
 
 void hstu_attention_forward(float* out, const float* q, const float* k, const float* v,
                             const int64_t* offsets, int64_t batch_size,
-                            const HstuAttentionShape& shape, const HstuRelativeBias& bias) {
-  const Problem p(offsets, batch_size, shape, bias);
+                            const HstuAttentionShape& shape, const HstuRelativeBias& bias,
+                            const HstuMask& mask) {
+  const Problem p(offsets, batch_size, shape, bias, mask);
   const int64_t dv = shape.dim_v;
   for_each_pair(p, [&](int64_t b, int64_t h, Scratch& scratch) {
     const int64_t start = offsets[b], L = p.length(b);
+    const HstuSequenceMask m = p.sequence_mask(b);
     int64_t valid[kMaxTileRows];
     for (int64_t i0 = 0; i0 < L; i0 += p.tile_rows) {
       const int64_t mq = std::min(p.tile_rows, L - i0), i1 = i0 + mq;
+      const int64_t j_end = p.keys_end(b, i1);
       float* o = out + (start + i0) * p.ld_out + h * dv;
-      for (int64_t j0 = 0; j0 < i1; j0 += p.tile_cols) {
-        const int64_t nk = std::min(p.tile_cols, i1 - j0);
+      for (int64_t j0 = 0; j0 < j_end; j0 += p.tile_cols) {
+        const int64_t nk = std::min(p.tile_cols, j_end - j0);
         float* z = scratch.scores.data();
-        tile_scores(p, q, k, start, h, i0, mq, j0, nk, z, nullptr, valid);
+        tile_scores(p, m, q, k, start, h, i0, mq, j0, nk, z, nullptr, valid,
+                    scratch.visible.data());
         for (int64_t r = 0; r < mq; ++r) {
           float* zr = z + r * nk;
           silu_scores(zr, valid[r], shape.inv_n);
           std::fill(zr + valid[r], zr + nk, 0.0f);
+          hide_masked(p, scratch.visible.data(), r, nk, zr);
         }
         tile_gemm(false, false, mq, dv, nk, 1.0f, z, nk, v + (start + j0) * shape.ld_v + h * dv,
                   shape.ld_v, j0 == 0 ? 0.0f : 1.0f, o, p.ld_out);
@@ -286,8 +327,9 @@ void hstu_attention_forward(float* out, const float* q, const float* k, const fl
 void hstu_attention_backward(float* d_q, float* d_k, float* d_v, float* d_position_bias,
                              float* d_time_bias, const float* d_out, const float* q, const float* k,
                              const float* v, const int64_t* offsets, int64_t batch_size,
-                             const HstuAttentionShape& shape, const HstuRelativeBias& bias) {
-  const Problem p(offsets, batch_size, shape, bias);
+                             const HstuAttentionShape& shape, const HstuRelativeBias& bias,
+                             const HstuMask& mask) {
+  const Problem p(offsets, batch_size, shape, bias, mask);
   const int64_t H = shape.num_heads, dqk = shape.dim_qk, dv = shape.dim_v;
   const bool want_pos = d_position_bias != nullptr && bias.position != nullptr;
   const bool want_time = d_time_bias != nullptr && bias.time != nullptr;
@@ -303,6 +345,7 @@ void hstu_attention_backward(float* d_q, float* d_k, float* d_v, float* d_positi
 
   for_each_pair(p, [&](int64_t b, int64_t h, Scratch& scratch) {
     const int64_t start = offsets[b], L = p.length(b);
+    const HstuSequenceMask m = p.sequence_mask(b);
     double* acc_pos = acc.data() + acc_offset[b * H + h];
     double* acc_time = acc_pos + (want_pos ? std::min(L, bias.num_positions) : 0);
     const int64_t last_pos = bias.num_positions - 1;
@@ -316,12 +359,13 @@ void hstu_attention_backward(float* d_q, float* d_k, float* d_v, float* d_positi
       const float* qi = q + (start + i0) * shape.ld_q + h * dqk;
       const float* doi = d_out + (start + i0) * p.ld_out + h * dv;
       float* dqi = d_q + (start + i0) * shape.ld_q + h * dqk;
-      for (int64_t j0 = 0; j0 < i1; j0 += p.tile_cols) {
-        const int64_t nk = std::min(p.tile_cols, i1 - j0);
+      const int64_t j_end = p.keys_end(b, i1);
+      for (int64_t j0 = 0; j0 < j_end; j0 += p.tile_cols) {
+        const int64_t nk = std::min(p.tile_cols, j_end - j0);
         float* z = scratch.scores.data();
         float* g = scratch.grads.data();
         int32_t* slots = want_time ? scratch.slots.data() : nullptr;
-        tile_scores(p, q, k, start, h, i0, mq, j0, nk, z, slots, valid);
+        tile_scores(p, m, q, k, start, h, i0, mq, j0, nk, z, slots, valid, scratch.visible.data());
         const float* kj = k + (start + j0) * shape.ld_k + h * dqk;
         const float* vj = v + (start + j0) * shape.ld_v + h * dv;
         tile_gemm(false, true, mq, nk, dv, 1.0f, doi, p.ld_out, vj, shape.ld_v, 0.0f, g, nk);
@@ -332,8 +376,11 @@ void hstu_attention_backward(float* d_q, float* d_k, float* d_v, float* d_positi
           silu_scores_backward(zr, gr, nv, shape.inv_n);
           std::fill(zr + nv, zr + nk, 0.0f);
           std::fill(gr + nv, gr + nk, 0.0f);
+          hide_masked(p, scratch.visible.data(), r, nk, zr);
+          hide_masked(p, scratch.visible.data(), r, nk, gr);
           if (want_pos) {
-            for (int64_t c = 0; c < nv; ++c) acc_pos[std::min(i - j0 - c, last_pos)] += gr[c];
+            for (int64_t c = 0; c < nv; ++c)
+              acc_pos[std::min(m.relative(i, j0 + c), last_pos)] += gr[c];
           }
           if (want_time) {
             const int32_t* sr = slots + r * nk;

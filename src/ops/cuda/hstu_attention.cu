@@ -41,23 +41,6 @@ struct Params {
   const int64_t* timestamps;
 };
 
-// hstu_time_bucket with a float fast path: logf is within ~3e-5 of the exact quotient here
-// (|dt| <= 2^63 so the quotient is < 146), so away from an integer (1e-3) its floor is the
-// exact one; near an integer the double formula decides, exactly as on the CPU.
-__device__ __forceinline__ int time_slot(int64_t dt, int64_t num_buckets) {
-  const int64_t a = dt < 0 ? -dt : dt;
-  int64_t bucket = 0;
-  if (a > 1) {
-    const float x = logf(static_cast<float>(a)) / 0.301f;
-    if (fabsf(x - rintf(x)) > 1e-3f) {
-      bucket = static_cast<int64_t>(x);
-    } else {
-      bucket = hstu_time_bucket(dt, INT64_MAX);
-    }
-  }
-  return static_cast<int>(bucket < num_buckets - 1 ? bucket : num_buckets - 1);
-}
-
 __device__ __forceinline__ int pos_slot(const Params& p, int i, int j) {
   return static_cast<int>(min(static_cast<int64_t>(i - j), p.num_pos - 1));
 }
@@ -67,7 +50,7 @@ __device__ __forceinline__ float pre_activation(const Params& p, const int64_t* 
                                                 int j) {
   float z = p.alpha * qk;
   if (p.pos != nullptr) z += p.pos[pos_slot(p, i, j)];
-  if (p.time != nullptr) z += p.time[time_slot(ts[i] - ts[j], p.num_time)];
+  if (p.time != nullptr) z += p.time[hstu_time_slot(ts[i] - ts[j], p.num_time)];
   return z;
 }
 
@@ -306,7 +289,7 @@ __global__ void __launch_bounds__(kThreads)
                     atomicAdd(&acc_pos[slot], static_cast<double>(dz));
                   }
                 }
-                if (want_time) atomicAdd(&s_time[time_slot(ts[i] - ts[j], p.num_time)], dz);
+                if (want_time) atomicAdd(&s_time[hstu_time_slot(ts[i] - ts[j], p.num_time)], dz);
               }
             }
             scores[(ty + 16 * a) * kScoreLd + tx + 16 * b] = dz;

@@ -1,0 +1,670 @@
+// Fused HSTU attention with mma.sync (m16n8k16, 16-bit inputs, fp32 accumulators), sm_80+.
+// A block of 4 warps owns 64 rows of one (sequence, head) — 16 per warp — and streams 64-row
+// tiles of the other side through double-buffered shared memory (cp.async):
+//   query kernel, forward:  S = Q Kᵀ, O += silu(z) V                (rows = queries)
+//   query kernel, dq:       S = Q Kᵀ, dP = dO Vᵀ, dQ += dZ K        (rows = queries)
+//   key kernel, dk and dv:  Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q   (rows = keys)
+// with z = alpha s + biases, P = silu(z) / N and dZ = dP silu'(z) / N. The scores live in
+// registers only; a score fragment becomes the A operand of the next product without a trip
+// through shared memory (the m16n8 accumulator layout of two adjacent tiles is the m16k16 A
+// layout). HSTU needs no running maximum, so there is no rescaling. Every output row is owned
+// by one block and written once; only the bias gradients (shared by all pairs) use atomics.
+#include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include "core/error.h"
+#include "ops/cuda/hstu_attention.h"
+#include "ops/cuda/hstu_attention_fused.h"
+
+namespace genrec::cuda {
+namespace {
+
+using cpu::HstuMask;
+using cpu::HstuSequenceMask;
+using detail::ceil_div;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRows = 16 * kWarps;  // rows a block owns
+constexpr int kCols = 64;           // rows of each streamed tile
+constexpr int kPad = 8;             // elements: shared rows 16 bytes apart in banks
+constexpr int kMaxSmemPositions = 2048;
+constexpr int kTimeSlots = 160;  // > 145, the bucket of the largest int64 |dt|
+
+struct Params {
+  const int64_t* kv_offsets;
+  const int64_t* q_offsets;  // == kv_offsets but for the cached forward
+  HstuMask mask;
+  int num_tiles;  // blocks per (sequence, head); longer sequences loop
+  int64_t ld_q, ld_k, ld_v, ld_o;
+  float alpha, inv_n;
+  const float* pos;
+  int num_pos;
+  const float* time;
+  int num_time;
+  const int64_t* timestamps;  // by kv token
+  double* bias_acc;           // backward: [num_pos | time slots] or null
+  int acc_pos, acc_time;      // entries of bias_acc for positions and time slots
+};
+
+// ---- PTX wrappers ---------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid (nothing is read then).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// c += a b for one m16n8k16 tile.
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    r = *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    r = *reinterpret_cast<uint32_t*>(&v);
+  }
+  return r;
+}
+
+// ---- tiles ----------------------------------------------------------------------------------
+
+// 64 rows x D of a strided head slice into shared memory (row stride D + kPad); rows at or past
+// `valid` are zero-filled, so padding rows contribute nothing (not even NaN) to any product.
+template <int D, typename T>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int valid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int c = threadIdx.x; c < kCols * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    cp_async_16(dst + r * (D + kPad) + col, ok ? src + r * ld + col : src, ok);
+  }
+}
+
+// A fragment (m16 x k16) of rows [16 w, 16 w + 16), columns [16 kk, 16 kk + 16) of a tile.
+template <int D, typename T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int kk) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  ldsm_x4(a, tile + (16 * w + (lane & 15)) * (D + kPad) + 16 * kk + (lane >> 4) * 8);
+}
+
+// acc[n] += A · Yᵀ[:, 8n .. 8n + 8) for the 64 rows of Y (a tile, [n][k] in memory): 8 n-tiles,
+// K = D in steps of 16; A's fragments come from `a_frag(kk)`.
+template <int D, typename T, typename AFrag>
+__device__ __forceinline__ void product_abt(float (&acc)[8][4], const T* y, AFrag&& a_frag) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    a_frag(a, kk);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      uint32_t b[4];
+      ldsm_x4(b, y + (16 * np + (lane & 7) + (lane >> 4) * 8) * (D + kPad) + 16 * kk +
+                     ((lane >> 3) & 1) * 8);
+      mma<T>(acc[2 * np], a, b[0], b[1]);
+      mma<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[n] += P · Y[:, 8n .. 8n + 8) for a 16 x 64 score fragment P (registers, C layout) and
+// the 64 x D tile Y ([k][n] in memory).
+template <int D, typename T>
+__device__ __forceinline__ void product_py(float (&acc)[D / 8][4], const float (&p)[8][4],
+                                           const T* y) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t a[4] = {
+        pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]),
+        pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, y + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + kPad) + 16 * dp +
+                           (lane >> 4) * 8);
+      mma<T>(acc[2 * dp], a, b[0], b[1]);
+      mma<T>(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+// Stores a 16 x D accumulator fragment (scaled) to rows [row0 + 16 w, ...) of a strided slice.
+template <int D, typename T>
+__device__ __forceinline__ void store_rows(T* dst, int64_t ld, int row0, int valid,
+                                           const float (&acc)[D / 8][4], float scale) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row0 + 16 * w + lane / 4 + 8 * half;
+    if (r >= valid) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dst + r * ld + 8 * n + 2 * (lane % 4)) =
+          pack2<T>(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+    }
+  }
+}
+
+// ---- scores ---------------------------------------------------------------------------------
+
+struct Sequence {
+  int64_t kv_start, q_start;
+  int length;   // kv tokens
+  int q_shift;  // position of query row 0 (new tokens come last)
+  int q_len;
+  HstuSequenceMask mask;
+};
+
+__device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
+  const int64_t kv_start = p.kv_offsets[b], q_start = p.q_offsets[b];
+  const int length = static_cast<int>(p.kv_offsets[b + 1] - kv_start);
+  const int q_len = static_cast<int>(p.q_offsets[b + 1] - q_start);
+  const int64_t targets = p.mask.num_targets != nullptr ? p.mask.num_targets[b] : 0;
+  return {kv_start,       q_start, length,
+          length - q_len, q_len,   HstuSequenceMask(length, targets, p.mask)};
+}
+
+__device__ __forceinline__ float sigmoid(float z) {
+  return __frcp_rn(1.0f + __expf(-z));
+}
+
+// Pre-activation of the visible pair (query i, key j) from its raw product.
+__device__ __forceinline__ float pre_activation(const Params& p, const Sequence& s, float qk, int i,
+                                                int j, int64_t ts_i, int64_t ts_j) {
+  float z = p.alpha * qk;
+  if (p.pos != nullptr)
+    z += __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
+  if (p.time != nullptr) z += __ldg(p.time + hstu_time_slot(ts_i - ts_j, p.num_time));
+  return z;
+}
+
+__device__ __forceinline__ int64_t timestamp(const Params& p, const Sequence& s, int i) {
+  return p.time != nullptr && i < s.length ? p.timestamps[s.kv_start + i] : 0;
+}
+
+// Calls f(n, e, half, row, col) for the 32 elements of a warp's 16 x 64 score fragment (row
+// within the block's 64 rows, col within the streamed tile; half: row is the thread's second).
+template <typename F>
+__device__ __forceinline__ void for_each_score(F&& f) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      f(n, e, e >> 1, 16 * w + lane / 4 + 8 * (e >> 1), 8 * n + 2 * (lane % 4) + (e & 1));
+    }
+  }
+}
+
+// Loads the streamed tile's timestamps (by kv position) next to its rows.
+__device__ __forceinline__ void load_timestamps(int64_t* dst, const Params& p, const Sequence& s,
+                                                int first) {
+  if (p.time == nullptr) return;
+  for (int c = threadIdx.x; c < kCols; c += kThreads) dst[c] = timestamp(p, s, first + c);
+}
+
+// ---- query kernel: forward (kDq = false) and dq (kDq = true) --------------------------------
+
+template <typename T, int D>
+constexpr size_t query_smem_bytes(bool dq) {
+  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps
+  return sizeof(T) * (D + kPad) * (kRows * (dq ? 2 : 1) + 4 * kCols) + 2 * kCols * sizeof(int64_t);
+}
+
+template <typename T, int D, bool kDq>
+__global__ void __launch_bounds__(kThreads)
+    query_kernel(Params p, T* __restrict__ out, const T* __restrict__ d_out,
+                 const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
+  constexpr int LD = D + kPad;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* s_q = reinterpret_cast<T*>(smem);
+  T* s_do = s_q + kRows * LD;  // dq only
+  T* s_k = s_q + kRows * LD * (kDq ? 2 : 1);
+  T* s_v = s_k + 2 * kCols * LD;
+  int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int64_t h = blockIdx.y;
+  const Sequence s = sequence(p, blockIdx.z);
+
+  for (int tile = p.num_tiles - 1 - blockIdx.x; tile * kRows < s.q_len; tile += p.num_tiles) {
+    const int m0 = tile * kRows;
+    const int i_first = s.q_shift + m0;  // position of the block's row 0
+    const int i_last = min(s.q_shift + m0 + kRows, s.length) - 1;
+    const int j_begin = static_cast<int>(s.mask.first_key(i_first)) / kCols * kCols;
+    const int j_end = s.mask.contexts > 0 ? s.length : i_last + 1;
+    const int rows_valid = s.q_len - m0;
+
+    __syncthreads();  // the previous tile's readers are done with shared memory
+    load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, rows_valid);
+    if constexpr (kDq)
+      load_tile<D>(s_do, d_out + (s.q_start + m0) * p.ld_o + h * D, p.ld_o, rows_valid);
+    auto load_stage = [&](int j0, int stage) {
+      load_tile<D>(s_k + stage * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
+                   s.length - j0);
+      load_tile<D>(s_v + stage * kCols * LD, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v,
+                   s.length - j0);
+      load_timestamps(s_ts + stage * kCols, p, s, j0);
+    };
+    if (j_begin < j_end) load_stage(j_begin, 0);
+    cp_async_commit();
+
+    const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
+    const int64_t ts_row[2] = {timestamp(p, s, i_row[0]), timestamp(p, s, i_row[1])};
+    float acc[D / 8][4];
+    zero(acc);
+    uint32_t qa[kDq ? 1 : D / 16][4];  // the forward keeps Q's fragments in registers
+    bool q_loaded = false;
+
+    int stage = 0;
+    for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
+      if (j0 + kCols < j_end) load_stage(j0 + kCols, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      const T* tk = s_k + stage * kCols * LD;
+      const T* tv = s_v + stage * kCols * LD;
+      const int64_t* ts = s_ts + stage * kCols;
+      if constexpr (!kDq) {
+        if (!q_loaded) {
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], s_q, kk);
+          q_loaded = true;
+        }
+      }
+
+      float sc[8][4];
+      zero(sc);
+      if constexpr (kDq) {
+        product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_q, kk); });
+      } else {
+        product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) {
+#pragma unroll
+          for (int x = 0; x < 4; ++x) a[x] = qa[kk][x];
+        });
+      }
+      float dp[kDq ? 8 : 1][4];
+      if constexpr (kDq) {
+        zero(dp);
+        product_abt<D>(dp, tv, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_do, kk); });
+      }
+      const bool edge = s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+                        j0 + kCols > i_first || j0 + kCols > s.length;
+      for_each_score([&](int n, int e, int half, int row, int col) {
+        const int i = i_first + row, j = j0 + col;
+        float z = pre_activation(p, s, sc[n][e], i, j, ts_row[half], ts[col]);
+        const float sig = sigmoid(z);
+        const bool keep = !edge || (i < s.length && s.mask.visible(i, j));
+        if constexpr (kDq) {
+          const float g = dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig));
+          sc[n][e] = keep ? g : 0.0f;  // dZ
+        } else {
+          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;  // P
+        }
+      });
+      product_py<D>(acc, sc, kDq ? tk : tv);
+      __syncthreads();  // this stage is free for the next prefetch
+    }
+    cp_async_wait<0>();
+    if constexpr (kDq) {
+      store_rows<D>(out + (s.q_start) * p.ld_q + h * D, p.ld_q, m0, s.q_len, acc, p.alpha);
+    } else {
+      store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
+    }
+  }
+}
+
+// ---- key kernel: dk and dv ------------------------------------------------------------------
+
+template <typename T, int D>
+constexpr size_t key_smem_bytes() {
+  // own rows K and V, two stages of Q and dO, two stages of query timestamps, bias sums
+  return sizeof(T) * (D + kPad) * (2 * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
+         (kMaxSmemPositions + kTimeSlots) * sizeof(float);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
+               const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
+  constexpr int LD = D + kPad;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* s_k = reinterpret_cast<T*>(smem);
+  T* s_v = s_k + kRows * LD;
+  T* s_q = s_v + kRows * LD;
+  T* s_do = s_q + 2 * kCols * LD;
+  int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
+  float* s_bias = reinterpret_cast<float*>(s_ts + 2 * kCols);  // positions, then time slots
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int64_t h = blockIdx.y;
+  const Sequence s = sequence(p, blockIdx.z);
+  const bool want_bias = p.bias_acc != nullptr;
+  const int smem_pos = min(p.acc_pos, kMaxSmemPositions);
+  for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += kThreads) s_bias[e] = 0.0f;
+
+  for (int tile = blockIdx.x; tile * kRows < s.length; tile += p.num_tiles) {
+    const int j0 = tile * kRows;
+    const int j_last = min(j0 + kRows, s.length) - 1;
+    const bool forward_only = s.mask.contexts == 0 && s.mask.history == s.length;
+    const int i_begin = s.mask.contexts > 0 ? 0 : j0 / kCols * kCols;
+    const int i_end = forward_only && s.mask.window > 0
+                          ? min(s.length, j_last + static_cast<int>(s.mask.window) + 1)
+                          : s.length;
+
+    __syncthreads();
+    load_tile<D>(s_k, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k, s.length - j0);
+    load_tile<D>(s_v, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v, s.length - j0);
+    auto load_stage = [&](int i0, int stage) {
+      load_tile<D>(s_q + stage * kCols * LD, q + (s.kv_start + i0) * p.ld_q + h * D, p.ld_q,
+                   s.length - i0);
+      load_tile<D>(s_do + stage * kCols * LD, d_out + (s.kv_start + i0) * p.ld_o + h * D, p.ld_o,
+                   s.length - i0);
+      load_timestamps(s_ts + stage * kCols, p, s, i0);
+    };
+    if (i_begin < i_end) load_stage(i_begin, 0);
+    cp_async_commit();
+
+    const int j_row[2] = {j0 + 16 * w + lane / 4, j0 + 16 * w + lane / 4 + 8};
+    const int64_t ts_row[2] = {timestamp(p, s, j_row[0]), timestamp(p, s, j_row[1])};
+    float acc_k[D / 8][4], acc_v[D / 8][4];
+    zero(acc_k);
+    zero(acc_v);
+
+    int stage = 0;
+    for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
+      if (i0 + kCols < i_end) load_stage(i0 + kCols, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      const T* tq = s_q + stage * kCols * LD;
+      const T* tdo = s_do + stage * kCols * LD;
+      const int64_t* ts = s_ts + stage * kCols;
+
+      float sc[8][4], dp[8][4];
+      zero(dp);
+      product_abt<D>(dp, tdo, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_v, kk); });
+      zero(sc);
+      product_abt<D>(sc, tq, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_k, kk); });
+      const bool edge = s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+                        i0 < j0 + kRows || i0 + kCols > s.length;
+      for_each_score([&](int n, int e, int half, int row, int col) {
+        const int j = j0 + row, i = i0 + col;
+        const float z = pre_activation(p, s, sc[n][e], i, j, ts[col], ts_row[half]);
+        const float sig = sigmoid(z);
+        const bool keep = !edge || (i < s.length && j < s.length && s.mask.visible(i, j));
+        const float g = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
+        sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;  // Pᵀ
+        dp[n][e] = g;                                // dZᵀ
+        if (want_bias && keep) {
+          if (p.pos != nullptr && p.acc_pos > 0) {
+            const int slot = min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1);
+            if (slot < kMaxSmemPositions) {
+              atomicAdd(s_bias + slot, g);
+            } else {
+              atomicAdd(p.bias_acc + slot, static_cast<double>(g));
+            }
+          }
+          if (p.time != nullptr && p.acc_time > 0) {
+            atomicAdd(s_bias + smem_pos + hstu_time_slot(ts[col] - ts_row[half], p.num_time), g);
+          }
+        }
+      });
+      product_py<D>(acc_v, sc, tdo);
+      product_py<D>(acc_k, dp, tq);
+      __syncthreads();
+    }
+    cp_async_wait<0>();
+    store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, j0, s.length, acc_k, p.alpha);
+    store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, j0, s.length, acc_v, 1.0f);
+  }
+  if (want_bias) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < smem_pos + p.acc_time; e += kThreads) {
+      if (s_bias[e] == 0.0f) continue;
+      const int slot = e < smem_pos ? e : p.acc_pos + (e - smem_pos);
+      atomicAdd(p.bias_acc + slot, static_cast<double>(s_bias[e]));
+    }
+  }
+}
+
+__global__ void add_bias_grads_kernel(float* __restrict__ d_bias, const double* __restrict__ acc,
+                                      int64_t n) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e < n) d_bias[e] += static_cast<float>(acc[e]);
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t batch_size,
+                   const cpu::HstuAttentionShape& shape, const cpu::HstuRelativeBias& bias,
+                   const HstuMask& mask, int64_t max_rows) {
+  GENREC_CHECK(hstu_fused_supported(shape, batch_size),
+               "fused hstu attention: unsupported shape (heads {}, dims {}/{}, batch {})",
+               shape.num_heads, shape.dim_qk, shape.dim_v, batch_size);
+  GENREC_CHECK(bias.position == nullptr || bias.num_positions >= 1,
+               "fused hstu attention: position bias with {} positions", bias.num_positions);
+  GENREC_CHECK(bias.time == nullptr || (bias.num_time_buckets >= 1 && bias.timestamps != nullptr),
+               "fused hstu attention: time bias needs timestamps and >= 1 bucket (got {})",
+               bias.num_time_buckets);
+  GENREC_CHECK(mask.num_contexts >= 0 && mask.max_attn_len >= 0 && max_rows >= 0 &&
+                   max_rows < (int64_t{1} << 30),
+               "fused hstu attention: bad mask (contexts {}, max_attn_len {}) or max_len {}",
+               mask.num_contexts, mask.max_attn_len, max_rows);
+  Params p{};
+  p.kv_offsets = kv_offsets;
+  p.q_offsets = q_offsets;
+  p.mask = mask;
+  p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_rows, kRows)));
+  p.ld_q = shape.ld_q;
+  p.ld_k = shape.ld_k;
+  p.ld_v = shape.ld_v;
+  p.ld_o = shape.num_heads * shape.dim_v;
+  p.alpha = shape.alpha;
+  p.inv_n = shape.inv_n;
+  p.pos = bias.position;
+  p.num_pos = static_cast<int>(std::min<int64_t>(bias.num_positions, 1 << 30));
+  p.time = bias.time;
+  p.num_time = static_cast<int>(std::min<int64_t>(bias.num_time_buckets, kTimeSlots));
+  p.timestamps = bias.timestamps;
+  return p;
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  GENREC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+}
+
+// Calls f(std::integral_constant<int, D>) for the head dim.
+template <typename F>
+void with_dim(int64_t dim, F&& f) {
+  if (dim == 32) {
+    f(std::integral_constant<int, 32>{});
+  } else if (dim == 64) {
+    f(std::integral_constant<int, 64>{});
+  } else {
+    f(std::integral_constant<int, 128>{});
+  }
+}
+
+template <typename T>
+void launch_query(const Params& p, bool dq, T* out, const T* d_out, const T* q, const T* k,
+                  const T* v, int64_t batch_size, int64_t heads, int64_t dim, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(heads),
+                  static_cast<unsigned>(batch_size));
+  with_dim(dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    if (dq) {
+      constexpr size_t bytes = query_smem_bytes<T, D>(true);
+      allow_smem(query_kernel<T, D, true>, bytes);
+      query_kernel<T, D, true><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
+    } else {
+      constexpr size_t bytes = query_smem_bytes<T, D>(false);
+      allow_smem(query_kernel<T, D, false>, bytes);
+      query_kernel<T, D, false><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
+    }
+  });
+}
+
+}  // namespace
+
+bool hstu_fused_supported(const cpu::HstuAttentionShape& shape, int64_t batch_size, const void* q,
+                          const void* k, const void* v) {
+  const int64_t d = shape.dim_qk;
+  const bool dims = d == shape.dim_v && (d == 32 || d == 64 || d == 128);
+  const bool strides = shape.ld_q % 8 == 0 && shape.ld_k % 8 == 0 && shape.ld_v % 8 == 0 &&
+                       shape.ld_q >= shape.num_heads * d && shape.ld_k >= shape.num_heads * d &&
+                       shape.ld_v >= shape.num_heads * d;
+  return dims && strides && shape.num_heads >= 1 && shape.num_heads <= 65535 && batch_size >= 0 &&
+         batch_size <= 65535 && aligned16(q) && aligned16(k) && aligned16(v);
+}
+
+template <typename T>
+void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
+                                  const int64_t* offsets, int64_t batch_size,
+                                  const cpu::HstuAttentionShape& shape,
+                                  const cpu::HstuRelativeBias& bias, const HstuMask& mask,
+                                  int64_t max_len, cudaStream_t stream) {
+  hstu_attention_cached_forward(out, q, offsets, k, v, offsets, batch_size, shape, bias, mask,
+                                max_len, stream);
+}
+
+template <typename T>
+void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets, const T* k,
+                                   const T* v, const int64_t* kv_offsets, int64_t batch_size,
+                                   const cpu::HstuAttentionShape& shape,
+                                   const cpu::HstuRelativeBias& bias, const HstuMask& mask,
+                                   int64_t max_new, cudaStream_t stream) {
+  GENREC_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v),
+               "fused hstu attention: q, k, v and out must be 16-byte aligned");
+  if (batch_size == 0) return;
+  const Params p = make_params(kv_offsets, q_offsets, batch_size, shape, bias, mask, max_new);
+  launch_query<T>(p, false, out, nullptr, q, k, v, batch_size, shape.num_heads, shape.dim_qk,
+                  stream);
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_forward");
+}
+
+template <typename T>
+void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias,
+                                   float* d_time_bias, const T* d_out, const T* q, const T* k,
+                                   const T* v, const int64_t* offsets, int64_t batch_size,
+                                   const cpu::HstuAttentionShape& shape,
+                                   const cpu::HstuRelativeBias& bias, const HstuMask& mask,
+                                   int64_t max_len, cudaStream_t stream) {
+  GENREC_CHECK(aligned16(d_q) && aligned16(d_k) && aligned16(d_v) && aligned16(d_out) &&
+                   aligned16(q) && aligned16(k) && aligned16(v),
+               "fused hstu attention: inputs and gradients must be 16-byte aligned");
+  if (batch_size == 0) return;
+  Params p = make_params(offsets, offsets, batch_size, shape, bias, mask, max_len);
+  const bool want_pos = d_position_bias != nullptr && bias.position != nullptr;
+  const bool want_time = d_time_bias != nullptr && bias.time != nullptr;
+  p.acc_pos = want_pos ? p.num_pos : 0;
+  p.acc_time = want_time ? p.num_time : 0;
+  if (p.acc_pos + p.acc_time > 0) {
+    const size_t bytes = static_cast<size_t>(p.acc_pos + p.acc_time) * sizeof(double);
+    GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.bias_acc), bytes, stream));
+    GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bytes, stream));
+  }
+  launch_query<T>(p, true, d_q, d_out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
+  const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(shape.num_heads),
+                  static_cast<unsigned>(batch_size));
+  with_dim(shape.dim_qk, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    constexpr size_t bytes = key_smem_bytes<T, D>();
+    allow_smem(key_kernel<T, D>, bytes);
+    key_kernel<T, D><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
+  });
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dk, dv)");
+  if (p.bias_acc != nullptr) {
+    constexpr int kAddThreads = 256;
+    if (p.acc_pos > 0) {
+      add_bias_grads_kernel<<<static_cast<unsigned>(ceil_div(p.acc_pos, kAddThreads)), kAddThreads,
+                              0, stream>>>(d_position_bias, p.bias_acc, p.acc_pos);
+    }
+    if (p.acc_time > 0) {
+      add_bias_grads_kernel<<<1, kAddThreads, 0, stream>>>(d_time_bias, p.bias_acc + p.acc_pos,
+                                                           p.acc_time);
+    }
+    GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (bias)");
+    GENREC_CUDA_CHECK(cudaFreeAsync(p.bias_acc, stream));
+  }
+}
+
+#define GENREC_INSTANTIATE_FUSED(T)                                                                \
+  template void hstu_attention_fused_forward<T>(                                                   \
+      T*, const T*, const T*, const T*, const int64_t*, int64_t, const cpu::HstuAttentionShape&,   \
+      const cpu::HstuRelativeBias&, const HstuMask&, int64_t, cudaStream_t);                       \
+  template void hstu_attention_cached_forward<T>(                                                  \
+      T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t,                   \
+      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,      \
+      cudaStream_t);                                                                               \
+  template void hstu_attention_fused_backward<T>(                                                  \
+      T*, T*, T*, float*, float*, const T*, const T*, const T*, const T*, const int64_t*, int64_t, \
+      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,      \
+      cudaStream_t);
+GENREC_INSTANTIATE_FUSED(__nv_bfloat16)
+GENREC_INSTANTIATE_FUSED(__half)
+#undef GENREC_INSTANTIATE_FUSED
+
+}  // namespace genrec::cuda

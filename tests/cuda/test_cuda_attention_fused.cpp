@@ -1,0 +1,259 @@
+// Fused HSTU attention (tensor cores) against the fp32 CPU op on the same 16-bit-rounded inputs,
+// for every mask and bias option, head dims 32/64/128, jagged batches whose sequences cross
+// tile boundaries; against the straightforward CUDA kernel where that applies (no mask); and
+// the KV-cache forward against the rows of the full forward.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../attention_problem.h"
+#include "core/cuda/stream.h"
+#include "cuda_test_util.h"
+#include "ops/cuda/hstu_attention.h"
+#include "ops/cuda/hstu_attention_fused.h"
+#include "ops/hstu_attention.h"
+
+namespace genrec {
+namespace {
+
+using test::Attn;
+using test::columns;
+using test::make_attn;
+using test::random_lengths;
+using bf16 = __nv_bfloat16;
+
+// bf16 outputs against the fp32 CPU op: the inputs are identical, but the fused kernels round
+// the scores (P or dZ) to 16 bits before the second product and the output to 16 bits; each
+// adds a relative error of ~2^-9 / sqrt(3) per term, averaged over many terms: ~2e-3 in all.
+constexpr double kTol = 1e-2;
+// The fp32 bias gradients sum fp32 dZ computed from the same inputs in another order.
+constexpr double kBiasTol = 1e-3;
+
+struct MaskCase {
+  std::string name;
+  bool targets = false;
+  int64_t contexts = 0, window = 0;
+  bool pos = false, time = false;
+};
+
+std::vector<MaskCase> mask_cases() {
+  return {{"causal"},
+          {"bias", false, 0, 0, true, true},
+          {"targets", true, 0, 0, true, false},
+          {"contexts", false, 3, 0, false, true},
+          {"window", false, 0, 37, true, false},
+          {"all", true, 2, 50, true, true}};
+}
+
+// Random target counts in [0, min(L, 6)].
+std::vector<int64_t> random_targets(const std::vector<int64_t>& lengths, uint64_t seed) {
+  Philox rng(seed);
+  std::vector<int64_t> t(lengths.size());
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    t[b] = static_cast<int64_t>(rng.below(std::min<int64_t>(lengths[b], 6) + 1));
+  }
+  return t;
+}
+
+std::vector<float> difference(const std::vector<float>& a, const std::vector<float>& b) {
+  std::vector<float> d(a.size());
+  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
+  return d;
+}
+
+template <typename T>
+void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCase& mc,
+                 uint64_t seed) {
+  SCOPED_TRACE(mc.name + " B=" + std::to_string(B) + " max_len=" + std::to_string(max_len) +
+               " H=" + std::to_string(H) + " D=" + std::to_string(D));
+  Attn a = make_attn(random_lengths(B, max_len, seed, true), H, D, D,
+                     std::min<int64_t>(max_len, 90), 24, mc.pos, mc.time, seed, 8);
+  a.buf = test::round_through<T>(std::move(a.buf));
+  const std::vector<int64_t> targets = random_targets(a.lengths, seed + 9);
+  cpu::HstuMask mask{mc.targets ? targets.data() : nullptr, mc.contexts, mc.window};
+
+  // Forward.
+  std::vector<float> ref(a.T * a.H * a.dv);
+  test::poison(ref);
+  cpu::hstu_attention_forward(ref.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
+                              a.bias(), mask);
+  cuda::Stream stream;
+  auto buf = test::upload<T>(a.buf);
+  auto offsets = test::upload_raw(a.offsets);
+  auto timestamps = test::upload_raw(a.timestamps);
+  auto dev_targets = test::upload_raw(targets);
+  auto pos = test::upload<float>(a.pos);
+  auto time = test::upload<float>(a.time);
+  const cpu::HstuRelativeBias bias = a.bias(pos.get(), time.get(), timestamps.get());
+  const cpu::HstuMask dev_mask{mc.targets ? dev_targets.get() : nullptr, mc.contexts, mc.window};
+  const T *q = buf.get() + a.qoff, *k = buf.get() + a.koff, *v = buf.get() + a.voff;
+  ASSERT_TRUE(cuda::hstu_fused_supported(a.shape(), a.B, q, k, v));
+  test::DeviceArray<T> out(a.T * a.H * a.dv);
+  out.poison();
+  cuda::hstu_attention_fused_forward<T>(out.get(), q, k, v, offsets.get(), a.B, a.shape(), bias,
+                                        dev_mask, a.max_len, stream.get());
+  stream.synchronize();
+  const std::vector<float> got = out.download();
+  EXPECT_LT(test::rel_l2(got, ref), kTol) << "out";
+
+  // The straightforward kernel has no mask (and no fp16).
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (mc.name == "causal" || mc.name == "bias") {
+      test::DeviceArray<T> simple(a.T * a.H * a.dv);
+      simple.poison();
+      cuda::hstu_attention_forward<T>(simple.get(), q, k, v, offsets.get(), a.B, a.shape(), bias,
+                                      a.max_len, stream.get());
+      stream.synchronize();
+      EXPECT_LT(test::rel_l2(got, simple.download()), kTol) << "fused vs straightforward kernel";
+    }
+  }
+
+  // Backward, from the same d_out and bias-gradient starting values.
+  const std::vector<float> d_out =
+      test::round_through<T>(test::random_normal(a.T * a.H * a.dv, seed + 5));
+  const std::vector<float> pos0 = test::random_normal(a.P, seed + 6);
+  const std::vector<float> time0 = test::random_normal(a.NB, seed + 7);
+  std::vector<float> ref_grads(a.T * a.ld);
+  test::poison(ref_grads);
+  std::vector<float> ref_pos = pos0, ref_time = time0;
+  cpu::hstu_attention_backward(ref_grads.data() + a.qoff, ref_grads.data() + a.koff,
+                               ref_grads.data() + a.voff, ref_pos.data(), ref_time.data(),
+                               d_out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
+                               a.bias(), mask);
+  auto dev_d_out = test::upload<T>(d_out);
+  auto dev_pos = test::upload<float>(pos0);
+  auto dev_time = test::upload<float>(time0);
+  test::DeviceArray<T> grads(a.T * a.ld);
+  grads.poison();
+  T* g = grads.get();
+  cuda::hstu_attention_fused_backward<T>(g + a.qoff, g + a.koff, g + a.voff, dev_pos.get(),
+                                         dev_time.get(), dev_d_out.get(), q, k, v, offsets.get(),
+                                         a.B, a.shape(), bias, dev_mask, a.max_len, stream.get());
+  stream.synchronize();
+  const std::vector<float> got_grads = grads.download();
+  const char* names[3] = {"d_q", "d_k", "d_v"};
+  const int64_t cols[3] = {a.qoff, a.koff, a.voff};
+  for (int x = 0; x < 3; ++x) {
+    EXPECT_LT(test::rel_l2(columns(got_grads, a.T, a.ld, cols[x], a.H * D),
+                           columns(ref_grads, a.T, a.ld, cols[x], a.H * D)),
+              kTol)
+        << names[x];
+  }
+  for (int64_t t = 0; t < a.T; ++t) {  // the u columns and the padding stay untouched
+    for (int64_t col = 0; col < a.ld; ++col) {
+      if (col < a.voff || col >= a.ld - a.pad) {
+        ASSERT_TRUE(std::isnan(got_grads[t * a.ld + col]))
+            << "written: row " << t << " col " << col;
+      }
+    }
+  }
+  if (mc.pos) {
+    EXPECT_LT(test::rel_l2(difference(dev_pos.download(), pos0), difference(ref_pos, pos0)),
+              kBiasTol)
+        << "d_position_bias";
+  }
+  if (mc.time) {
+    EXPECT_LT(test::rel_l2(difference(dev_time.download(), time0), difference(ref_time, time0)),
+              kBiasTol)
+        << "d_time_bias";
+  }
+}
+
+TEST(CudaFusedAttention, MatchesCpuForEveryMaskAndBias) {
+  GENREC_REQUIRE_CUDA();
+  uint64_t seed = 100;
+  for (const MaskCase& mc : mask_cases()) {
+    for (int64_t D : {32, 64, 128}) check_fused<bf16>(7, 150, 2, D, mc, seed += 10);
+  }
+}
+
+TEST(CudaFusedAttention, BatchSizesAndLongSequences) {
+  GENREC_REQUIRE_CUDA();
+  const MaskCase bias{"bias", false, 0, 0, true, true};
+  for (int64_t B : test::batch_sizes()) check_fused<bf16>(B, 70, 1, 64, bias, 300 + B);
+  check_fused<bf16>(3, 700, 2, 128, bias, 400);
+  check_fused<bf16>(3, 700, 2, 128, mask_cases().back(), 401);
+}
+
+TEST(CudaFusedAttention, HalfPrecision) {
+  GENREC_REQUIRE_CUDA();
+  check_fused<__half>(9, 130, 2, 64, mask_cases().back(), 500);
+}
+
+// New tokens against a cached history: the outputs equal the last rows of the full forward.
+template <typename T>
+void check_cached(bool candidates, uint64_t seed) {
+  SCOPED_TRACE(candidates ? "candidates" : "continuation");
+  const int64_t H = 2, D = 64, B = 6;
+  std::vector<int64_t> lengths = random_lengths(B, 300, seed, true);
+  for (auto& l : lengths) l = std::max<int64_t>(l, 1);
+  Attn a = make_attn(lengths, H, D, D, 64, 24, true, true, seed, 8);
+  a.buf = test::round_through<T>(std::move(a.buf));
+  Philox rng(seed + 1);
+  std::vector<int64_t> fresh(B), q_offsets(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    fresh[b] = 1 + static_cast<int64_t>(rng.below(std::min<int64_t>(a.lengths[b], 90)));
+    q_offsets[b + 1] = q_offsets[b] + fresh[b];
+  }
+  const int64_t Tq = q_offsets[B];
+  cpu::HstuMask mask{candidates ? fresh.data() : nullptr, 0, 0};
+  std::vector<float> full(a.T * H * D);
+  cpu::hstu_attention_forward(full.data(), a.q(), a.k(), a.v(), a.offsets.data(), B, a.shape(),
+                              a.bias(), mask);
+  std::vector<float> q_new(Tq * H * D), ref(Tq * H * D);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t r = 0; r < fresh[b]; ++r) {
+      const int64_t t = a.offsets[b + 1] - fresh[b] + r;
+      std::copy_n(a.q() + t * a.ld, H * D, q_new.data() + (q_offsets[b] + r) * H * D);
+      std::copy_n(full.data() + t * H * D, H * D, ref.data() + (q_offsets[b] + r) * H * D);
+    }
+  }
+  cuda::Stream stream;
+  auto buf = test::upload<T>(a.buf);
+  auto dev_q = test::upload<T>(q_new);
+  auto kv_offsets = test::upload_raw(a.offsets);
+  auto dev_q_offsets = test::upload_raw(q_offsets);
+  auto timestamps = test::upload_raw(a.timestamps);
+  auto dev_fresh = test::upload_raw(fresh);
+  auto pos = test::upload<float>(a.pos);
+  auto time = test::upload<float>(a.time);
+  cpu::HstuAttentionShape shape = a.shape();
+  shape.ld_q = H * D;
+  const cpu::HstuMask dev_mask{candidates ? dev_fresh.get() : nullptr, 0, 0};
+  test::DeviceArray<T> out(Tq * H * D);
+  out.poison();
+  cuda::hstu_attention_cached_forward<T>(out.get(), dev_q.get(), dev_q_offsets.get(),
+                                         buf.get() + a.koff, buf.get() + a.voff, kv_offsets.get(),
+                                         B, shape, a.bias(pos.get(), time.get(), timestamps.get()),
+                                         dev_mask, 90, stream.get());
+  stream.synchronize();
+  EXPECT_LT(test::rel_l2(out.download(), ref), kTol);
+}
+
+TEST(CudaFusedAttention, CachedForwardEqualsTheFullForward) {
+  GENREC_REQUIRE_CUDA();
+  check_cached<bf16>(true, 600);
+  check_cached<bf16>(false, 610);
+  check_cached<__half>(true, 620);
+}
+
+TEST(CudaFusedAttention, SupportedShapes) {
+  cpu::HstuAttentionShape s;
+  s.num_heads = 4;
+  s.dim_qk = s.dim_v = 64;
+  s.ld_q = s.ld_k = s.ld_v = 4 * 64 * 4;
+  EXPECT_TRUE(cuda::hstu_fused_supported(s, 10));
+  s.dim_v = 32;
+  EXPECT_FALSE(cuda::hstu_fused_supported(s, 10));  // dim_qk != dim_v
+  s.dim_v = 64;
+  s.ld_k += 3;
+  EXPECT_FALSE(cuda::hstu_fused_supported(s, 10));  // rows not 16-byte aligned
+}
+
+}  // namespace
+}  // namespace genrec
