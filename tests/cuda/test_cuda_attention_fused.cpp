@@ -66,6 +66,12 @@ std::vector<float> difference(const std::vector<float>& a, const std::vector<flo
   return d;
 }
 
+void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf16* v,
+                          const test::DeviceArray<int64_t>& offsets,
+                          const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
+                          const cpu::HstuMask& dev_mask, uint64_t seed);
+
+// Forward (bf16 and fp16), and for bf16 the backward, against the CPU op.
 template <typename T>
 void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCase& mc,
                  uint64_t seed) {
@@ -101,7 +107,7 @@ void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCas
   const std::vector<float> got = out.download();
   EXPECT_LT(test::rel_l2(got, ref), kTol) << "out";
 
-  // The straightforward kernel has no mask (and no fp16).
+  // The straightforward kernel has no mask (and no fp16); the backward is bf16 only.
   if constexpr (std::is_same_v<T, bf16>) {
     if (mc.name == "causal" || mc.name == "bias") {
       test::DeviceArray<T> simple(a.T * a.H * a.dv);
@@ -111,9 +117,18 @@ void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCas
       stream.synchronize();
       EXPECT_LT(test::rel_l2(got, simple.download()), kTol) << "fused vs straightforward kernel";
     }
+    check_fused_backward(a, q, k, v, offsets, bias, mask, dev_mask, seed);
   }
+}
 
-  // Backward, from the same d_out and bias-gradient starting values.
+// Backward, from the same d_out and bias-gradient starting values.
+void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf16* v,
+                          const test::DeviceArray<int64_t>& offsets,
+                          const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
+                          const cpu::HstuMask& dev_mask, uint64_t seed) {
+  using T = bf16;
+  const int64_t D = a.dqk;
+  cuda::Stream stream;
   const std::vector<float> d_out =
       test::round_through<T>(test::random_normal(a.T * a.H * a.dv, seed + 5));
   const std::vector<float> pos0 = test::random_normal(a.P, seed + 6);
@@ -152,12 +167,12 @@ void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCas
       }
     }
   }
-  if (mc.pos) {
+  if (a.use_pos) {
     EXPECT_LT(test::rel_l2(difference(dev_pos.download(), pos0), difference(ref_pos, pos0)),
               kBiasTol)
         << "d_position_bias";
   }
-  if (mc.time) {
+  if (a.use_time) {
     EXPECT_LT(test::rel_l2(difference(dev_time.download(), time0), difference(ref_time, time0)),
               kBiasTol)
         << "d_time_bias";

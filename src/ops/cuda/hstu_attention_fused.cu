@@ -37,6 +37,14 @@ constexpr int kPad = 8;             // elements: shared rows 16 bytes apart in b
 constexpr int kMaxSmemPositions = 2048;
 constexpr int kTimeSlots = 160;  // > 145, the bucket of the largest int64 |dt|
 
+// hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
+// start[msb(|dt|)] + #{b in start + 1 .. start + 3 : |dt| >= threshold[b]}, exact because the
+// bucket is monotone in |dt| and grows by at most 3 within a power of two (ln 2 / 0.301 < 3).
+struct TimeBuckets {
+  int32_t start[64];
+  int64_t threshold[kTimeSlots + 4];  // smallest |dt| of bucket b; INT64_MAX past the last
+};
+
 struct Params {
   const int64_t* kv_offsets;
   const int64_t* q_offsets;  // == kv_offsets but for the cached forward
@@ -51,6 +59,7 @@ struct Params {
   const int64_t* timestamps;  // by kv token
   double* bias_acc;           // backward: [num_pos | time slots] or null
   int acc_pos, acc_time;      // entries of bias_acc for positions and time slots
+  TimeBuckets buckets;
 };
 
 // ---- PTX wrappers ---------------------------------------------------------------------------
@@ -222,17 +231,43 @@ __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
 }
 
 __device__ __forceinline__ float sigmoid(float z) {
-  return __frcp_rn(1.0f + __expf(-z));
+  return __fdividef(1.0f, 1.0f + __expf(-z));
 }
 
-// Pre-activation of the visible pair (query i, key j) from its raw product.
-__device__ __forceinline__ float pre_activation(const Params& p, const Sequence& s, float qk, int i,
-                                                int j, int64_t ts_i, int64_t ts_j) {
+// The time-bias slot of dt from the block's copy of the bucket table.
+__device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int64_t dt) {
+  const uint64_t a = dt < 0 ? 0 - static_cast<uint64_t>(dt) : static_cast<uint64_t>(dt);
+  const int b = t.start[63 - __clzll(static_cast<long long>(a | 1))];
+  const int64_t x = static_cast<int64_t>(a);
+  const int slot =
+      b + (x >= t.threshold[b + 1]) + (x >= t.threshold[b + 2]) + (x >= t.threshold[b + 3]);
+  return min(slot, num_time - 1);
+}
+
+// Pre-activation of the pair (query i, key j) from its raw product; kBias adds the relative
+// position and time biases (each when its table is given).
+template <bool kBias>
+__device__ __forceinline__ float pre_activation(const Params& p, const TimeBuckets& tb,
+                                                const Sequence& s, float qk, int i, int j,
+                                                int64_t ts_i, int64_t ts_j) {
   float z = p.alpha * qk;
-  if (p.pos != nullptr)
-    z += __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
-  if (p.time != nullptr) z += __ldg(p.time + hstu_time_slot(ts_i - ts_j, p.num_time));
+  if constexpr (kBias) {
+    if (p.pos != nullptr) {
+      z += __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
+    }
+    if (p.time != nullptr) z += __ldg(p.time + time_slot(tb, p.num_time, ts_i - ts_j));
+  }
   return z;
+}
+
+// The block's shared copy of the time-bucket table (when there is a time bias).
+__device__ __forceinline__ void load_buckets(TimeBuckets* dst, const Params& p) {
+  if (p.time == nullptr) return;
+  const int32_t* src = reinterpret_cast<const int32_t*>(&p.buckets);
+  int32_t* out = reinterpret_cast<int32_t*>(dst);
+  for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += kThreads) {
+    out[e] = src[e];
+  }
 }
 
 __device__ __forceinline__ int64_t timestamp(const Params& p, const Sequence& s, int i) {
@@ -264,11 +299,12 @@ __device__ __forceinline__ void load_timestamps(int64_t* dst, const Params& p, c
 
 template <typename T, int D>
 constexpr size_t query_smem_bytes(bool dq) {
-  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps
-  return sizeof(T) * (D + kPad) * (kRows * (dq ? 2 : 1) + 4 * kCols) + 2 * kCols * sizeof(int64_t);
+  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps, bucket table
+  return sizeof(T) * (D + kPad) * (kRows * (dq ? 2 : 1) + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
+         sizeof(TimeBuckets);
 }
 
-template <typename T, int D, bool kDq>
+template <typename T, int D, bool kDq, bool kBias>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ d_out,
                  const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
@@ -279,9 +315,11 @@ __global__ void __launch_bounds__(kThreads)
   T* s_k = s_q + kRows * LD * (kDq ? 2 : 1);
   T* s_v = s_k + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
+  TimeBuckets* s_buckets = reinterpret_cast<TimeBuckets*>(s_ts + 2 * kCols);
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
+  if constexpr (kBias) load_buckets(s_buckets, p);
 
   for (int tile = p.num_tiles - 1 - blockIdx.x; tile * kRows < s.q_len; tile += p.num_tiles) {
     const int m0 = tile * kRows;
@@ -344,20 +382,29 @@ __global__ void __launch_bounds__(kThreads)
         zero(dp);
         product_abt<D>(dp, tv, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_do, kk); });
       }
-      const bool edge = s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
-                        j0 + kCols > i_first || j0 + kCols > s.length;
-      for_each_score([&](int n, int e, int half, int row, int col) {
-        const int i = i_first + row, j = j0 + col;
-        float z = pre_activation(p, s, sc[n][e], i, j, ts_row[half], ts[col]);
-        const float sig = sigmoid(z);
-        const bool keep = !edge || (i < s.length && s.mask.visible(i, j));
-        if constexpr (kDq) {
-          const float g = dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig));
-          sc[n][e] = keep ? g : 0.0f;  // dZ
-        } else {
-          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;  // P
-        }
-      });
+      // Scores -> P (forward) or dZ (dq); only tiles that cross the diagonal, the end of the
+      // sequence or a mask boundary test each element.
+      auto activate = [&](auto masked) {
+        for_each_score([&](int n, int e, int half, int row, int col) {
+          const int i = i_first + row, j = j0 + col;
+          const float z =
+              pre_activation<kBias>(p, *s_buckets, s, sc[n][e], i, j, ts_row[half], ts[col]);
+          const float sig = sigmoid(z);
+          bool keep = true;
+          if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
+          if constexpr (kDq) {
+            sc[n][e] = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
+          } else {
+            sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
+          }
+        });
+      };
+      if (s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+          j0 + kCols > i_first || j0 + kCols > s.length) {
+        activate(std::true_type{});
+      } else {
+        activate(std::false_type{});
+      }
       product_py<D>(acc, sc, kDq ? tk : tv);
       __syncthreads();  // this stage is free for the next prefetch
     }
@@ -374,12 +421,32 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int D>
 constexpr size_t key_smem_bytes() {
-  // own rows K and V, two stages of Q and dO, two stages of query timestamps, bias sums
+  // own rows K and V, two stages of Q and dO, two stages of query timestamps, bucket table,
+  // bias sums
   return sizeof(T) * (D + kPad) * (2 * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         (kMaxSmemPositions + kTimeSlots) * sizeof(float);
+         sizeof(TimeBuckets) + (kMaxSmemPositions + kTimeSlots) * sizeof(float);
 }
 
-template <typename T, int D>
+// Adds dz to the block's sums of the position slot and time slot of the pair (i, j); position
+// slots past the shared array go straight to the global sums.
+__device__ __forceinline__ void add_bias_gradient(const Params& p, const Sequence& s,
+                                                  const TimeBuckets& tb, float* s_bias,
+                                                  int smem_pos, int i, int j, int64_t dt,
+                                                  float dz) {
+  if (p.pos != nullptr && p.acc_pos > 0) {
+    const int slot = min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1);
+    if (slot < kMaxSmemPositions) {
+      atomicAdd(s_bias + slot, dz);
+    } else {
+      atomicAdd(p.bias_acc + slot, static_cast<double>(dz));
+    }
+  }
+  if (p.time != nullptr && p.acc_time > 0) {
+    atomicAdd(s_bias + smem_pos + time_slot(tb, p.num_time, dt), dz);
+  }
+}
+
+template <typename T, int D, bool kBias>
 __global__ void __launch_bounds__(kThreads)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
@@ -390,11 +457,13 @@ __global__ void __launch_bounds__(kThreads)
   T* s_q = s_v + kRows * LD;
   T* s_do = s_q + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
-  float* s_bias = reinterpret_cast<float*>(s_ts + 2 * kCols);  // positions, then time slots
+  TimeBuckets* s_buckets = reinterpret_cast<TimeBuckets*>(s_ts + 2 * kCols);
+  float* s_bias = reinterpret_cast<float*>(s_buckets + 1);  // positions, then time slots
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
-  const bool want_bias = p.bias_acc != nullptr;
+  const bool want_bias = kBias && p.bias_acc != nullptr;
+  if constexpr (kBias) load_buckets(s_buckets, p);
   const int smem_pos = min(p.acc_pos, kMaxSmemPositions);
   for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += kThreads) s_bias[e] = 0.0f;
 
@@ -441,30 +510,34 @@ __global__ void __launch_bounds__(kThreads)
       product_abt<D>(dp, tdo, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_v, kk); });
       zero(sc);
       product_abt<D>(sc, tq, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_k, kk); });
-      const bool edge = s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
-                        i0 < j0 + kRows || i0 + kCols > s.length;
-      for_each_score([&](int n, int e, int half, int row, int col) {
-        const int j = j0 + row, i = i0 + col;
-        const float z = pre_activation(p, s, sc[n][e], i, j, ts[col], ts_row[half]);
-        const float sig = sigmoid(z);
-        const bool keep = !edge || (i < s.length && j < s.length && s.mask.visible(i, j));
-        const float g = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
-        sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;  // Pᵀ
-        dp[n][e] = g;                                // dZᵀ
-        if (want_bias && keep) {
-          if (p.pos != nullptr && p.acc_pos > 0) {
-            const int slot = min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1);
-            if (slot < kMaxSmemPositions) {
-              atomicAdd(s_bias + slot, g);
-            } else {
-              atomicAdd(p.bias_acc + slot, static_cast<double>(g));
+      // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
+      auto activate = [&](auto masked) {
+        for_each_score([&](int n, int e, int half, int row, int col) {
+          const int j = j0 + row, i = i0 + col;
+          const float z =
+              pre_activation<kBias>(p, *s_buckets, s, sc[n][e], i, j, ts[col], ts_row[half]);
+          const float sig = sigmoid(z);
+          bool keep = true;
+          if constexpr (decltype(masked)::value) {
+            keep = i < s.length && j < s.length && s.mask.visible(i, j);
+          }
+          const float g = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
+          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
+          dp[n][e] = g;
+          if constexpr (kBias) {
+            if (want_bias && keep) {
+              add_bias_gradient(p, s, *s_buckets, s_bias, smem_pos, i, j, ts[col] - ts_row[half],
+                                g);
             }
           }
-          if (p.time != nullptr && p.acc_time > 0) {
-            atomicAdd(s_bias + smem_pos + hstu_time_slot(ts[col] - ts_row[half], p.num_time), g);
-          }
-        }
-      });
+        });
+      };
+      if (s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+          i0 < j0 + kRows || i0 + kCols > s.length) {
+        activate(std::true_type{});
+      } else {
+        activate(std::false_type{});
+      }
       product_py<D>(acc_v, sc, tdo);
       product_py<D>(acc_k, dp, tq);
       __syncthreads();
@@ -490,6 +563,35 @@ __global__ void add_bias_grads_kernel(float* __restrict__ d_bias, const double* 
 }
 
 // ---- host side ------------------------------------------------------------------------------
+
+// The bucket table of hstu_time_bucket (computed once: the bucket function is fixed).
+const TimeBuckets& time_buckets() {
+  static const TimeBuckets table = [] {
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    auto bucket = [](int64_t a) { return cpu::hstu_time_bucket(a, kMax); };
+    TimeBuckets t{};
+    std::fill(std::begin(t.threshold), std::end(t.threshold), kMax);
+    t.threshold[0] = 0;
+    const int64_t last = bucket(kMax);
+    GENREC_CHECK(last + 4 <= kTimeSlots + 4, "time bucket table too small for bucket {}", last);
+    for (int64_t b = 1; b <= last; ++b) {
+      int64_t lo = 1, hi = kMax;  // bucket(hi) >= b
+      while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (bucket(mid) >= b) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      t.threshold[b] = lo;
+    }
+    for (int e = 0; e < 63; ++e) t.start[e] = static_cast<int32_t>(bucket(int64_t{1} << e));
+    t.start[63] = static_cast<int32_t>(last);
+    return t;
+  }();
+  return table;
+}
 
 bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
@@ -526,6 +628,7 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   p.time = bias.time;
   p.num_time = static_cast<int>(std::min<int64_t>(bias.num_time_buckets, kTimeSlots));
   p.timestamps = bias.timestamps;
+  if (p.time != nullptr) p.buckets = time_buckets();
   return p;
 }
 
@@ -535,15 +638,23 @@ void allow_smem(Kernel kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
-// Calls f(std::integral_constant<int, D>) for the head dim.
+// Calls f(integral_constant D, bool_constant bias) for the head dim and whether any relative
+// bias applies: kernels without bias carry none of its code.
 template <typename F>
-void with_dim(int64_t dim, F&& f) {
+void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
+  auto with_bias = [&](auto d) {
+    if (p.pos != nullptr || p.time != nullptr) {
+      f(d, std::true_type{});
+    } else {
+      f(d, std::false_type{});
+    }
+  };
   if (dim == 32) {
-    f(std::integral_constant<int, 32>{});
+    with_bias(std::integral_constant<int, 32>{});
   } else if (dim == 64) {
-    f(std::integral_constant<int, 64>{});
+    with_bias(std::integral_constant<int, 64>{});
   } else {
-    f(std::integral_constant<int, 128>{});
+    with_bias(std::integral_constant<int, 128>{});
   }
 }
 
@@ -552,17 +663,21 @@ void launch_query(const Params& p, bool dq, T* out, const T* d_out, const T* q, 
                   const T* v, int64_t batch_size, int64_t heads, int64_t dim, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(heads),
                   static_cast<unsigned>(batch_size));
-  with_dim(dim, [&](auto d) {
+  with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
-    if (dq) {
-      constexpr size_t bytes = query_smem_bytes<T, D>(true);
-      allow_smem(query_kernel<T, D, true>, bytes);
-      query_kernel<T, D, true><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
-    } else {
-      constexpr size_t bytes = query_smem_bytes<T, D>(false);
-      allow_smem(query_kernel<T, D, false>, bytes);
-      query_kernel<T, D, false><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
+    constexpr bool kBias = decltype(has_bias)::value;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (dq) {
+        constexpr size_t bytes = query_smem_bytes<T, D>(true);
+        allow_smem(query_kernel<T, D, true, kBias>, bytes);
+        query_kernel<T, D, true, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
+        return;
+      }
     }
+    GENREC_CHECK(!dq, "fused hstu attention: the backward is bf16 only");
+    constexpr size_t bytes = query_smem_bytes<T, D>(false);
+    allow_smem(query_kernel<T, D, false, kBias>, bytes);
+    query_kernel<T, D, false, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
   });
 }
 
@@ -629,11 +744,12 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
   const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(shape.num_heads),
                   static_cast<unsigned>(batch_size));
-  with_dim(shape.dim_qk, [&](auto d) {
+  with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
+    constexpr bool kBias = decltype(has_bias)::value;
     constexpr size_t bytes = key_smem_bytes<T, D>();
-    allow_smem(key_kernel<T, D>, bytes);
-    key_kernel<T, D><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
+    allow_smem(key_kernel<T, D, kBias>, bytes);
+    key_kernel<T, D, kBias><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
   });
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dk, dv)");
   if (p.bias_acc != nullptr) {
@@ -651,20 +767,21 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   }
 }
 
-#define GENREC_INSTANTIATE_FUSED(T)                                                                \
-  template void hstu_attention_fused_forward<T>(                                                   \
-      T*, const T*, const T*, const T*, const int64_t*, int64_t, const cpu::HstuAttentionShape&,   \
-      const cpu::HstuRelativeBias&, const HstuMask&, int64_t, cudaStream_t);                       \
-  template void hstu_attention_cached_forward<T>(                                                  \
-      T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t,                   \
-      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,      \
-      cudaStream_t);                                                                               \
-  template void hstu_attention_fused_backward<T>(                                                  \
-      T*, T*, T*, float*, float*, const T*, const T*, const T*, const T*, const int64_t*, int64_t, \
-      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,      \
+#define GENREC_INSTANTIATE_FUSED(T)                                                              \
+  template void hstu_attention_fused_forward<T>(                                                 \
+      T*, const T*, const T*, const T*, const int64_t*, int64_t, const cpu::HstuAttentionShape&, \
+      const cpu::HstuRelativeBias&, const HstuMask&, int64_t, cudaStream_t);                     \
+  template void hstu_attention_cached_forward<T>(                                                \
+      T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t,                 \
+      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,    \
       cudaStream_t);
 GENREC_INSTANTIATE_FUSED(__nv_bfloat16)
 GENREC_INSTANTIATE_FUSED(__half)
+template void hstu_attention_fused_backward<__nv_bfloat16>(
+    __nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*, float*, float*, const __nv_bfloat16*,
+    const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int64_t*, int64_t,
+    const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,
+    cudaStream_t);
 #undef GENREC_INSTANTIATE_FUSED
 
 }  // namespace genrec::cuda

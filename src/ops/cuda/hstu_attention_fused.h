@@ -1,7 +1,8 @@
 // Fused HSTU attention on the tensor cores (FlashAttention-2 style tiles, no N×N matrix in
 // memory), for training (forward and backward) and for inference against a KV cache.
 // Same maths and argument conventions as genrec::cpu::hstu_attention_* (ops/hstu_attention.h),
-// with 16-bit inputs (bf16 or fp16) and fp32 accumulation; all pointers are device pointers,
+// with 16-bit inputs (bf16 or fp16 for the forward passes, bf16 for the backward) and fp32
+// accumulation; all pointers are device pointers,
 // including offsets, timestamps, the bias tables and mask.num_targets.
 // The straightforward kernels of ops/cuda/hstu_attention.h stay the reference they are tested
 // against; hstu_fused_supported() says when these apply.
@@ -44,7 +45,7 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
                                    int64_t max_new, cudaStream_t stream);
 
 // d_q, d_k, d_v written with the strides of q, k, v; the fp32 bias gradients accumulate (+=)
-// and are skipped when null.
+// and are skipped when null. Instantiated for bf16 (training).
 template <typename T>
 void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias,
                                    float* d_time_bias, const T* d_out, const T* q, const T* k,
