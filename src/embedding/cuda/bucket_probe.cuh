@@ -32,7 +32,9 @@ constexpr int kTilesPerBlock = kThreads / kTile;
 using Tile = cg::thread_block_tile<kTile, cg::thread_block>;
 
 // splitmix64's finaliser: the bucket takes the low bits, the digest the top byte, so the two
-// stay independent for any bucket count up to 2^56.
+// stay independent for any bucket count up to 2^56. Digest 0 marks a free slot (keys with a
+// top byte of 0 get digest 1), so free slots are found from the digests alone and never
+// match a probe.
 __device__ __forceinline__ uint64_t hash_key(uint64_t x) {
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ull;
@@ -41,7 +43,8 @@ __device__ __forceinline__ uint64_t hash_key(uint64_t x) {
   return x ^ (x >> 31);
 }
 __device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
-  return static_cast<uint32_t>(hash >> 56);
+  const uint32_t d = static_cast<uint32_t>(hash >> 56);
+  return d == 0 ? 1 : d;
 }
 
 template <typename T>
@@ -73,14 +76,20 @@ __device__ __forceinline__ void for_each_key(int64_t n, F&& f) {
   }
 }
 
-// The slot (0..127) of `key` in bucket b, or -1; every lane gets the answer. Relies on a key
-// occupying at most one slot.
+// The 8 digests of this lane's slots in bucket b (byte j: slot 8 * lane + j).
 template <bool kRacing>
-__device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint64_t b, uint64_t key,
-                                     uint32_t digest) {
+__device__ __forceinline__ uint64_t lane_digests(const Tile& tile, const TableView& t, uint64_t b) {
+  return load<kRacing>(reinterpret_cast<const uint64_t*>(t.digests + b * kBucketSlots) +
+                       tile.thread_rank());
+}
+
+// The slot (0..127) of `key` in bucket b given the lanes' digests, or -1; every lane gets the
+// answer. Relies on a key occupying at most one slot.
+template <bool kRacing>
+__device__ __forceinline__ int find_in_bucket(const Tile& tile, const TableView& t, uint64_t b,
+                                              uint64_t word, uint64_t key, uint32_t digest) {
   const uint64_t base = b * kBucketSlots;
   const int lane = static_cast<int>(tile.thread_rank());
-  const uint64_t word = load<kRacing>(reinterpret_cast<const uint64_t*>(t.digests + base) + lane);
   int found = -1;
   for (int j = 0; j < kSlotsPerLane; ++j) {
     if (((word >> (8 * j)) & 0xFF) == digest) {
@@ -90,6 +99,12 @@ __device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint6
   }
   const unsigned hit = tile.ballot(found >= 0);
   return hit == 0 ? -1 : tile.shfl(found, __ffs(hit) - 1);
+}
+
+template <bool kRacing>
+__device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint64_t b, uint64_t key,
+                                     uint32_t digest) {
+  return find_in_bucket<kRacing>(tile, t, b, lane_digests<kRacing>(tile, t, b), key, digest);
 }
 
 __device__ __forceinline__ float* row_ptr(const TableView& t, uint64_t slot) {

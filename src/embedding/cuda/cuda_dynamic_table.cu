@@ -112,23 +112,27 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs
   });
 }
 
-// The slot for a new key in bucket `base`: a free one (lowest index), else the unmarked one
-// with the lowest (score, key), else -1. Called under the bucket lock. *evicting says whether
-// the slot holds a row (victim_key, victim_score).
+// The slot for a new key in bucket `base`: a free one (lowest index, from the lanes' digests
+// `word`), else the unmarked one with the lowest (score, key), else -1. Called under the
+// bucket lock. *evicting says whether the slot holds a row (victim_key, victim_score).
 __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t, uint64_t base,
-                                           uint32_t batch, bool* evicting, uint64_t* victim_key,
-                                           uint64_t* victim_score) {
+                                           uint64_t word, uint32_t batch, bool* evicting,
+                                           uint64_t* victim_key, uint64_t* victim_score) {
   const int lane = static_cast<int>(tile.thread_rank());
-  int free_slot = -1, best = -1;
+  int free_slot = -1;
+  for (int j = kSlotsPerLane - 1; j >= 0; --j) {
+    if (((word >> (8 * j)) & 0xFF) == 0) free_slot = lane * kSlotsPerLane + j;
+  }
+  const unsigned frees = tile.ballot(free_slot >= 0);
+  *evicting = false;
+  if (frees != 0) return tile.shfl(free_slot, __ffs(frees) - 1);
+  // A full bucket: only now read its keys, marks and scores.
+  int best = -1;
   uint64_t best_score = 0, best_key = 0;
   for (int j = 0; j < kSlotsPerLane; ++j) {
     const int s = lane * kSlotsPerLane + j;
-    const uint64_t k = load_relaxed(t.keys + base + s);
-    if (k == kEmptyKey) {
-      if (free_slot < 0) free_slot = s;
-      continue;
-    }
     if ((load_relaxed(t.marks + base + s) >> 32) == batch) continue;  // a key of this batch
+    const uint64_t k = load_relaxed(t.keys + base + s);
     const uint64_t sc = load_relaxed(t.scores + base + s);
     if (best < 0 || sc < best_score || (sc == best_score && k < best_key)) {
       best = s;
@@ -136,9 +140,6 @@ __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t,
       best_key = k;
     }
   }
-  const unsigned frees = tile.ballot(free_slot >= 0);
-  *evicting = false;
-  if (frees != 0) return tile.shfl(free_slot, __ffs(frees) - 1);
   for (int o = kTile / 2; o > 0; o >>= 1) {
     const uint64_t os = tile.shfl_xor(best_score, o), ok = tile.shfl_xor(best_key, o);
     const int ob = tile.shfl_xor(best, o);
@@ -162,7 +163,8 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
     const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const int64_t row_dim = a.dim + a.state_dim;
     lock_bucket(tile, t.locks + b);
-    int slot = probe<true>(tile, t, b, key, digest_of(h));
+    const uint64_t word = lane_digests<true>(tile, t, b);
+    int slot = find_in_bucket<true>(tile, t, b, word, key, digest_of(h));
     if (slot >= 0) {  // inserted by an earlier duplicate of this call
       if (lane == 0) {
         atomicMax(reinterpret_cast<unsigned long long*>(t.marks + base + slot),
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
     } else {
       bool evicting = false;
       uint64_t victim_key = 0, victim_score = 0;
-      slot = choose_slot(tile, t, base, a.batch, &evicting, &victim_key, &victim_score);
+      slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
       if (slot >= 0) {
         float* row = row_ptr(t, base + slot);
         if (evicting && a.evicted.count != nullptr) {
@@ -249,7 +251,10 @@ __global__ void __launch_bounds__(kThreads)
       // Duplicates race for the same slot: exactly one CAS frees it.
       auto* word = reinterpret_cast<unsigned long long*>(t.keys + b * kBucketSlots + slot);
       done = atomicCAS(word, key, kEmptyKey) == key;
-      if (done) atomicAdd(t.size, ~0ull);  // -1
+      if (done) {
+        t.digests[b * kBucketSlots + slot] = 0;  // free: no insertion runs during an erase
+        atomicAdd(t.size, ~0ull);                // -1
+      }
     }
     if (erased != nullptr) erased[i] = done;
   });
@@ -308,10 +313,10 @@ __global__ void __launch_bounds__(kThreads)
     const int lane = static_cast<int>(tile.thread_rank());
     const uint64_t h = hash_key(key), b = h & to.bucket_mask, base = b * kBucketSlots;
     lock_bucket(tile, to.locks + b);
+    const uint64_t word = lane_digests<true>(tile, to, b);
     int free_slot = -1;
-    for (int j = 0; j < kSlotsPerLane && free_slot < 0; ++j) {
-      const int c = lane * kSlotsPerLane + j;
-      if (load_relaxed(to.keys + base + c) == kEmptyKey) free_slot = c;
+    for (int j = kSlotsPerLane - 1; j >= 0; --j) {
+      if (((word >> (8 * j)) & 0xFF) == 0) free_slot = lane * kSlotsPerLane + j;
     }
     const unsigned frees = tile.ballot(free_slot >= 0);
     if (frees != 0) {

@@ -54,7 +54,6 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
       GENREC_CUDA_CHECK(
           cudaHostGetDevicePointer(reinterpret_cast<void**>(&view_.host_rows), host_alloc_, 0));
     }
-    GENREC_CUDA_CHECK(cudaMemset(view_.digests, 0, n));
     GENREC_CUDA_CHECK(cudaMemset(view_.scores, 0, sizeof(uint64_t) * n));
     GENREC_CUDA_CHECK(cudaMemset(view_.locks, 0, sizeof(uint32_t) * num_buckets));
     clear_marks(nullptr);
@@ -86,6 +85,7 @@ void TableStorage::release() {
 
 void TableStorage::clear(cudaStream_t stream) {
   GENREC_CUDA_CHECK(cudaMemsetAsync(view_.keys, 0xFF, sizeof(uint64_t) * slots(), stream));
+  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.digests, 0, slots(), stream));
   GENREC_CUDA_CHECK(cudaMemsetAsync(view_.size, 0, sizeof(unsigned long long), stream));
 }
 

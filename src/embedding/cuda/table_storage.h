@@ -15,7 +15,7 @@ constexpr int kBucketSlots = 128;
 
 // What the kernels see of a TableStorage (plain pointers, passed by value).
 struct TableView {
-  uint8_t* digests = nullptr;          // slots
+  uint8_t* digests = nullptr;          // slots; 0 marks a free slot
   uint64_t* keys = nullptr;            // slots; kEmptyKey marks a free slot
   uint64_t* scores = nullptr;          // slots
   uint64_t* marks = nullptr;           // slots: batch << 32 | (last occurrence + 1), see the .cu
@@ -43,7 +43,7 @@ class TableStorage {
   int64_t num_buckets() const { return num_buckets_; }
   int64_t slots() const { return num_buckets_ * kBucketSlots; }
   int64_t host_slots() const { return slots() - view_.hbm_slots; }
-  // Frees every slot (keys to kEmptyKey, size 0), queued on `stream`.
+  // Frees every slot (keys to kEmptyKey, digests to 0, size 0), queued on `stream`.
   void clear(cudaStream_t stream);
   void clear_marks(cudaStream_t stream);
 
