@@ -4,9 +4,10 @@
 //    (atomicMax of batch << 32 | (i + 1): the high half protects the row from eviction for the
 //    rest of the call, the low half ends up naming the key's last occurrence), update scores,
 //    and find_or_insert copies their rows out. Absent keys are left "pending".
-// 2. insert (pending keys only, under the bucket lock): probe again (a duplicate may have
-//    inserted the key meanwhile), else take a free slot, else evict the unmarked slot with the
-//    lowest (score, key); the new row is initialized and marked before the lock is released.
+// 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile;
+//    lock-free, see the publication order at the kernel), else under the bucket lock probe once
+//    more, then take a free slot, else evict the unmarked slot with the lowest (score, key);
+//    the new row is initialized and marked before its key is stored.
 // 3. write (insert_or_assign, assign, custom scores): only the occurrence whose index the
 //    mark names writes the row's values and custom score, so each row is written by exactly
 //    one tile and the last occurrence wins, as on the CPU.
@@ -155,58 +156,72 @@ __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t,
   return best;
 }
 
+// Insertion publishes a new row like a release: row, mark, score and digest are written, every
+// lane fences, and only then lane 0 stores the key. A lock-free probe that sees the key and
+// then fences (acquire) therefore sees the whole row, so duplicates of a key inserted earlier
+// in the call skip the lock (a hot new key would otherwise serialize its whole batch).
 __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs a) {
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     if (a.slots[i] != kPending) return;
     const int lane = static_cast<int>(tile.thread_rank());
     const uint64_t key = a.keys[i];
     const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+    const uint32_t digest = digest_of(h);
     const int64_t row_dim = a.dim + a.state_dim;
-    lock_bucket(tile, t.locks + b);
-    const uint64_t word = lane_digests<true>(tile, t, b);
-    int slot = find_in_bucket<true>(tile, t, b, word, key, digest_of(h));
-    if (slot >= 0) {  // inserted by an earlier duplicate of this call
-      if (lane == 0) {
-        atomicMax(reinterpret_cast<unsigned long long*>(t.marks + base + slot),
-                  mark_of(a.batch, i));
-        touch_score(t.scores + base + slot, a.policy, false, a.step, a.epoch);
-      }
+    int slot = probe<true>(tile, t, b, key, digest);
+    bool inserted = false;
+    if (slot >= 0) {
+      __threadfence();  // acquire: the row published with the key
     } else {
-      bool evicting = false;
-      uint64_t victim_key = 0, victim_score = 0;
-      slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
-      if (slot >= 0) {
-        float* row = row_ptr(t, base + slot);
-        if (evicting && a.evicted.count != nullptr) {
-          unsigned long long pos = 0;
-          if (lane == 0)
-            pos = atomicAdd(reinterpret_cast<unsigned long long*>(a.evicted.count), 1ull);
-          pos = tile.shfl(pos, 0);
+      lock_bucket(tile, t.locks + b);
+      const uint64_t word = lane_digests<true>(tile, t, b);
+      slot = find_in_bucket<true>(tile, t, b, word, key, digest);
+      if (slot < 0) {
+        bool evicting = false;
+        uint64_t victim_key = 0, victim_score = 0;
+        slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
+        if (slot >= 0) {
+          inserted = true;
+          float* row = row_ptr(t, base + slot);
+          if (evicting && a.evicted.count != nullptr) {
+            unsigned long long pos = 0;
+            if (lane == 0) {
+              pos = atomicAdd(reinterpret_cast<unsigned long long*>(a.evicted.count), 1ull);
+            }
+            pos = tile.shfl(pos, 0);
+            if (lane == 0) {
+              a.evicted.keys[pos] = victim_key;
+              if (a.evicted.scores != nullptr) a.evicted.scores[pos] = victim_score;
+            }
+            if (a.evicted.rows != nullptr) {
+              tile_copy<true>(tile, a.evicted.rows + pos * row_dim, row, row_dim);
+            }
+            tile.sync();  // the victim's row is read before the new row overwrites it
+          }
+          // insert_or_assign's values come in the write kernel; the state is initial either way.
+          tile_init_row(tile, a.init, key, row, a.op == BatchOp::kFindOrInsert ? a.dim : 0,
+                        row + a.dim, a.state_dim);
           if (lane == 0) {
-            a.evicted.keys[pos] = victim_key;
-            if (a.evicted.scores != nullptr) a.evicted.scores[pos] = victim_score;
+            store_relaxed(t.marks + base + slot, mark_of(a.batch, i));
+            if (a.policy == EvictionPolicy::kCustom) {
+              store_relaxed(t.scores + base + slot, a.custom[i]);
+            } else {
+              touch_score(t.scores + base + slot, a.policy, true, a.step, a.epoch);
+            }
+            t.digests[base + slot] = static_cast<uint8_t>(digest);
+            if (!evicting) atomicAdd(t.size, 1ull);
           }
-          if (a.evicted.rows != nullptr)
-            tile_copy<true>(tile, a.evicted.rows + pos * row_dim, row, row_dim);
-          tile.sync();  // the victim's row is read before the new row overwrites it
-        }
-        // insert_or_assign's values come in the write kernel; the state is initial either way.
-        tile_init_row(tile, a.init, key, row, a.op == BatchOp::kFindOrInsert ? a.dim : 0,
-                      row + a.dim, a.state_dim);
-        if (lane == 0) {
-          store_relaxed(t.keys + base + slot, key);
-          t.digests[base + slot] = static_cast<uint8_t>(digest_of(h));
-          store_relaxed(t.marks + base + slot, mark_of(a.batch, i));
-          if (a.policy == EvictionPolicy::kCustom) {
-            store_relaxed(t.scores + base + slot, a.custom[i]);
-          } else {
-            touch_score(t.scores + base + slot, a.policy, true, a.step, a.epoch);
-          }
-          if (!evicting) atomicAdd(t.size, 1ull);
+          __threadfence();  // release: everything above before the key
+          tile.sync();
+          if (lane == 0) store_relaxed(t.keys + base + slot, key);
         }
       }
+      unlock_bucket(tile, t.locks + b);
     }
-    unlock_bucket(tile, t.locks + b);
+    if (slot >= 0 && !inserted && lane == 0) {  // inserted by an earlier duplicate of this call
+      atomicMax(reinterpret_cast<unsigned long long*>(t.marks + base + slot), mark_of(a.batch, i));
+      touch_score(t.scores + base + slot, a.policy, false, a.step, a.epoch);
+    }
     // The row cannot change for the rest of the call: its slot carries this batch's mark.
     const int64_t s = slot >= 0 ? static_cast<int64_t>(base + slot) : -1;
     if (lane == 0) {
