@@ -15,6 +15,7 @@
 
 #include "core/cuda/stream.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/philox.h"
 #include "cuda_test_util.h"
 #include "embedding/cuda/cuda_dynamic_table.h"
@@ -300,6 +301,69 @@ TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
   EXPECT_EQ(rows.values[4], 5.0f);  // key 7: occurrence 4
   EXPECT_EQ(rows.values[8], 4.0f);  // key 9: occurrence 3
   EXPECT_EQ(rows.scores[0], 8u);
+}
+
+// Thousands of occurrences of 240 keys packed into two buckets: every tile of a call contends
+// for the same two locks, and each key's duplicates race with its insertion.
+TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 8, n = 20000;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 4};
+  opt.capacity = 256;
+  opt.eviction = EvictionPolicy::kLfu;
+  CudaDynamicTable table(opt);
+  ASSERT_EQ(table.capacity(), 256);
+  // The table's bucket is mix64(key) & (buckets - 1): 120 keys for each of the two.
+  std::vector<uint64_t> distinct;
+  int per_bucket[2] = {0, 0};
+  for (uint64_t k = 1; distinct.size() < 240; ++k) {
+    const int bucket = static_cast<int>(mix64(k) & 1);
+    if (per_bucket[bucket] < 120) {
+      ++per_bucket[bucket];
+      distinct.push_back(k);
+    }
+  }
+  Philox rng(8);
+  std::vector<uint64_t> keys(n);
+  std::map<uint64_t, int64_t> count, last;
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = distinct[rng.below(distinct.size())];
+    ++count[keys[i]];
+    last[keys[i]] = i;
+  }
+  cuda::Stream stream;
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(n * dim);
+  auto d_stored = poisoned<uint8_t>(n);
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
+  auto out = d_out.download_raw();
+  for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> init(dim);
+    opt.initializer.fill(keys[i], init.data(), dim);
+    for (int j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], init[j]) << i;
+  }
+  ASSERT_EQ(table.size(stream), 240);
+  TableRows rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 240);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    ASSERT_EQ(rows.scores[r], static_cast<uint64_t>(count[rows.keys[r]])) << rows.keys[r];
+  }
+  // insert_or_assign of the same occurrences: each key keeps its last occurrence's row.
+  std::vector<float> values(n * dim);
+  for (int64_t i = 0; i < n; ++i) std::fill_n(values.begin() + i * dim, dim, static_cast<float>(i));
+  auto d_values = up(values);
+  table.insert_or_assign(d_keys.get(), d_values.get(), n, stream);
+  rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 240);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    for (int j = 0; j < dim; ++j) {
+      ASSERT_EQ(rows.values[r * dim + j], static_cast<float>(last[rows.keys[r]]));
+    }
+    ASSERT_EQ(rows.scores[r], static_cast<uint64_t>(2 * count[rows.keys[r]]));
+  }
 }
 
 // A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows.
