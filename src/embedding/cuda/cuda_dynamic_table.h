@@ -108,7 +108,8 @@ class CudaDynamicTable {
   // table keeps none). Synchronizes.
   TableRows export_rows(uint64_t min_score = 0, cudaStream_t stream = nullptr) const;
 
-  // Grows to at least `capacity` slots (never shrinks), keeping every row; synchronizes.
+  // Grows to at least `capacity` slots (never shrinks), keeping every row; synchronizes. The
+  // HBM budget stays max_hbm_row_bytes: with one, the added rows live in host memory.
   void reserve(int64_t capacity, cudaStream_t stream = nullptr);
   void clear(cudaStream_t stream = nullptr);
 
