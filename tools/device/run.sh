@@ -2,16 +2,16 @@
 # Run THERE, on the GPU machine (Ubuntu 24.04, CUDA 13, CMake 4, g++ 13, no package registry),
 # from the repo root: builds genrec with CUDA against the Debian packages that
 # scripts/fetch-device-deps.sh put in .deps/, runs the CUDA tests, the CPU tests and the CUDA
-# benchmark, and prints a summary table last. The packages are unpacked with `dpkg -x` into
-# .deps/root (never into /) and every find step of the build is pointed there; shared libraries
-# the system lacks are linked into .deps/runtime-lib, which is the only thing put on
-# LD_LIBRARY_PATH, so no system library is ever shadowed.
+# benchmarks (ops, dynamic table, training), and prints a summary table last. The packages
+# are unpacked with `dpkg -x` into .deps/root (never into /) and every find step of the build
+# is pointed there; shared libraries the system lacks are linked into .deps/runtime-lib, which
+# is the only thing put on LD_LIBRARY_PATH, so no system library is ever shadowed.
 #
 #   tools/device/run.sh               unpack, configure, build, CUDA tests, CPU tests, benchmarks
 #   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
-#   tools/device/run.sh --no-bench    everything but the benchmark
+#   tools/device/run.sh --no-bench    everything but the benchmarks
 # Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90), GENREC_JOBS (nproc),
-# GENREC_TEST_TIMEOUT (seconds per test, 600).
+# GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300).
 # Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -158,7 +158,7 @@ run_tests() {
 }
 
 run_bench() {
-  GENREC_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  GENREC_COMMIT="${GENREC_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
     "$BUILD/genrec_cuda_bench" 2>&1 | tee "$LOGS/bench.log"
   local rc=${PIPESTATUS[0]}
   grep -m1 "^device:" "$LOGS/bench.log" | cut -c1-60 >"$LOGS/bench.txt"
@@ -166,11 +166,20 @@ run_bench() {
 }
 
 run_attention_bench() {
-  GENREC_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  GENREC_COMMIT="${GENREC_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
     "$BUILD/genrec_attention_bench" 2>&1 | tee "$LOGS/attention-bench.log"
   local rc=${PIPESTATUS[0]}
   grep -m1 "| 32 | 1024 | 4 | 128 | uniform" "$LOGS/attention-bench.log" |
     awk -F'|' '{print "B32 N1024 fwd+bwd" $9 "ms"}' >"$LOGS/attention-bench.txt"
+  return "$rc"
+}
+
+# The dynamic-table benchmark: about a minute on an H100 (filling 96M-row tables dominates);
+# the timeout keeps a hung kernel from stalling the run.
+run_table_bench() {
+  timeout "${GENREC_TABLE_BENCH_TIMEOUT:-300}" "$BUILD/genrec_table_bench" 2>&1 | tee "$LOGS/table-bench.log"
+  local rc=${PIPESTATUS[0]}
+  grep -m1 "^total" "$LOGS/table-bench.log" >"$LOGS/table-bench.txt"
   return "$rc"
 }
 
@@ -195,6 +204,7 @@ if [ $built -eq 0 ] && [ $build_only -eq 0 ]; then
   step "CPU tests" "$LOGS/cpu-tests.txt" run_tests cpu-tests -E '^Cuda' -j"$JOBS"
   [ $bench -eq 1 ] && step benchmark "$LOGS/bench.txt" run_bench
   [ $bench -eq 1 ] && step "attention benchmark" "$LOGS/attention-bench.txt" run_attention_bench
+  [ $bench -eq 1 ] && step "table benchmark" "$LOGS/table-bench.txt" run_table_bench
   [ $bench -eq 1 ] && step "train benchmark" "$LOGS/train-bench.txt" run_train_bench
 fi
 print_summary

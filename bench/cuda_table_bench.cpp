@@ -1,0 +1,221 @@
+// Throughput of the CUDA dynamic table in billions of key-value operations per second (B-KV/s)
+// next to NVIDIA HierarchicalKV's published H100 figures for the same operation, dim, capacity
+// and load factor (uint64 keys, fp32 values, LRU, 1,048,576 keys per call). Each table is
+// filled to the load factor with insert_or_assign first; find, find_or_insert,
+// insert_or_assign and assign then use keys drawn from the inserted ones (hits),
+// insert_and_evict inserts keys never seen before (evicting where a bucket is full, with the
+// evicted rows written out), export_batch scans 1,048,576 slots and writes out their rows.
+// Each figure is the median over timed calls (CUDA events around the call only). A row that
+// does not fit in memory is skipped with a message (the run still succeeds). Built as
+// genrec_table_bench.
+//   genrec_table_bench [--quick] [--reps N]   (--quick: capacities / 16, for a smoke run)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/device.h"
+#include "core/cuda/stream.h"
+#include "core/error.h"
+#include "core/philox.h"
+#include "core/tensor.h"
+#include "embedding/cuda/cuda_dynamic_table.h"
+
+using namespace genrec;
+
+namespace {
+
+constexpr int64_t kKeys = 1 << 20;  // keys per call
+constexpr int64_t kMaxDim = 128;
+constexpr int64_t kM = 1 << 20;
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr int kOps = 6;
+const char* const kOpNames[kOps] = {"insert_or_assign", "find",        "find_or_insert", "assign",
+                                    "insert_and_evict", "export_batch"};
+
+struct BenchRow {
+  const char* mode;
+  int64_t dim, capacity;
+  double load;
+  int64_t hbm_row_bytes;  // < 0: all rows in HBM
+  double peer[kOps];      // HierarchicalKV, B-KV/s; < 0: none
+};
+
+// Distinct keys for distinct i (odd multiplier: a bijection), never kEmptyKey in range.
+uint64_t key_of(uint64_t i) {
+  return (i + 1) * 0x9E3779B97F4A7C15ull;
+}
+
+template <typename T>
+T* device_alloc(int64_t count) {
+  void* p = nullptr;
+  GENREC_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * count));
+  return static_cast<T*>(p);
+}
+
+void upload_keys(uint64_t* dst, const std::vector<uint64_t>& keys, cudaStream_t stream) {
+  GENREC_CUDA_CHECK(cudaMemcpyAsync(dst, keys.data(), sizeof(uint64_t) * keys.size(),
+                                    cudaMemcpyHostToDevice, stream));
+}
+
+std::string cell(double ours, double peer) {
+  char buf[64];
+  if (peer > 0) {
+    std::snprintf(buf, sizeof(buf), "%.3f (%.2fx)", ours, ours / peer);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.3f", ours);
+  }
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int reps = 5;
+  for (int a = 1; a < argc; ++a) {
+    if (std::strcmp(argv[a], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[a], "--reps") == 0 && a + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++a]));
+    } else {
+      std::fprintf(stderr, "usage: genrec_table_bench [--quick] [--reps N]\n");
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    std::printf("no CUDA device: nothing to measure\n");
+    return 1;
+  }
+  const std::vector<BenchRow> rows = {
+      {"HBM", 8, 128 * kM, 0.50, -1, {1.863, 3.676, 1.894, 2.891, 1.742, 5.463}},
+      {"HBM", 8, 128 * kM, 0.75, -1, {1.729, 3.316, 1.804, 2.778, 1.585, 5.634}},
+      {"HBM", 32, 128 * kM, 0.75, -1, {1.616, 3.418, 1.628, 2.509, 1.326, 0.723}},
+      {"HBM", 64, 64 * kM, 0.50, -1, {1.493, 2.745, 1.522, 2.333, 1.261, 0.505}},
+      {"HBM", 64, 64 * kM, 0.75, -1, {1.448, 2.895, 1.446, 2.362, 1.206, 0.298}},
+      {"HBM 16 GB + host 16 GB",
+       64,
+       128 * kM,
+       0.75,
+       16 * kGiB,
+       {0.151, 0.188, 0.148, 0.184, -1, 0.293}},
+      {"HBM", 128, 64 * kM, 0.75, -1, {-1, -1, -1, -1, -1, -1}},
+  };
+  const auto t_start = std::chrono::steady_clock::now();
+  std::printf("device: %s\n", cuda::device_summary(cuda::current_device()).c_str());
+  std::printf("%lld keys per call, median of %d calls, B-KV/s (ratio to HierarchicalKV)%s\n\n",
+              static_cast<long long>(kKeys), reps, quick ? ", --quick: capacities / 16" : "");
+  std::printf("| mode | dim | capacity | load |");
+  for (const char* name : kOpNames) std::printf(" %s |", name);
+  std::printf(" filled |\n|---|---|---|---|");
+  for (int o = 0; o < kOps; ++o) std::printf("---|");
+  std::printf("---|\n");
+  std::fflush(stdout);
+
+  cuda::Stream stream;
+  uint64_t* d_keys = device_alloc<uint64_t>(kKeys);
+  float* d_values = device_alloc<float>(kKeys * kMaxDim);
+  uint8_t* d_flags = device_alloc<uint8_t>(kKeys);
+  uint64_t* d_ev_keys = device_alloc<uint64_t>(kKeys);
+  float* d_ev_rows = device_alloc<float>(kKeys * kMaxDim);
+  uint64_t* d_ev_scores = device_alloc<uint64_t>(kKeys);
+  int64_t* d_count = device_alloc<int64_t>(1);
+  GENREC_CUDA_CHECK(cudaMemset(d_values, 0, sizeof(float) * kKeys * kMaxDim));
+  cuda::Event start(true), stop(true);
+  int skipped = 0;
+
+  for (const BenchRow& row : rows) {
+    const int64_t capacity = quick ? row.capacity / 16 : row.capacity;
+    const int64_t hbm_bytes =
+        row.hbm_row_bytes < 0 || !quick ? row.hbm_row_bytes : row.hbm_row_bytes / 16;
+    std::printf("| %s | %lld | %lldM | %.2f |", row.mode, static_cast<long long>(row.dim),
+                static_cast<long long>(capacity / kM), row.load);
+    std::fflush(stdout);
+    try {
+      cuda::CudaTableOptions opt;
+      opt.dim = row.dim;
+      opt.capacity = capacity;
+      opt.max_hbm_row_bytes = hbm_bytes;
+      cuda::CudaDynamicTable table(opt);
+      const int64_t present = static_cast<int64_t>(row.load * static_cast<double>(capacity));
+      std::vector<uint64_t> keys(kKeys);
+      for (int64_t b = 0; b < present; b += kKeys) {
+        const int64_t n = std::min(kKeys, present - b);
+        for (int64_t i = 0; i < n; ++i) keys[i] = key_of(b + i);
+        upload_keys(d_keys, keys, stream);
+        table.insert_or_assign(d_keys, d_values, n, stream);
+      }
+      const double filled = static_cast<double>(table.size(stream)) / capacity;
+      Philox rng(static_cast<uint64_t>(row.dim * 1000 + row.load * 100));
+      uint64_t fresh = present;  // next never-inserted key index
+      // prepare() runs outside the timed interval.
+      auto time_op = [&](auto&& prepare, auto&& op) {
+        std::vector<float> ms;
+        for (int r = 0; r <= reps; ++r) {  // call 0 warms up
+          prepare();
+          start.record(stream);
+          op();
+          stop.record(stream);
+          stop.synchronize();
+          if (r > 0) ms.push_back(stop.elapsed_ms_since(start));
+        }
+        std::sort(ms.begin(), ms.end());
+        return static_cast<double>(kKeys) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+      };
+      for (auto& k : keys) k = key_of(rng.below(present));
+      upload_keys(d_keys, keys, stream);
+      auto hits = [] {};
+      double ours[kOps];
+      ours[0] =
+          time_op(hits, [&] { table.insert_or_assign(d_keys, d_values, kKeys, stream, d_flags); });
+      ours[1] = time_op(hits, [&] { table.find(d_keys, kKeys, d_values, d_flags, stream); });
+      ours[2] =
+          time_op(hits, [&] { table.find_or_insert(d_keys, kKeys, d_values, d_flags, stream); });
+      ours[3] = time_op(hits, [&] { table.assign(d_keys, d_values, kKeys, stream, d_flags); });
+      const cuda::EvictedRows evicted{d_ev_keys, d_ev_rows, d_ev_scores, d_count};
+      ours[4] = time_op(
+          [&] {
+            for (auto& k : keys) k = key_of(fresh++);
+            upload_keys(d_keys, keys, stream);
+            GENREC_CUDA_CHECK(cudaMemsetAsync(d_count, 0, sizeof(int64_t), stream));
+          },
+          [&] {
+            table.insert_or_assign(d_keys, d_values, kKeys, stream, d_flags, nullptr, &evicted);
+          });
+      int64_t offset = 0;
+      ours[5] = time_op(
+          [&] {
+            offset =
+                static_cast<int64_t>(rng.below(std::max<int64_t>(1, capacity / kKeys))) * kKeys;
+            GENREC_CUDA_CHECK(cudaMemsetAsync(d_count, 0, sizeof(int64_t), stream));
+          },
+          [&] { table.export_batch(offset, kKeys, d_ev_keys, d_values, d_count, stream); });
+      for (int o = 0; o < kOps; ++o) std::printf(" %s |", cell(ours[o], row.peer[o]).c_str());
+      std::printf(" %.3f |\n", filled);
+    } catch (const Error& e) {
+      cudaGetLastError();  // an allocation failure must not surface at the next launch
+      std::printf(" skipped: %s |\n", e.what());
+      ++skipped;
+    }
+    std::fflush(stdout);
+  }
+  std::printf(
+      "\ninsert_and_evict: insert_or_assign of new keys with the evicted rows written out "
+      "(the load grows by 1M keys per call); export_batch: slots scanned per second.\n");
+  std::printf("total %.1f s, %d rows skipped\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(),
+              skipped);
+  cudaFree(d_keys);
+  cudaFree(d_values);
+  cudaFree(d_flags);
+  cudaFree(d_ev_keys);
+  cudaFree(d_ev_rows);
+  cudaFree(d_ev_scores);
+  cudaFree(d_count);
+  return 0;
+}

@@ -1,0 +1,220 @@
+// Device helpers of the CUDA dynamic table (include from .cu files only). A tile of 16 lanes
+// serves one key: lane l owns slots 8l .. 8l+7 of the bucket, so one 8-byte load per lane reads
+// all 128 digests (one 128-byte line) and a ballot finds the candidate slots.
+//
+// Memory ordering: slots change only under their bucket's lock (insert kernels) or by a CAS
+// on the key (erase). Loads marked "racing" are relaxed device-scope atomics (served by L2, so
+// never stale L1 lines) and row loads in racing kernels bypass L1 (__ldcg). The lock is taken
+// with atomicCAS + fence and released with fence + atomicExch, so everything a holder wrote is
+// visible to the next holder.
+#pragma once
+
+#include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
+
+#include <cooperative_groups.h>
+#include <cuda/atomic>
+
+#include <cstdint>
+
+#include "core/philox.h"
+#include "embedding/cuda/table_storage.h"
+#include "embedding/dynamic_table.h"
+#include "embedding/eviction.h"
+
+namespace genrec::cuda::table {
+
+namespace cg = cooperative_groups;
+
+constexpr int kTile = 16;  // lanes per key
+constexpr int kSlotsPerLane = kBucketSlots / kTile;
+constexpr int kThreads = 256;
+constexpr int kTilesPerBlock = kThreads / kTile;
+using Tile = cg::thread_block_tile<kTile, cg::thread_block>;
+
+// splitmix64's finaliser: the bucket takes the low bits, the digest the top byte, so the two
+// stay independent for any bucket count up to 2^56. Digest 0 marks a free slot (keys with a
+// top byte of 0 get digest 1), so free slots are found from the digests alone and never
+// match a probe.
+__device__ __forceinline__ uint64_t hash_key(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
+  const uint32_t d = static_cast<uint32_t>(hash >> 56);
+  return d == 0 ? 1 : d;
+}
+
+template <typename T>
+__device__ __forceinline__ T load_relaxed(const T* p) {
+  return ::cuda::atomic_ref<T, ::cuda::thread_scope_device>(*const_cast<T*>(p))
+      .load(::cuda::memory_order_relaxed);
+}
+template <typename T>
+__device__ __forceinline__ void store_relaxed(T* p, T v) {
+  ::cuda::atomic_ref<T, ::cuda::thread_scope_device>(*p).store(v, ::cuda::memory_order_relaxed);
+}
+template <bool kRacing, typename T>
+__device__ __forceinline__ T load(const T* p) {
+  if constexpr (kRacing) {
+    return load_relaxed(p);
+  } else {
+    return *p;
+  }
+}
+
+// Runs f(tile, i) for i in [0, n), one tile per key, grid-stride.
+template <typename F>
+__device__ __forceinline__ void for_each_key(int64_t n, F&& f) {
+  const Tile tile = cg::tiled_partition<kTile>(cg::this_thread_block());
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kTilesPerBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kTilesPerBlock + tile.meta_group_rank();
+       i < n; i += stride) {
+    f(tile, i);
+  }
+}
+
+// The 8 digests of this lane's slots in bucket b (byte j: slot 8 * lane + j).
+template <bool kRacing>
+__device__ __forceinline__ uint64_t lane_digests(const Tile& tile, const TableView& t, uint64_t b) {
+  return load<kRacing>(reinterpret_cast<const uint64_t*>(t.digests + b * kBucketSlots) +
+                       tile.thread_rank());
+}
+
+// The slot (0..127) of `key` in bucket b given the lanes' digests, or -1; every lane gets the
+// answer. Relies on a key occupying at most one slot.
+template <bool kRacing>
+__device__ __forceinline__ int find_in_bucket(const Tile& tile, const TableView& t, uint64_t b,
+                                              uint64_t word, uint64_t key, uint32_t digest) {
+  const uint64_t base = b * kBucketSlots;
+  const int lane = static_cast<int>(tile.thread_rank());
+  int found = -1;
+  for (int j = 0; j < kSlotsPerLane; ++j) {
+    if (((word >> (8 * j)) & 0xFF) == digest) {
+      const int s = lane * kSlotsPerLane + j;
+      if (load<kRacing>(t.keys + base + s) == key) found = s;
+    }
+  }
+  const unsigned hit = tile.ballot(found >= 0);
+  return hit == 0 ? -1 : tile.shfl(found, __ffs(hit) - 1);
+}
+
+template <bool kRacing>
+__device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint64_t b, uint64_t key,
+                                     uint32_t digest) {
+  return find_in_bucket<kRacing>(tile, t, b, lane_digests<kRacing>(tile, t, b), key, digest);
+}
+
+__device__ __forceinline__ float* row_ptr(const TableView& t, uint64_t slot) {
+  const int64_t s = static_cast<int64_t>(slot);
+  return s < t.hbm_slots ? t.hbm_rows + s * t.stride : t.host_rows + (s - t.hbm_slots) * t.stride;
+}
+
+// dst[0, n) = src[0, n) by the tile, in float4 when both are 16-byte aligned and n % 4 == 0.
+// kRacing: src is a row another tile of this kernel may have written (read through L2).
+template <bool kRacing>
+__device__ __forceinline__ void tile_copy(const Tile& tile, float* dst, const float* src,
+                                          int64_t n) {
+  const int lane = static_cast<int>(tile.thread_rank());
+  const bool vec =
+      (n & 3) == 0 &&
+      ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0;
+  if (vec) {
+    const float4* s4 = reinterpret_cast<const float4*>(src);
+    float4* d4 = reinterpret_cast<float4*>(dst);
+    for (int64_t k = lane; k < n / 4; k += kTile) d4[k] = kRacing ? __ldcg(s4 + k) : s4[k];
+  } else {
+    for (int64_t k = lane; k < n; k += kTile) dst[k] = kRacing ? __ldcg(src + k) : src[k];
+  }
+}
+
+// The initial row of a key: the CPU Initializer::fill element for element (uniform rows are
+// bit-identical; normal rows may differ in the last bits of logf/cosf), then the state.
+struct InitParams {
+  InitKind kind = InitKind::kZeros;
+  float scale = 0.0f;
+  uint64_t seed = 0;
+  float state0 = 0.0f;
+};
+
+__device__ __forceinline__ float init_value(const InitParams& p, uint64_t key, int64_t j) {
+  switch (p.kind) {
+    case InitKind::kUniform:
+      return p.scale * (2.0f * philox_uniform(p.seed, key, static_cast<uint64_t>(j)) - 1.0f);
+    case InitKind::kNormal: {
+      const float u1 = philox_uniform(p.seed, key, 2 * static_cast<uint64_t>(j));
+      const float u2 = philox_uniform(p.seed, key, 2 * static_cast<uint64_t>(j) + 1);
+      const float r = sqrtf(-2.0f * logf(1.0f - u1));
+      return p.scale * r * cosf(6.2831853071795864f * u2);
+    }
+    case InitKind::kZeros:
+      break;
+  }
+  return 0.0f;
+}
+
+// values: dim floats of the initializer; state (may be null): state_dim floats of state0.
+__device__ __forceinline__ void tile_init_row(const Tile& tile, const InitParams& p, uint64_t key,
+                                              float* values, int64_t dim, float* state,
+                                              int64_t state_dim) {
+  for (int64_t j = tile.thread_rank(); j < dim; j += kTile) values[j] = init_value(p, key, j);
+  if (state != nullptr) {
+    for (int64_t j = tile.thread_rank(); j < state_dim; j += kTile) state[j] = p.state0;
+  }
+}
+
+// The score after one access: score_after_access of eviction.cpp on a shared word. Custom
+// scores are written elsewhere (by the last occurrence of the key).
+__device__ __forceinline__ void touch_score(uint64_t* p, EvictionPolicy policy, bool is_new,
+                                            uint64_t step, uint64_t epoch) {
+  constexpr uint64_t kLow32 = 0xFFFFFFFFull;
+  auto* word = reinterpret_cast<unsigned long long*>(p);
+  switch (policy) {
+    case EvictionPolicy::kLru:
+      store_relaxed(p, step);
+      break;
+    case EvictionPolicy::kLfu:
+      // Wraps only after 2^64 accesses (the CPU table saturates there).
+      if (is_new) {
+        store_relaxed(p, uint64_t{1});
+      } else {
+        atomicAdd(word, 1ull);
+      }
+      break;
+    case EvictionPolicy::kEpochLru:
+      store_relaxed(p, (epoch << 32) | (step & kLow32));
+      break;
+    case EvictionPolicy::kEpochLfu:
+      if (is_new) {
+        store_relaxed(p, (epoch << 32) | 1);
+      } else {
+        unsigned long long old = load_relaxed(word), seen;
+        do {
+          seen = old;
+          const uint64_t count = (seen & kLow32) == kLow32 ? kLow32 : (seen & kLow32) + 1;
+          old = atomicCAS(word, seen, (epoch << 32) | count);
+        } while (old != seen);
+      }
+      break;
+    case EvictionPolicy::kCustom:
+      break;
+  }
+}
+
+__device__ __forceinline__ void lock_bucket(const Tile& tile, uint32_t* lock) {
+  if (tile.thread_rank() == 0) {
+    while (atomicCAS(lock, 0u, 1u) != 0u) __nanosleep(32);
+    __threadfence();
+  }
+  tile.sync();
+}
+
+__device__ __forceinline__ void unlock_bucket(const Tile& tile, uint32_t* lock) {
+  __threadfence();
+  tile.sync();
+  if (tile.thread_rank() == 0) atomicExch(lock, 0u);
+}
+
+}  // namespace genrec::cuda::table

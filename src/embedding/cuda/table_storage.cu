@@ -1,0 +1,96 @@
+#include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
+
+#include "embedding/cuda/table_storage.h"
+
+#include <algorithm>
+
+namespace genrec::cuda {
+namespace {
+
+// cudaMalloc that leaves no sticky "last error" behind when it fails: callers that catch the
+// exception (the benchmark skips what does not fit) must not see it again at the next launch.
+template <typename T>
+void device_alloc(T** ptr, int64_t count, const char* what) {
+  const cudaError_t err = cudaMalloc(reinterpret_cast<void**>(ptr), sizeof(T) * count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    *ptr = nullptr;
+    fail("CUDA dynamic table: cannot allocate {} bytes of device memory for {}: {}",
+         sizeof(T) * count, what, cudaGetErrorString(err));
+  }
+}
+
+}  // namespace
+
+TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_bytes)
+    : num_buckets_(num_buckets) {
+  GENREC_CHECK(num_buckets > 0 && (num_buckets & (num_buckets - 1)) == 0,
+               "CUDA dynamic table: bucket count {} must be a positive power of two", num_buckets);
+  const int64_t n = slots();
+  view_.stride = stride;
+  view_.bucket_mask = static_cast<uint64_t>(num_buckets - 1);
+  view_.hbm_slots =
+      hbm_row_bytes < 0
+          ? n
+          : std::min<int64_t>(n, hbm_row_bytes / (stride * static_cast<int64_t>(sizeof(float))));
+  try {
+    device_alloc(&view_.digests, n, "digests");
+    device_alloc(&view_.keys, n, "keys");
+    device_alloc(&view_.scores, n, "scores");
+    device_alloc(&view_.marks, n, "batch marks");
+    device_alloc(&view_.locks, num_buckets, "bucket locks");
+    device_alloc(&view_.size, 1, "the size counter");
+    if (view_.hbm_slots > 0) device_alloc(&view_.hbm_rows, view_.hbm_slots * stride, "rows");
+    if (host_slots() > 0) {
+      const size_t bytes = sizeof(float) * host_slots() * stride;
+      const cudaError_t err = cudaHostAlloc(reinterpret_cast<void**>(&host_alloc_), bytes,
+                                            cudaHostAllocMapped | cudaHostAllocPortable);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        host_alloc_ = nullptr;
+        fail("CUDA dynamic table: cannot allocate {} bytes of mapped host memory: {}", bytes,
+             cudaGetErrorString(err));
+      }
+      GENREC_CUDA_CHECK(
+          cudaHostGetDevicePointer(reinterpret_cast<void**>(&view_.host_rows), host_alloc_, 0));
+    }
+    GENREC_CUDA_CHECK(cudaMemset(view_.scores, 0, sizeof(uint64_t) * n));
+    GENREC_CUDA_CHECK(cudaMemset(view_.locks, 0, sizeof(uint32_t) * num_buckets));
+    clear_marks(nullptr);
+    clear(nullptr);
+    GENREC_CUDA_CHECK(cudaDeviceSynchronize());
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+TableStorage::~TableStorage() {
+  release();
+}
+
+void TableStorage::release() {
+  // Frees are best effort: a destructor must not throw, and a failed free leaves nothing to do.
+  cudaFree(view_.digests);
+  cudaFree(view_.keys);
+  cudaFree(view_.scores);
+  cudaFree(view_.marks);
+  cudaFree(view_.locks);
+  cudaFree(view_.size);
+  cudaFree(view_.hbm_rows);
+  if (host_alloc_ != nullptr) cudaFreeHost(host_alloc_);
+  host_alloc_ = nullptr;
+  view_ = TableView{};
+}
+
+void TableStorage::clear(cudaStream_t stream) {
+  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.keys, 0xFF, sizeof(uint64_t) * slots(), stream));
+  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.digests, 0, slots(), stream));
+  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.size, 0, sizeof(unsigned long long), stream));
+}
+
+void TableStorage::clear_marks(cudaStream_t stream) {
+  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.marks, 0, sizeof(uint64_t) * slots(), stream));
+}
+
+}  // namespace genrec::cuda

@@ -1,0 +1,717 @@
+// CudaDynamicTable against a std::unordered_map model (keys, values, states, scores) under
+// random batches with duplicates, and against the CPU DynamicTable where the two coincide
+// (eviction order in a one-bucket table, initial rows). Every output is poisoned (all bytes
+// 0xFF: NaN rows, flag 255) before each call, so an unwritten output fails.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/cuda/stream.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/philox.h"
+#include "cuda_test_util.h"
+#include "embedding/cuda/cuda_dynamic_table.h"
+#include "embedding/dynamic_table.h"
+
+namespace genrec {
+namespace {
+
+using cuda::CudaDynamicTable;
+using cuda::CudaTableOptions;
+using test::DeviceArray;
+
+template <typename T>
+DeviceArray<T> up(const std::vector<T>& v) {
+  return DeviceArray<T>::from_raw(v);
+}
+
+template <typename T>
+DeviceArray<T> poisoned(int64_t n) {
+  DeviceArray<T> a(n);
+  a.poison();
+  return a;
+}
+
+bool is_poison(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits == 0xFFFFFFFFu;
+}
+
+struct ModelRow {
+  std::vector<float> value, state;
+  uint64_t score = 0;
+};
+
+// The CPU table's documented semantics, one key at a time in batch order, without eviction.
+struct Model {
+  int64_t dim = 0, state_dim = 0;
+  float state0 = 0.0f;
+  Initializer init;
+  EvictionPolicy policy = EvictionPolicy::kLru;
+  uint64_t step = 0, epoch = 0;
+  std::unordered_map<uint64_t, ModelRow> rows;
+
+  uint64_t score(bool is_new, uint64_t old, uint64_t custom) const {
+    return score_after_access(policy, is_new, old, step, epoch, custom);
+  }
+  ModelRow& insert(uint64_t key, uint64_t custom) {
+    ModelRow r;
+    r.value.resize(dim);
+    init.fill(key, r.value.data(), dim);
+    r.state.assign(state_dim, state0);
+    r.score = score(true, 0, custom);
+    return rows.emplace(key, r).first->second;
+  }
+};
+
+struct Config {
+  int64_t dim = 8;
+  OptimizerState optimizer = OptimizerState::kNone;
+  EvictionPolicy policy = EvictionPolicy::kLru;
+  bool host_rows = false;
+};
+
+std::vector<uint64_t> custom_scores(const std::vector<uint64_t>& keys, bool custom, Philox& rng) {
+  if (!custom) return {};
+  std::vector<uint64_t> s(keys.size());
+  for (auto& x : s) x = rng.below(1000);
+  return s;
+}
+
+void expect_rows_equal(const TableRows& got, const Model& m) {
+  ASSERT_EQ(got.size(), static_cast<int64_t>(m.rows.size()));
+  for (int64_t r = 0; r < got.size(); ++r) {
+    const uint64_t key = got.keys[r];
+    auto it = m.rows.find(key);
+    ASSERT_NE(it, m.rows.end()) << "unexpected key " << key;
+    EXPECT_EQ(got.scores[r], it->second.score) << "key " << key;
+    for (int64_t j = 0; j < m.dim; ++j) {
+      ASSERT_EQ(got.values[r * m.dim + j], it->second.value[j]) << "key " << key << " j " << j;
+    }
+    for (int64_t j = 0; j < m.state_dim; ++j) {
+      ASSERT_EQ(got.states[r * m.state_dim + j], it->second.state[j]) << "key " << key;
+    }
+  }
+}
+
+// Random batches of every operation (duplicates included) on a table large enough that no
+// bucket fills, checked call by call against the model and by full exports.
+void run_random_ops(const Config& cfg) {
+  CudaTableOptions opt;
+  opt.dim = cfg.dim;
+  opt.optimizer = cfg.optimizer;
+  opt.initial_state = 0.25f;
+  opt.initializer = {InitKind::kUniform, 0.5f, 11};
+  opt.capacity = 16384;
+  opt.eviction = cfg.policy;
+  const int64_t stride = (cfg.dim + optimizer_state_dim(cfg.optimizer, cfg.dim) + 3) / 4 * 4;
+  if (cfg.host_rows) opt.max_hbm_row_bytes = 8192 * stride * 4;
+  CudaDynamicTable table(opt);
+  if (cfg.host_rows) {
+    ASSERT_EQ(table.host_slots(), 8192);
+  }
+  Model m;
+  m.dim = cfg.dim;
+  m.state_dim = table.state_dim();
+  m.state0 = cfg.optimizer == OptimizerState::kAdagrad ? opt.initial_state : 0.0f;
+  m.init = opt.initializer;
+  m.policy = cfg.policy;
+  const bool custom = cfg.policy == EvictionPolicy::kCustom;
+  const int64_t dim = cfg.dim;
+  cuda::Stream stream;
+
+  Philox rng(cfg.dim * 31 + static_cast<int>(cfg.policy));
+  std::vector<uint64_t> universe(2000);
+  for (auto& k : universe) k = rng.next_u64() >> 1;
+  for (int round = 0; round < 60; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    m.step = round + 1;
+    table.set_step(m.step);
+    if (round % 20 == 0) table.set_epoch(m.epoch = round / 20);
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(700));
+    std::vector<uint64_t> keys(n);
+    for (int64_t i = 0; i < n; ++i) {
+      // One in five repeats an earlier key of the batch.
+      keys[i] = i > 0 && rng.below(5) == 0 ? keys[rng.below(i)] : universe[rng.below(2000)];
+    }
+    const auto scores = custom_scores(keys, custom, rng);
+    std::vector<float> values(n * dim);
+    for (auto& v : values) v = rng.uniform();
+    auto d_keys = up(keys);
+    auto d_scores = up(scores);
+    const uint64_t* sc = custom ? d_scores.get() : nullptr;
+    const int op = static_cast<int>(rng.below(5));
+    if (op == 0) {  // find_or_insert
+      auto d_out = poisoned<float>(n * dim);
+      auto d_stored = poisoned<uint8_t>(n);
+      table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, sc);
+      auto out = d_out.download_raw();
+      auto stored = d_stored.download_raw();
+      for (int64_t i = 0; i < n; ++i) {
+        auto it = m.rows.find(keys[i]);
+        if (it == m.rows.end()) {
+          m.insert(keys[i], custom ? scores[i] : 0);
+        } else {
+          it->second.score = m.score(false, it->second.score, custom ? scores[i] : 0);
+        }
+        ASSERT_EQ(stored[i], 1) << i;
+        const auto& v = m.rows[keys[i]].value;
+        for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], v[j]) << i << " " << j;
+      }
+    } else if (op == 1 || op == 2) {  // insert_or_assign, assign
+      auto d_values = up(values);
+      auto d_flags = poisoned<uint8_t>(n);
+      if (op == 1) {
+        table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+      } else {
+        table.assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+      }
+      auto flags = d_flags.download_raw();
+      for (int64_t i = 0; i < n; ++i) {
+        auto it = m.rows.find(keys[i]);
+        const bool present = it != m.rows.end();
+        ASSERT_EQ(flags[i], op == 1 || present ? 1 : 0) << i;
+        if (!present && op == 2) continue;
+        ModelRow& r = present ? it->second : m.insert(keys[i], custom ? scores[i] : 0);
+        if (present) r.score = m.score(false, r.score, custom ? scores[i] : 0);
+        r.value.assign(values.begin() + i * dim, values.begin() + (i + 1) * dim);
+      }
+    } else if (op == 3) {  // erase
+      auto d_erased = poisoned<uint8_t>(n);
+      table.erase(d_keys.get(), n, stream, d_erased.get());
+      auto erased = d_erased.download_raw();
+      std::map<uint64_t, int> count;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_LE(erased[i], 1);
+        count[keys[i]] += erased[i];
+      }
+      for (auto [key, c] : count) ASSERT_EQ(c, static_cast<int>(m.rows.erase(key))) << key;
+    } else {  // find
+      auto d_out = poisoned<float>(n * dim);
+      auto d_found = poisoned<uint8_t>(n);
+      auto d_states = poisoned<float>(n * std::max<int64_t>(1, m.state_dim));
+      auto d_sc = poisoned<uint64_t>(n);
+      table.find(d_keys.get(), n, d_out.get(), d_found.get(), stream, d_states.get(), d_sc.get());
+      auto out = d_out.download_raw();
+      auto found = d_found.download_raw();
+      auto states = d_states.download_raw();
+      auto got_scores = d_sc.download_raw();
+      for (int64_t i = 0; i < n; ++i) {
+        auto it = m.rows.find(keys[i]);
+        ASSERT_EQ(found[i], it != m.rows.end() ? 1 : 0) << i;
+        if (it == m.rows.end()) {
+          for (int64_t j = 0; j < dim; ++j) ASSERT_TRUE(is_poison(out[i * dim + j]));
+          continue;
+        }
+        ASSERT_EQ(got_scores[i], it->second.score) << i;
+        for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], it->second.value[j]);
+        for (int64_t j = 0; j < m.state_dim; ++j) {
+          ASSERT_EQ(states[i * m.state_dim + j], it->second.state[j]);
+        }
+      }
+    }
+    if (round % 10 == 9) {
+      ASSERT_EQ(table.size(stream), static_cast<int64_t>(m.rows.size()));
+      expect_rows_equal(table.export_rows(0, stream), m);
+    }
+  }
+}
+
+TEST(CudaDynamicTable, RandomOpsMatchModelLru) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({8, OptimizerState::kNone, EvictionPolicy::kLru, false});
+}
+
+TEST(CudaDynamicTable, RandomOpsMatchModelLfuOddDim) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({5, OptimizerState::kNone, EvictionPolicy::kLfu, false});
+}
+
+TEST(CudaDynamicTable, RandomOpsMatchModelEpochLfuAdagrad) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({64, OptimizerState::kAdagrad, EvictionPolicy::kEpochLfu, false});
+}
+
+TEST(CudaDynamicTable, RandomOpsMatchModelCustomAdam) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({12, OptimizerState::kAdam, EvictionPolicy::kCustom, false});
+}
+
+TEST(CudaDynamicTable, RandomOpsMatchModelEpochLruHostRows) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({32, OptimizerState::kNone, EvictionPolicy::kEpochLru, true});
+}
+
+TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions opt;
+  opt.dim = 4;
+  opt.initializer = {InitKind::kUniform, 1.0f, 3};
+  opt.eviction = EvictionPolicy::kLfu;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  // find_or_insert: key 5 is inserted once, every occurrence sees its row, LFU counts 4.
+  std::vector<uint64_t> keys = {5, 5, 7, 5, 5};
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(5 * 4);
+  auto d_stored = poisoned<uint8_t>(5);
+  table.find_or_insert(d_keys.get(), 5, d_out.get(), d_stored.get(), stream);
+  auto out = d_out.download_raw();
+  std::vector<float> row5(4);
+  opt.initializer.fill(5, row5.data(), 4);
+  for (int i : {0, 1, 3, 4}) {
+    for (int j = 0; j < 4; ++j) EXPECT_EQ(out[i * 4 + j], row5[j]);
+  }
+  for (uint8_t s : d_stored.download_raw()) EXPECT_EQ(s, 1);
+  EXPECT_EQ(table.size(stream), 2);
+  TableRows rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 2);
+  EXPECT_EQ(rows.keys[0], 5u);
+  EXPECT_EQ(rows.scores[0], 4u);
+  EXPECT_EQ(rows.scores[1], 1u);
+  // insert_or_assign and assign keep the last occurrence's value, new or present key alike.
+  std::vector<uint64_t> keys2 = {9, 5, 9, 5, 9};
+  std::vector<float> values(5 * 4);
+  for (int i = 0; i < 5; ++i) std::fill_n(values.begin() + i * 4, 4, static_cast<float>(i + 1));
+  auto d_keys2 = up(keys2);
+  auto d_values = up(values);
+  table.insert_or_assign(d_keys2.get(), d_values.get(), 5, stream);
+  rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 3);
+  EXPECT_EQ(rows.values[0], 4.0f);  // key 5: occurrence 3
+  EXPECT_EQ(rows.values[8], 5.0f);  // key 9: occurrence 4
+  EXPECT_EQ(rows.scores[0], 6u);
+  EXPECT_EQ(rows.scores[2], 3u);
+  std::vector<uint64_t> keys3 = {5, 9, 5, 9, 7};
+  auto d_keys3 = up(keys3);
+  auto d_found = poisoned<uint8_t>(5);
+  table.assign(d_keys3.get(), d_values.get(), 5, stream, d_found.get());
+  EXPECT_EQ(d_found.download_raw(), (std::vector<uint8_t>{1, 1, 1, 1, 1}));
+  rows = table.export_rows(0, stream);
+  EXPECT_EQ(rows.values[0], 3.0f);  // key 5: occurrence 2
+  EXPECT_EQ(rows.values[4], 5.0f);  // key 7: occurrence 4
+  EXPECT_EQ(rows.values[8], 4.0f);  // key 9: occurrence 3
+  EXPECT_EQ(rows.scores[0], 8u);
+}
+
+// Thousands of occurrences of 240 keys packed into two buckets: every tile of a call contends
+// for the same two locks, and each key's duplicates race with its insertion.
+TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 8, n = 20000;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 4};
+  opt.capacity = 256;
+  opt.eviction = EvictionPolicy::kLfu;
+  CudaDynamicTable table(opt);
+  ASSERT_EQ(table.capacity(), 256);
+  // The table's bucket is mix64(key) & (buckets - 1): 120 keys for each of the two.
+  std::vector<uint64_t> distinct;
+  int per_bucket[2] = {0, 0};
+  for (uint64_t k = 1; distinct.size() < 240; ++k) {
+    const int bucket = static_cast<int>(mix64(k) & 1);
+    if (per_bucket[bucket] < 120) {
+      ++per_bucket[bucket];
+      distinct.push_back(k);
+    }
+  }
+  Philox rng(8);
+  std::vector<uint64_t> keys(n);
+  std::map<uint64_t, int64_t> count, last;
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = distinct[rng.below(distinct.size())];
+    ++count[keys[i]];
+    last[keys[i]] = i;
+  }
+  cuda::Stream stream;
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(n * dim);
+  auto d_stored = poisoned<uint8_t>(n);
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
+  auto out = d_out.download_raw();
+  for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> init(dim);
+    opt.initializer.fill(keys[i], init.data(), dim);
+    for (int j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], init[j]) << i;
+  }
+  ASSERT_EQ(table.size(stream), 240);
+  TableRows rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 240);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    ASSERT_EQ(rows.scores[r], static_cast<uint64_t>(count[rows.keys[r]])) << rows.keys[r];
+  }
+  // insert_or_assign of the same occurrences: each key keeps its last occurrence's row.
+  std::vector<float> values(n * dim);
+  for (int64_t i = 0; i < n; ++i) std::fill_n(values.begin() + i * dim, dim, static_cast<float>(i));
+  auto d_values = up(values);
+  table.insert_or_assign(d_keys.get(), d_values.get(), n, stream);
+  rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 240);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    for (int j = 0; j < dim; ++j) {
+      ASSERT_EQ(rows.values[r * dim + j], static_cast<float>(last[rows.keys[r]]));
+    }
+    ASSERT_EQ(rows.scores[r], static_cast<uint64_t>(2 * count[rows.keys[r]]));
+  }
+}
+
+// A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows.
+void run_eviction_against_cpu(EvictionPolicy policy) {
+  SCOPED_TRACE(eviction_policy_name(policy));
+  const int64_t dim = 4;
+  const bool custom = policy == EvictionPolicy::kCustom;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 5};
+  opt.capacity = 128;
+  opt.eviction = policy;
+  CudaDynamicTable gpu(opt);
+  ASSERT_EQ(gpu.capacity(), 128);
+  TableOptions copt;
+  copt.dim = dim;
+  copt.initializer = opt.initializer;
+  copt.initial_capacity = 256;
+  copt.max_capacity = 128;
+  copt.num_shards = 1;
+  copt.eviction = policy;
+  DynamicTable cpu(copt);
+  cuda::Stream stream;
+  Philox rng(static_cast<int>(policy) + 100);
+  std::vector<uint64_t> all;
+  for (int round = 0; round < 14; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    gpu.set_step(round + 1);
+    cpu.set_step(round + 1);
+    gpu.set_epoch(round / 5);
+    cpu.set_epoch(round / 5);
+    // 16 new keys, a few old ones (some repeated, for LFU), duplicates of the new ones.
+    std::vector<uint64_t> keys;
+    for (int i = 0; i < 16; ++i) {
+      keys.push_back(1000 + round * 16 + i);
+      all.push_back(keys.back());
+    }
+    for (int i = 0; i < 6 && round > 0; ++i) keys.push_back(all[rng.below(all.size() - 16)]);
+    for (int i = 0; i < 4; ++i) keys.push_back(keys[rng.below(keys.size())]);
+    const int64_t n = static_cast<int64_t>(keys.size());
+    const auto scores = custom_scores(keys, custom, rng);
+    auto d_keys = up(keys);
+    auto d_scores = up(scores);
+    auto d_out = poisoned<float>(n * dim);
+    auto d_stored = poisoned<uint8_t>(n);
+    DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
+    DeviceArray<float> ev_rows(n * dim);
+    auto ev_count = up(std::vector<int64_t>{0});
+    cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
+    gpu.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream,
+                       custom ? d_scores.get() : nullptr, &ev);
+    std::vector<float> cpu_out(n * dim);
+    std::vector<uint8_t> cpu_stored(n);
+    TableRows cpu_evicted;
+    cpu.find_or_insert(keys.data(), n, cpu_out.data(), cpu_stored.data(),
+                       custom ? scores.data() : nullptr, &cpu_evicted);
+    EXPECT_EQ(d_out.download_raw(), cpu_out);
+    EXPECT_EQ(d_stored.download_raw(), cpu_stored);
+    const int64_t evicted = ev_count.download_raw()[0];
+    ASSERT_EQ(evicted, cpu_evicted.size());
+    std::map<uint64_t, std::pair<uint64_t, std::vector<float>>> got, want;
+    auto gk = ev_keys.download_raw(), gs = ev_scores.download_raw();
+    auto gr = ev_rows.download_raw();
+    for (int64_t e = 0; e < evicted; ++e) {
+      got[gk[e]] = {gs[e], std::vector<float>(gr.begin() + e * dim, gr.begin() + (e + 1) * dim)};
+      want[cpu_evicted.keys[e]] = {cpu_evicted.scores[e],
+                                   std::vector<float>(cpu_evicted.values.begin() + e * dim,
+                                                      cpu_evicted.values.begin() + (e + 1) * dim)};
+    }
+    EXPECT_EQ(got, want);
+    TableRows g = gpu.export_rows(0, stream), c = cpu.export_rows();
+    EXPECT_EQ(g.keys, c.keys);
+    EXPECT_EQ(g.scores, c.scores);
+    EXPECT_EQ(g.values, c.values);
+  }
+}
+
+TEST(CudaDynamicTable, EvictionOrderMatchesCpuTable) {
+  GENREC_REQUIRE_CUDA();
+  for (auto p : {EvictionPolicy::kLru, EvictionPolicy::kLfu, EvictionPolicy::kEpochLru,
+                 EvictionPolicy::kEpochLfu, EvictionPolicy::kCustom}) {
+    run_eviction_against_cpu(p);
+  }
+}
+
+TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 8;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 9};
+  opt.capacity = 128;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  std::vector<uint64_t> old_keys(128);
+  for (int i = 0; i < 128; ++i) old_keys[i] = 10 + i;
+  std::vector<float> values(128 * dim, 1.0f);
+  auto d_old = up(old_keys);
+  auto d_values = up(values);
+  table.set_step(1);
+  table.insert_or_assign(d_old.get(), d_values.get(), 128, stream);
+  ASSERT_EQ(table.size(stream), 128);
+  // 100 old keys (the oldest rows!) and 50 new ones: only the 28 other rows may go, so 28
+  // new keys are stored and 22 are not (with every duplicate of theirs).
+  table.set_step(2);
+  std::vector<uint64_t> keys(old_keys.begin(), old_keys.begin() + 100);
+  for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);
+  for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);  // duplicates of the new keys
+  const int64_t n = static_cast<int64_t>(keys.size());
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(n * dim);
+  auto d_stored = poisoned<uint8_t>(n);
+  DeviceArray<uint64_t> ev_keys(n);
+  auto ev_count = up(std::vector<int64_t>{0});
+  cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
+  auto stored = d_stored.download_raw();
+  auto out = d_out.download_raw();
+  int new_stored = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i < 100) {
+      ASSERT_EQ(stored[i], 1) << i;
+      continue;
+    }
+    ASSERT_LE(stored[i], 1);
+    ASSERT_EQ(stored[i], stored[i < 150 ? i + 50 : i - 50]) << "duplicates disagree at " << i;
+    if (i < 150) new_stored += stored[i];
+    std::vector<float> init(dim);
+    opt.initializer.fill(keys[i], init.data(), dim);
+    for (int j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], init[j]);
+  }
+  EXPECT_EQ(new_stored, 28);
+  EXPECT_EQ(table.size(stream), 128);
+  ASSERT_EQ(ev_count.download_raw()[0], 28);
+  auto evicted = ev_keys.download_raw();
+  std::set<uint64_t> ev_set(evicted.begin(), evicted.begin() + 28);
+  EXPECT_EQ(ev_set, std::set<uint64_t>(old_keys.begin() + 100, old_keys.end()));
+  auto d_found = poisoned<uint8_t>(100);
+  table.contains(d_old.get(), 100, d_found.get(), stream);
+  for (uint8_t f : d_found.download_raw()) EXPECT_EQ(f, 1);
+  // A batch of 200 distinct new keys into the emptied bucket: 128 fit.
+  table.clear(stream);
+  std::vector<uint64_t> fresh(200);
+  for (int i = 0; i < 200; ++i) fresh[i] = 90000 + i;
+  std::vector<float> fresh_values(200 * dim, 2.0f);
+  auto d_fresh = up(fresh);
+  auto d_fresh_values = up(fresh_values);
+  auto d_flags = poisoned<uint8_t>(200);
+  table.insert_or_assign(d_fresh.get(), d_fresh_values.get(), 200, stream, d_flags.get());
+  int stored_count = 0;
+  for (uint8_t f : d_flags.download_raw()) stored_count += f;
+  EXPECT_EQ(stored_count, 128);
+  EXPECT_EQ(table.size(stream), 128);
+  for (float v : table.export_rows(0, stream).values) ASSERT_EQ(v, 2.0f);
+}
+
+TEST(CudaDynamicTable, ExportByScoreThreshold) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 6;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = OptimizerState::kAdagrad;
+  opt.initial_state = 0.5f;
+  opt.capacity = 8192;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  for (int step = 1; step <= 5; ++step) {
+    table.set_step(step);
+    std::vector<uint64_t> keys(100);
+    std::vector<float> values(100 * dim);
+    for (int i = 0; i < 100; ++i) {
+      keys[i] = step * 1000 + i;
+      std::fill_n(values.begin() + i * dim, dim, static_cast<float>(keys[i]));
+    }
+    auto d_keys = up(keys);
+    auto d_values = up(values);
+    table.insert_or_assign(d_keys.get(), d_values.get(), 100, stream);
+  }
+  TableRows rows = table.export_rows(3, stream);
+  ASSERT_EQ(rows.size(), 300);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    ASSERT_GE(rows.keys[r], 3000u);
+    ASSERT_EQ(rows.scores[r], rows.keys[r] / 1000);
+    for (int j = 0; j < dim; ++j)
+      ASSERT_EQ(rows.values[r * dim + j], static_cast<float>(rows.keys[r]));
+    ASSERT_EQ(rows.states[r], 0.5f);
+  }
+  // The device call over two slot ranges finds every row once.
+  const int64_t cap = table.capacity();
+  DeviceArray<uint64_t> keys_out(cap);
+  DeviceArray<float> values_out(cap * dim);
+  auto count = up(std::vector<int64_t>{0});
+  table.export_batch(0, cap / 2, keys_out.get(), values_out.get(), count.get(), stream);
+  table.export_batch(cap / 2, cap, keys_out.get(), values_out.get(), count.get(), stream);
+  ASSERT_EQ(count.download_raw()[0], 500);
+  auto got = keys_out.download_raw();
+  EXPECT_EQ(std::set<uint64_t>(got.begin(), got.begin() + 500).size(), 500u);
+}
+
+TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 16;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = OptimizerState::kAdam;
+  opt.initializer = {InitKind::kUniform, 0.1f, 1};
+  opt.capacity = 1024;
+  opt.eviction = EvictionPolicy::kLfu;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  Philox rng(77);
+  std::vector<uint64_t> keys(600);
+  for (auto& k : keys) k = rng.next_u64() >> 2;
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(600 * dim);
+  table.find_or_insert(d_keys.get(), 600, d_out.get(), nullptr, stream);
+  table.find_or_insert(d_keys.get(), 300, d_out.get(), nullptr, stream);
+  ASSERT_EQ(table.size(stream), 600);
+  const TableRows before = table.export_rows(0, stream);
+  table.reserve(100000, stream);
+  EXPECT_EQ(table.capacity(), 131072);
+  EXPECT_EQ(table.size(stream), 600);
+  const TableRows after = table.export_rows(0, stream);
+  EXPECT_EQ(after.keys, before.keys);
+  EXPECT_EQ(after.values, before.values);
+  EXPECT_EQ(after.states, before.states);
+  EXPECT_EQ(after.scores, before.scores);
+  table.reserve(10, stream);  // never shrinks
+  EXPECT_EQ(table.capacity(), 131072);
+  std::vector<uint64_t> more(20000);
+  for (auto& k : more) k = rng.next_u64() >> 2;
+  auto d_more = up(more);
+  auto d_more_out = poisoned<float>(20000 * dim);
+  auto d_stored = poisoned<uint8_t>(20000);
+  table.find_or_insert(d_more.get(), 20000, d_more_out.get(), d_stored.get(), stream);
+  for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  EXPECT_EQ(table.size(stream), 20600);
+}
+
+TEST(CudaDynamicTable, EmptyBatchesAndReservedKey) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions opt;
+  opt.dim = 4;
+  opt.initializer = {InitKind::kUniform, 1.0f, 2};
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  table.find(nullptr, 0, nullptr, nullptr, stream);
+  table.find_or_insert(nullptr, 0, nullptr, nullptr, stream);
+  table.insert_or_assign(nullptr, nullptr, 0, stream);
+  table.assign(nullptr, nullptr, 0, stream);
+  table.erase(nullptr, 0, stream);
+  EXPECT_EQ(table.size(stream), 0);
+  EXPECT_EQ(table.export_rows(0, stream).size(), 0);
+  // kEmptyKey is never stored; the other keys of its batch are.
+  std::vector<uint64_t> keys = {kEmptyKey, 3};
+  auto d_keys = up(keys);
+  auto d_out = poisoned<float>(8);
+  auto d_stored = poisoned<uint8_t>(2);
+  table.find_or_insert(d_keys.get(), 2, d_out.get(), d_stored.get(), stream);
+  EXPECT_EQ(d_stored.download_raw(), (std::vector<uint8_t>{0, 1}));
+  for (float v : d_out.download_raw()) EXPECT_FALSE(is_poison(v));
+  EXPECT_EQ(table.size(stream), 1);
+  EXPECT_THROW(table.find_or_insert(d_keys.get(), -1, d_out.get(), nullptr, stream), Error);
+  auto d_scores = up(std::vector<uint64_t>{1, 2});
+  EXPECT_THROW(table.find_or_insert(d_keys.get(), 2, d_out.get(), nullptr, stream, d_scores.get()),
+               Error);
+}
+
+TEST(CudaDynamicTable, ConcurrentBatchesFromThreads) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 16;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.capacity = 1 << 16;
+  CudaDynamicTable table(opt);
+  constexpr int kThreadsN = 4, kBatches = 10, kPerBatch = 500;
+  std::vector<std::thread> threads;
+  std::vector<int> errors(kThreadsN, 0);
+  for (int t = 0; t < kThreadsN; ++t) {
+    threads.emplace_back([&, t] {
+      // Blocking streams: the test's uploads and poisoning run on the legacy default stream.
+      cuda::Stream stream;
+      for (int b = 0; b < kBatches; ++b) {
+        std::vector<uint64_t> keys(kPerBatch);
+        std::vector<float> values(kPerBatch * dim);
+        for (int i = 0; i < kPerBatch; ++i) {
+          keys[i] = (static_cast<uint64_t>(t) << 32) | (b * kPerBatch + i);
+          std::fill_n(values.begin() + i * dim, dim, static_cast<float>(keys[i] % 1000003));
+        }
+        auto d_keys = up(keys);
+        auto d_values = up(values);
+        table.insert_or_assign(d_keys.get(), d_values.get(), kPerBatch, stream);
+        auto d_out = poisoned<float>(kPerBatch * dim);
+        auto d_found = poisoned<uint8_t>(kPerBatch);
+        table.find(d_keys.get(), kPerBatch, d_out.get(), d_found.get(), stream);
+        stream.synchronize();
+        if (d_out.download_raw() != values) ++errors[t];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreadsN; ++t) EXPECT_EQ(errors[t], 0) << "thread " << t;
+  EXPECT_EQ(table.size(), kThreadsN * kBatches * kPerBatch);
+  TableRows rows = table.export_rows();
+  ASSERT_EQ(rows.size(), kThreadsN * kBatches * kPerBatch);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    ASSERT_EQ(rows.values[r * dim], static_cast<float>(rows.keys[r] % 1000003));
+  }
+}
+
+TEST(CudaDynamicTable, InitialRowsMatchCpuTable) {
+  GENREC_REQUIRE_CUDA();
+  for (InitKind kind : {InitKind::kUniform, InitKind::kNormal}) {
+    const int64_t dim = 33;
+    CudaTableOptions opt;
+    opt.dim = dim;
+    opt.optimizer = OptimizerState::kAdagrad;
+    opt.initial_state = 0.1f;
+    opt.initializer = {kind, 0.05f, 1234};
+    CudaDynamicTable gpu(opt);
+    TableOptions copt;
+    copt.dim = dim;
+    copt.optimizer = opt.optimizer;
+    copt.initial_state = opt.initial_state;
+    copt.initializer = opt.initializer;
+    DynamicTable cpu(copt);
+    cuda::Stream stream;
+    std::vector<uint64_t> keys(1000);
+    for (int i = 0; i < 1000; ++i) keys[i] = i * 7919ull;
+    auto d_keys = up(keys);
+    auto d_out = poisoned<float>(1000 * dim);
+    gpu.find_or_insert(d_keys.get(), 1000, d_out.get(), nullptr, stream);
+    std::vector<float> want(1000 * dim);
+    cpu.find_or_insert(keys.data(), 1000, want.data());
+    auto got = d_out.download_raw();
+    for (size_t e = 0; e < want.size(); ++e) {
+      // Uniform rows are bit-identical; normal rows go through logf/cosf (a few ulp apart).
+      if (kind == InitKind::kUniform) {
+        ASSERT_EQ(got[e], want[e]) << e;
+      } else {
+        ASSERT_NEAR(got[e], want[e], 1e-6f + 1e-5f * std::abs(want[e])) << e;
+      }
+    }
+    TableRows g = gpu.export_rows(0, stream), c = cpu.export_rows();
+    EXPECT_EQ(g.keys, c.keys);
+    EXPECT_EQ(g.states, c.states);
+  }
+}
+
+}  // namespace
+}  // namespace genrec
