@@ -399,7 +399,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         });
       };
-      if (s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+      // (Bias kernels test every element: one copy of their larger code keeps it in cache.)
+      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
           j0 + kCols > i_first || j0 + kCols > s.length) {
         activate(std::true_type{});
       } else {
@@ -427,22 +428,39 @@ constexpr size_t key_smem_bytes() {
          sizeof(TimeBuckets) + (kMaxSmemPositions + kTimeSlots) * sizeof(float);
 }
 
-// Adds dz to the block's sums of the position slot and time slot of the pair (i, j); position
-// slots past the shared array go straight to the global sums.
+// Position slots past the shared array: straight to the global sums (out of line: rare).
+__device__ __noinline__ void add_global(double* sums, int slot, float dz) {
+  atomicAdd(sums + slot, static_cast<double>(dz));
+}
+
+// Adds dz to the block's sums of the position slot and the time slot of the pair (i, j). Every
+// lane of the warp calls it together (dz = 0 for hidden pairs). Neighbouring pairs mostly share
+// a time slot, so when the whole warp does, the warp sums first and one lane adds: 32 lanes
+// adding to one shared address would otherwise be serialised.
 __device__ __forceinline__ void add_bias_gradient(const Params& p, const Sequence& s,
                                                   const TimeBuckets& tb, float* s_bias,
                                                   int smem_pos, int i, int j, int64_t dt,
                                                   float dz) {
-  if (p.pos != nullptr && p.acc_pos > 0) {
+  if (p.pos != nullptr && p.acc_pos > 0 && dz != 0.0f) {
     const int slot = min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1);
     if (slot < kMaxSmemPositions) {
       atomicAdd(s_bias + slot, dz);
     } else {
-      atomicAdd(p.bias_acc + slot, static_cast<double>(dz));
+      add_global(p.bias_acc, slot, dz);
     }
   }
   if (p.time != nullptr && p.acc_time > 0) {
-    atomicAdd(s_bias + smem_pos + time_slot(tb, p.num_time, dt), dz);
+    const int slot = time_slot(tb, p.num_time, dt);
+    int same = 0;
+    __match_all_sync(0xffffffffu, slot, &same);
+    if (same) {
+      float sum = dz;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (threadIdx.x % 32 == 0) atomicAdd(s_bias + smem_pos + slot, sum);
+    } else if (dz != 0.0f) {
+      atomicAdd(s_bias + smem_pos + slot, dz);
+    }
   }
 }
 
@@ -525,14 +543,14 @@ __global__ void __launch_bounds__(kThreads)
           sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
           dp[n][e] = g;
           if constexpr (kBias) {
-            if (want_bias && keep) {
+            if (want_bias) {  // warp-uniform: the whole warp calls it
               add_bias_gradient(p, s, *s_buckets, s_bias, smem_pos, i, j, ts[col] - ts_row[half],
                                 g);
             }
           }
         });
       };
-      if (s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
+      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
           i0 < j0 + kRows || i0 + kCols > s.length) {
         activate(std::true_type{});
       } else {
