@@ -25,8 +25,22 @@ struct AttnRef {
   std::vector<double> out, d_q, d_k, d_v, d_pos, d_time;  // compact [T, H*d] rows
 };
 
-// Straightforward float64 forward and (when d_out is given) backward.
-AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out) {
+// The mask rules of ops/hstu_attention.h written out independently: who sees whom, and the
+// relative position used by the bias (targets all sit at the first target's position).
+struct MaskRules {
+  int64_t history, contexts, window;
+  int64_t position(int64_t i) const { return std::min(i, history); }
+  bool visible(int64_t i, int64_t j) const {
+    if (i == j) return true;
+    if (j >= history) return false;
+    if (j < contexts || i < contexts) return true;
+    return j < i && (window == 0 || position(i) - j <= window);
+  }
+};
+
+// Straightforward float64 forward and (when d_out is given) backward, under `mask`.
+AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out,
+                       const cpu::HstuMask& mask = {}) {
   const int64_t H = a.H, dqk = a.dqk, dv = a.dv;
   AttnRef r;
   r.out.assign(a.T * H * dv, 0.0);
@@ -36,17 +50,20 @@ AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out) {
   r.d_pos.assign(a.P, 0.0);
   r.d_time.assign(a.NB, 0.0);
   for (int64_t b = 0; b < a.B; ++b) {
-    const int64_t s = a.offsets[b];
+    const int64_t s = a.offsets[b], L = a.lengths[b];
+    const int64_t targets = mask.num_targets != nullptr ? mask.num_targets[b] : 0;
+    const MaskRules rules{L - targets, mask.num_contexts, mask.max_attn_len};
     for (int64_t h = 0; h < H; ++h) {
-      for (int64_t i = 0; i < a.lengths[b]; ++i) {
-        for (int64_t j = 0; j <= i; ++j) {
+      for (int64_t i = 0; i < L; ++i) {
+        for (int64_t j = 0; j < L; ++j) {
+          if (!rules.visible(i, j)) continue;
           const float* qi = a.q() + (s + i) * a.ld + h * dqk;
           const float* kj = a.k() + (s + j) * a.ld + h * dqk;
           const float* vj = a.v() + (s + j) * a.ld + h * dv;
           double z = 0.0;
           for (int64_t d = 0; d < dqk; ++d) z += double(qi[d]) * kj[d];
           z *= a.alpha;
-          const int64_t p = std::min(i - j, a.P - 1);
+          const int64_t p = std::min(std::abs(rules.position(i) - rules.position(j)), a.P - 1);
           int64_t tb = 0;
           if (a.use_pos) z += a.pos[p];
           if (a.use_time) {
@@ -77,11 +94,11 @@ AttnRef attn_reference(const Attn& a, const std::vector<float>* d_out) {
   return r;
 }
 
-std::vector<float> run_forward(const Attn& a) {
+std::vector<float> run_forward(const Attn& a, const cpu::HstuMask& mask = {}) {
   std::vector<float> out(a.T * a.H * a.dv);
   test::poison(out);
   cpu::hstu_attention_forward(out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B, a.shape(),
-                              a.bias());
+                              a.bias(), mask);
   return out;
 }
 
@@ -91,13 +108,13 @@ struct Grads {
 
 // Gradient buffer poisoned with NaN; bias gradients start from `pos0` / `time0`.
 Grads run_backward(const Attn& a, const std::vector<float>& d_out, const std::vector<float>& pos0,
-                   const std::vector<float>& time0) {
+                   const std::vector<float>& time0, const cpu::HstuMask& mask = {}) {
   Grads g{std::vector<float>(a.T * a.ld), pos0, time0};
   test::poison(g.buf);
   cpu::hstu_attention_backward(g.buf.data() + a.qoff, g.buf.data() + a.koff, g.buf.data() + a.voff,
                                a.use_pos ? g.pos.data() : nullptr,
                                a.use_time ? g.time.data() : nullptr, d_out.data(), a.q(), a.k(),
-                               a.v(), a.offsets.data(), a.B, a.shape(), a.bias());
+                               a.v(), a.offsets.data(), a.B, a.shape(), a.bias(), mask);
   return g;
 }
 
@@ -155,6 +172,38 @@ TEST(OpsHstuAttention, BackwardMatchesReference) {
       }
     }
   }
+}
+
+// Targets, contexts and sliding windows, alone and together, with both biases: forward and
+// backward against the float64 reference.
+TEST(OpsHstuAttention, MasksMatchReference) {
+  const AttnConfig c{6, 90, 2, 16, 12, 40, 20};
+  uint64_t seed = 700;
+  Attn a = make_attn(random_lengths(c.B, c.max_len, seed), c.H, c.dqk, c.dv, c.P, c.NB, true, true,
+                     seed + 1);
+  std::vector<int64_t> targets(a.B);
+  for (int64_t b = 0; b < a.B; ++b) targets[b] = std::min<int64_t>(a.lengths[b], 1 + b % 5);
+  const cpu::HstuMask masks[] = {
+      {targets.data(), 0, 0}, {nullptr, 3, 0}, {nullptr, 0, 17}, {targets.data(), 2, 25}};
+  for (const cpu::HstuMask& mask : masks) {
+    SCOPED_TRACE(testing::Message() << "targets=" << (mask.num_targets != nullptr) << " contexts="
+                                    << mask.num_contexts << " window=" << mask.max_attn_len);
+    auto d_out = test::random_normal(a.T * a.H * a.dv, seed + 20);
+    auto pos0 = test::random_normal(a.P, seed + 21), time0 = test::random_normal(a.NB, seed + 22);
+    seed += 100;
+    AttnRef r = attn_reference(a, &d_out, mask);
+    EXPECT_LT(test::rel_l2(run_forward(a, mask), r.out), kFp32RelTol);
+    Grads g = run_backward(a, d_out, pos0, time0, mask);
+    EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.qoff, a.H * a.dqk), r.d_q), kFp32RelTol);
+    EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.koff, a.H * a.dqk), r.d_k), kFp32RelTol);
+    EXPECT_LT(test::rel_l2(columns(g.buf, a.T, a.ld, a.voff, a.H * a.dv), r.d_v), kFp32RelTol);
+    EXPECT_LT(test::rel_l2(test::difference(g.pos, pos0), r.d_pos), kFp32RelTol);
+    EXPECT_LT(test::rel_l2(test::difference(g.time, time0), r.d_time), kFp32RelTol);
+  }
+  // The mask changes the result (the test would catch a mask that is ignored).
+  EXPECT_GT(test::rel_l2(run_forward(a, masks[0]), attn_reference(a, nullptr).out), 1e-2);
+  std::vector<int64_t> too_many(a.B, 1000);
+  EXPECT_THROW(run_forward(a, {too_many.data(), 0, 0}), Error);
 }
 
 TEST(OpsHstuAttention, BackwardMatchesFiniteDifferences) {

@@ -31,8 +31,10 @@ using bf16 = __nv_bfloat16;
 // the scores (P or dZ) to 16 bits before the second product and the output to 16 bits; each
 // adds a relative error of ~2^-9 / sqrt(3) per term, averaged over many terms: ~2e-3 in all.
 constexpr double kTol = 1e-2;
-// The fp32 bias gradients sum fp32 dZ computed from the same inputs in another order.
-constexpr double kBiasTol = 1e-3;
+// The fp32 bias gradients sum dZ computed from the same inputs in another order, with the
+// kernels' approximate sigmoid (relative error < 2^-10.9 per element); sums with cancellation
+// amplify that, so they get the 16-bit tolerance of the issue, not the fp32 one.
+constexpr double kBiasTol = 1e-2;
 
 struct MaskCase {
   std::string name;

@@ -230,8 +230,12 @@ __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
           length - q_len, q_len,   HstuSequenceMask(length, targets, p.mask)};
 }
 
+// sigmoid(z) = (1 + tanh(z / 2)) / 2: one MUFU op (tanh.approx, relative error < 2^-10.9)
+// instead of two (exp and reciprocal); far below the bf16 rounding of the scores.
 __device__ __forceinline__ float sigmoid(float z) {
-  return __fdividef(1.0f, 1.0f + __expf(-z));
+  float t;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.5f * z));
+  return fmaf(0.5f, t, 0.5f);
 }
 
 // The time-bias slot of dt from the block's copy of the bucket table.
@@ -399,9 +403,11 @@ __global__ void __launch_bounds__(kThreads)
           }
         });
       };
-      // (Bias kernels test every element: one copy of their larger code keeps it in cache.)
-      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
-          j0 + kCols > i_first || j0 + kCols > s.length) {
+      // Target columns (j >= history) and columns right of the diagonal need the mask (target
+      // rows see every history column). Bias kernels test every element: one copy of their
+      // larger code keeps it in the instruction cache.
+      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+          j0 + kCols > s.mask.history) {
         activate(std::true_type{});
       } else {
         activate(std::false_type{});
@@ -488,11 +494,15 @@ __global__ void __launch_bounds__(kThreads)
   for (int tile = blockIdx.x; tile * kRows < s.length; tile += p.num_tiles) {
     const int j0 = tile * kRows;
     const int j_last = min(j0 + kRows, s.length) - 1;
-    const bool forward_only = s.mask.contexts == 0 && s.mask.history == s.length;
+    // Queries that can see keys [j0, j_last]: from the first key on (contexts see all), to
+    // the end, or only the keys themselves when they are targets, or to the end of the window.
     const int i_begin = s.mask.contexts > 0 ? 0 : j0 / kCols * kCols;
-    const int i_end = forward_only && s.mask.window > 0
-                          ? min(s.length, j_last + static_cast<int>(s.mask.window) + 1)
-                          : s.length;
+    int i_end = s.length;
+    if (s.mask.contexts == 0 && j0 >= s.mask.history) {
+      i_end = j_last + 1;
+    } else if (s.mask.contexts == 0 && s.mask.history == s.length && s.mask.window > 0) {
+      i_end = min(s.length, j_last + static_cast<int>(s.mask.window) + 1);
+    }
 
     __syncthreads();
     load_tile<D>(s_k, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k, s.length - j0);
@@ -550,8 +560,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         });
       };
-      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || s.mask.history < s.length ||
-          i0 < j0 + kRows || i0 + kCols > s.length) {
+      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
+          j0 + kRows > s.mask.history || i0 + kCols > s.length) {
         activate(std::true_type{});
       } else {
         activate(std::false_type{});
