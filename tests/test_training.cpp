@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "data/synthetic.h"
+#include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
 #include "model/recommender.h"
 #include "train/pipeline.h"
@@ -43,13 +44,18 @@ RunConfig small_run(const std::string& out, int64_t epochs) {
 }
 
 TEST(TrainingSynthetic, BeatsPopularityByAWideMargin) {
-  TrainingRun run = run_training(small_run(temp_dir("beats"), 8));
-  // The generator's Markov structure makes the next item far more predictable from the
-  // previous one than from popularity; a working model must find that.
-  EXPECT_GT(run.result.test.hr10, 2.0 * run.popularity.hr10)
-      << "model " << run.result.test.format() << " vs popularity " << run.popularity.format();
-  EXPECT_GT(run.result.test.ndcg10, 2.0 * run.popularity.ndcg10);
-  EXPECT_GT(run.result.validation.users, 0);
+  for (ItemStore store : {ItemStore::kStatic, ItemStore::kDynamic}) {
+    SCOPED_TRACE(item_store_name(store));
+    RunConfig config = small_run(temp_dir("beats"), 8);
+    config.model.item_embeddings = store;
+    TrainingRun run = run_training(config);
+    // The generator's Markov structure makes the next item far more predictable from the
+    // previous one than from popularity; a working model must find that.
+    EXPECT_GT(run.result.test.hr10, 2.0 * run.popularity.hr10)
+        << "model " << run.result.test.format() << " vs popularity " << run.popularity.format();
+    EXPECT_GT(run.result.test.ndcg10, 2.0 * run.popularity.ndcg10);
+    EXPECT_GT(run.result.validation.users, 0);
+  }
 }
 
 TEST(TrainingCheckpoint, RoundTripsExactlyAndDetectsCorruption) {
@@ -87,6 +93,52 @@ TEST(TrainingCheckpoint, ResumeContinuesTheSameRun) {
   EXPECT_EQ(last_a.state.at("step"), last_b.state.at("step"));
 }
 
+void expect_same_rows(const DynamicTable& a, const DynamicTable& b) {
+  const TableRows x = a.export_rows(), y = b.export_rows();
+  EXPECT_EQ(x.keys, y.keys);
+  EXPECT_EQ(x.values, y.values);
+  EXPECT_EQ(x.states, y.states);
+  EXPECT_EQ(x.scores, y.scores);
+  EXPECT_EQ(x.stamps, y.stamps);
+}
+
+TEST(TrainingCheckpoint, DynamicItemTableRoundTripsAndResumesExactly) {
+  std::string a = temp_dir("dynamic_straight"), b = temp_dir("dynamic_resumed");
+  RunConfig straight_config = small_run(a, 4);
+  straight_config.model.item_embeddings = ItemStore::kDynamic;
+  TrainingRun straight = run_training(straight_config);
+
+  LoadedCheckpoint saved = load_checkpoint(a + "/model.ckpt");
+  EXPECT_EQ(saved.model->config().item_embeddings, ItemStore::kDynamic);
+  EXPECT_EQ(saved.model->params().values(), straight.model->params().values());
+  expect_same_rows(*saved.model->item_table(), *straight.model->item_table());
+
+  RunConfig first = straight_config, resumed = straight_config;
+  first.output_dir = first.train.checkpoint_dir = resumed.output_dir =
+      resumed.train.checkpoint_dir = b;
+  first.train.epochs = 2;
+  run_training(first);
+  resumed.train.resume = true;
+  run_training(resumed);
+  LoadedCheckpoint last_a = load_checkpoint(a + "/last.ckpt");
+  LoadedCheckpoint last_b = load_checkpoint(b + "/last.ckpt");
+  EXPECT_EQ(last_a.model->params().values(), last_b.model->params().values());
+  EXPECT_EQ(last_a.model->params().adam_m(), last_b.model->params().adam_m());
+  expect_same_rows(*last_a.model->item_table(), *last_b.model->item_table());
+  EXPECT_EQ(last_a.state.at("step"), last_b.state.at("step"));
+
+  // A static run cannot resume from a dynamic checkpoint.
+  RunConfig mismatched = small_run(b, 6);
+  mismatched.train.resume = true;
+  try {
+    run_training(mismatched);
+    FAIL() << "resumed a static model from a dynamic checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds a dynamic item table"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(TrainingConfig, ParsesSectionsAndOverrides) {
   RunConfig c = parse_run_config(
       "output_dir: out\ndata:\n  path: x.txt\nmodel:\n  dim: 32\n  dropout: 0.3\ntrain:\n  "
@@ -99,6 +151,13 @@ TEST(TrainingConfig, ParsesSectionsAndOverrides) {
   EXPECT_EQ(c.train.epochs, 9);
   EXPECT_FLOAT_EQ(c.train.lr, 0.01f);
   EXPECT_EQ(c.train.checkpoint_dir, "out");
+  EXPECT_EQ(c.model.item_embeddings, ItemStore::kStatic);
+  EXPECT_EQ(parse_run_config("data:\n  path: x\nmodel:\n  item_embeddings: dynamic\n", "t.yaml")
+                .model.item_embeddings,
+            ItemStore::kDynamic);
+  EXPECT_EQ(parse_run_config("data:\n  path: x\n", "t.yaml", {"model.item_embeddings=dynamic"})
+                .model.item_embeddings,
+            ItemStore::kDynamic);
 }
 
 void expect_config_error(const std::string& yaml, const std::string& needle) {
@@ -119,6 +178,8 @@ TEST(TrainingConfig, ErrorsNameFileLineAndKey) {
   expect_config_error("model:\n  dim: 8\n", "data needs a path");
   expect_config_error("data: [1, 2\n", "YAML syntax error");
   expect_config_error("data:\n  path: x\nmodel:\n  dropout: 1.5\n", "dropout must be in [0, 1)");
+  expect_config_error("data:\n  path: x\nmodel:\n  item_embeddings: sparse\n",
+                      "bad.yaml: model.item_embeddings must be static or dynamic, got 'sparse'");
 }
 
 }  // namespace

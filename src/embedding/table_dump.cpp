@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <memory>
 
@@ -27,35 +28,23 @@ uint64_t row_bytes(uint64_t dim, uint64_t state_dim) {
   return 24 + 4 * (dim + state_dim);
 }
 
-// An AtomicFile that hashes what it writes (all but the trailing checksum itself).
-class DumpWriter {
- public:
-  explicit DumpWriter(const std::string& target) : file_(target, "table dump") {
-    state_ = XXH64_createState();
-    XXH64_reset(state_, 0);
-  }
-  ~DumpWriter() { XXH64_freeState(state_); }
-  void write(const std::string& bytes, bool hash = true) {
-    if (hash) XXH64_update(state_, bytes.data(), bytes.size());
-    file_.write(bytes.data(), bytes.size());
-  }
-  uint64_t digest() const { return XXH64_digest(state_); }
-  void commit() { file_.commit(); }
-
- private:
-  AtomicFile file_;
-  XXH64_state_t* state_ = nullptr;
-};
-
-int64_t write_dump(const DynamicTable& table, const std::string& path, bool incremental,
-                   uint64_t since) {
+// Emits a dump in pieces (header, chunks of about 1 MB of rows, checksum) to `write`, so a
+// file is written without holding all its bytes.
+int64_t emit_dump(const DynamicTable& table, bool incremental, uint64_t since,
+                  const std::function<void(const std::string&)>& write) {
   const uint64_t step = table.step();
   TableRows rows =
       incremental
           ? table.export_rows([since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; })
           : table.export_rows();
   const int64_t n = rows.size(), dim = table.dim(), sd = table.state_dim();
-  DumpWriter writer(path);
+  std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> hash(XXH64_createState(),
+                                                                  &XXH64_freeState);
+  XXH64_reset(hash.get(), 0);
+  auto hashed = [&](const std::string& bytes) {
+    XXH64_update(hash.get(), bytes.data(), bytes.size());
+    write(bytes);
+  };
   std::string header;
   header.append(kMagic, sizeof(kMagic));
   put<uint32_t>(header, kTableDumpVersion);
@@ -68,7 +57,7 @@ int64_t write_dump(const DynamicTable& table, const std::string& path, bool incr
   put<uint64_t>(header, static_cast<uint64_t>(n));
   put<uint64_t>(header, step);
   put<uint64_t>(header, 0);  // reserved
-  writer.write(header);
+  hashed(header);
   std::string chunk;
   const int64_t rows_per_chunk = std::max<int64_t>(1, (1 << 20) / row_bytes(dim, sd));
   for (int64_t i = 0; i < n; ++i) {
@@ -78,14 +67,23 @@ int64_t write_dump(const DynamicTable& table, const std::string& path, bool incr
     chunk.append(reinterpret_cast<const char*>(&rows.values[i * dim]), 4 * dim);
     if (sd > 0) chunk.append(reinterpret_cast<const char*>(&rows.states[i * sd]), 4 * sd);
     if ((i + 1) % rows_per_chunk == 0 || i + 1 == n) {
-      writer.write(chunk);
+      hashed(chunk);
       chunk.clear();
     }
   }
   std::string trailer;
-  put<uint64_t>(trailer, writer.digest());
-  writer.write(trailer, false);
-  writer.commit();
+  put<uint64_t>(trailer, XXH64_digest(hash.get()));
+  write(trailer);
+  return n;
+}
+
+int64_t write_dump(const DynamicTable& table, const std::string& path, bool incremental,
+                   uint64_t since) {
+  AtomicFile file(path, "table dump");
+  const int64_t n = emit_dump(table, incremental, since, [&](const std::string& bytes) {
+    file.write(bytes.data(), bytes.size());
+  });
+  file.commit();
   return n;
 }
 
@@ -99,11 +97,21 @@ int64_t dump_table_since(const DynamicTable& table, const std::string& path, uin
   return write_dump(table, path, true, since_stamp);
 }
 
+std::string table_dump_bytes(const DynamicTable& table) {
+  std::string bytes;
+  emit_dump(table, false, 0, [&](const std::string& piece) { bytes += piece; });
+  return bytes;
+}
+
 TableDump read_table_dump(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("table dump {}: cannot open: {}", path, std::strerror(errno));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail("table dump {}: read failed", path);
+  return parse_table_dump(bytes, path);
+}
+
+TableDump parse_table_dump(const std::string& bytes, const std::string& path) {
   const uint64_t size = bytes.size();
   if (size < kHeaderBytes + kChecksumBytes) {
     fail("table dump {}: truncated: {} bytes, shorter than the {}-byte header and checksum", path,
@@ -177,7 +185,12 @@ TableDump read_table_dump(const std::string& path) {
 }
 
 TableDumpInfo load_table(DynamicTable& table, const std::string& path) {
-  TableDump dump = read_table_dump(path);
+  const TableDump dump = read_table_dump(path);
+  restore_table(table, dump, path);
+  return dump.info;
+}
+
+void restore_table(DynamicTable& table, const TableDump& dump, const std::string& path) {
   if (dump.info.dim != table.dim() || dump.info.optimizer != table.options().optimizer) {
     fail(
         "table dump {}: layout dim {} / optimizer {} does not match the table's dim {} / "
@@ -186,7 +199,6 @@ TableDumpInfo load_table(DynamicTable& table, const std::string& path) {
         optimizer_state_name(table.options().optimizer));
   }
   table.insert_rows(dump.rows);
-  return dump.info;
 }
 
 }  // namespace genrec

@@ -42,4 +42,10 @@ TableDump read_table_dump(const std::string& path);
 // The table must have the dump's dim and optimizer state; its step is left unchanged.
 TableDumpInfo load_table(DynamicTable& table, const std::string& path);
 
+// The same in memory, for dumps kept inside another file (checkpoints): the bytes of a full
+// dump, their parsing (`name` stands for the file in errors) and the exact restore.
+std::string table_dump_bytes(const DynamicTable& table);
+TableDump parse_table_dump(const std::string& bytes, const std::string& name);
+void restore_table(DynamicTable& table, const TableDump& dump, const std::string& name);
+
 }  // namespace genrec

@@ -9,6 +9,7 @@
 #include "core/atomic_file.h"
 #include "core/byte_io.h"
 #include "core/error.h"
+#include "embedding/table_dump.h"
 
 namespace genrec {
 namespace {
@@ -49,7 +50,8 @@ nlohmann::json to_json(const RetrievalConfig& c) {
           {"num_time_buckets", c.num_time_buckets},
           {"num_negatives", c.num_negatives},
           {"in_batch_negatives", c.in_batch_negatives},
-          {"temperature", c.temperature}};
+          {"temperature", c.temperature},
+          {"item_embeddings", item_store_name(c.item_embeddings)}};
 }
 
 RetrievalConfig retrieval_config_from_json(const nlohmann::json& j) {
@@ -68,16 +70,24 @@ RetrievalConfig retrieval_config_from_json(const nlohmann::json& j) {
   c.num_negatives = j.at("num_negatives");
   c.in_batch_negatives = j.at("in_batch_negatives");
   c.temperature = j.at("temperature");
+  // Absent before dynamic item tables existed: those checkpoints hold a static one.
+  c.item_embeddings = parse_item_store(j.value("item_embeddings", "static"));
   return c;
 }
 
 void save_checkpoint(const std::string& path, const RetrievalModel& model,
                      const ItemVocabulary& vocabulary, const nlohmann::json& state) {
   const ParameterSet& params = model.params();
-  nlohmann::json meta = {
-      {"model", to_json(model.config())},     {"parameters", parameter_layout(params)},
-      {"num_values", params.numel()},         {"adam_steps", params.adam_steps()},
-      {"vocabulary_size", vocabulary.size()}, {"state", state}};
+  const DynamicTable* items = model.item_table();
+  const std::string item_dump = items ? table_dump_bytes(*items) : std::string();
+  nlohmann::json meta = {{"model", to_json(model.config())},
+                         {"parameters", parameter_layout(params)},
+                         {"num_values", params.numel()},
+                         {"adam_steps", params.adam_steps()},
+                         {"seed", model.seed()},
+                         {"vocabulary_size", vocabulary.size()},
+                         {"item_table_bytes", item_dump.size()},
+                         {"state", state}};
   std::string text = meta.dump();
   std::string bytes(kMagic, sizeof(kMagic));
   uint64_t meta_bytes = text.size();
@@ -87,6 +97,7 @@ void save_checkpoint(const std::string& path, const RetrievalModel& model,
   put_array(bytes, params.adam_m().data(), params.adam_m().size());
   put_array(bytes, params.adam_v().data(), params.adam_v().size());
   put_array(bytes, vocabulary.raw_ids().data(), vocabulary.raw_ids().size());
+  bytes += item_dump;
   uint64_t checksum = XXH64(bytes.data(), bytes.size(), 0);
   put<uint64_t>(bytes, checksum);
 
@@ -117,6 +128,9 @@ LoadedCheckpoint load_checkpoint(const std::string& path, Device device) {
 
   LoadedCheckpoint out;
   out.model = make_retrieval_model(retrieval_config_from_json(meta.at("model")), device);
+  // Before the values: initialize restarts a dynamic item table, and gives its unseen items
+  // the rows they had when saved.
+  out.model->initialize(meta.value("seed", uint64_t{0}));
   ParameterSet& params = out.model->params();
   GENREC_CHECK(meta.at("parameters") == parameter_layout(params),
                "checkpoint {}: parameter layout does not match this version of the model", path);
@@ -127,6 +141,20 @@ LoadedCheckpoint load_checkpoint(const std::string& path, Device device) {
   params.set_adam_steps(meta.at("adam_steps"));
   std::vector<int64_t> vocab(meta.at("vocabulary_size").get<int64_t>());
   take(bytes, &pos, vocab.data(), vocab.size(), path, "vocabulary");
+  const uint64_t item_bytes = meta.value("item_table_bytes", uint64_t{0});
+  DynamicTable* items = out.model->item_table();
+  GENREC_CHECK((item_bytes > 0) == (items != nullptr),
+               "checkpoint {}: {} item table bytes for a model with a {} item table", path,
+               item_bytes, item_store_name(out.model->config().item_embeddings));
+  if (items) {
+    GENREC_CHECK(pos + item_bytes <= bytes.size(), "checkpoint {}: truncated in the item table",
+                 path);
+    const std::string name = path + " (item table)";
+    const TableDump dump = parse_table_dump(bytes.substr(pos, item_bytes), name);
+    restore_table(*items, dump, name);
+    items->set_step(dump.info.step);
+    pos += item_bytes;
+  }
   GENREC_CHECK(pos == bytes.size(), "checkpoint {}: {} unexpected trailing bytes", path,
                bytes.size() - pos);
   out.vocabulary = ItemVocabulary::from_raw_ids(std::move(vocab));

@@ -1,8 +1,9 @@
 // Checkpoints: one file holding the model configuration, the item vocabulary, parameters,
-// Adam moments and the trainer's state, so training resumes exactly and serving needs
-// nothing else. Layout (little-endian):
+// Adam moments, a dynamic item table and the trainer's state, so training resumes exactly and
+// serving needs nothing else. Layout (little-endian):
 //   "GRCKPT01" | u64 meta_bytes | meta JSON | f32 values[n] | f32 adam_m[n] | f32 adam_v[n]
-//   | i64 vocabulary[V] | u64 xxh64 of everything before it
+//   | i64 vocabulary[V] | item table dump (meta item_table_bytes; 0 for a static table)
+//   | u64 xxh64 of everything before it
 #pragma once
 
 #include <memory>

@@ -66,15 +66,14 @@ void ParameterSet::zero_grad() {
   std::fill(grads_.begin(), grads_.end(), 0.0f);
 }
 
-float ParameterSet::clip_grad_norm(float max_norm) {
+double ParameterSet::grad_squares() const {
   double sum = 0.0;
   for (float g : grads_) sum += static_cast<double>(g) * g;
-  float norm = static_cast<float>(std::sqrt(sum));
-  if (max_norm > 0.0f && norm > max_norm) {
-    float s = max_norm / norm;
-    for (float& g : grads_) g *= s;
-  }
-  return norm;
+  return sum;
+}
+
+void ParameterSet::scale_grads(float scale) {
+  for (float& g : grads_) g *= scale;
 }
 
 void ParameterSet::adam_step(const cpu::AdamConfig& config, float lr) {

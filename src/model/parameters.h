@@ -41,8 +41,10 @@ class ParameterSet {
   int64_t numel() const { return static_cast<int64_t>(values_.size()); }
 
   void zero_grad();
-  // Scales all gradients so their global L2 norm is at most max_norm (0 = off); returns the norm.
-  float clip_grad_norm(float max_norm);
+  // Σ g² over every gradient (float64), and scaling them: the pieces of global-norm clipping,
+  // whose norm may also cover gradients kept outside the set (a dynamic item table's).
+  double grad_squares() const;
+  void scale_grads(float scale);
   // One Adam/AdamW step over every parameter; weight decay only where info.decay.
   void adam_step(const cpu::AdamConfig& config, float lr);
 

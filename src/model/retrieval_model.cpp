@@ -5,9 +5,9 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/item_embeddings.h"
 #include "model/retrieval_randomness.h"
 #include "ops/elementwise.h"
-#include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/sampled_softmax.h"
 #include "ops/topk.h"
@@ -22,6 +22,16 @@ T* grow(std::vector<T>& buffer, int64_t n) {
 }
 
 }  // namespace
+
+std::string_view item_store_name(ItemStore store) {
+  return store == ItemStore::kDynamic ? "dynamic" : "static";
+}
+
+ItemStore parse_item_store(const std::string& name) {
+  if (name == "static") return ItemStore::kStatic;
+  GENREC_CHECK(name == "dynamic", "unknown item embedding store '{}' (static or dynamic)", name);
+  return ItemStore::kDynamic;
+}
 
 TokenBatch next_item_batch(const SequenceBatch& batch) {
   TokenBatch out;
@@ -61,7 +71,10 @@ RetrievalModel::RetrievalModel(const RetrievalConfig& config) : config_(config) 
   GENREC_CHECK(config.num_negatives > 0 || config.in_batch_negatives,
                "the loss needs negatives: num_negatives > 0 or in_batch_negatives");
   GENREC_CHECK(config.temperature > 0.0f, "temperature must be positive");
-  item_table_ = params_.add("item_embedding", {config.num_items + 1, D}, Init::kNormal, 0.02f);
+  if (config.item_embeddings == ItemStore::kStatic) {
+    item_table_ =
+        params_.add("item_embedding", {config.num_items + 1, D}, Init::kNormal, kItemInitStd);
+  }
   position_table_ = params_.add("position_embedding", {config.max_len, D}, Init::kNormal,
                                 1.0f / std::sqrt(static_cast<float>(D)));
   block_config_ = HstuBlockConfig{D,
@@ -76,6 +89,11 @@ RetrievalModel::RetrievalModel(const RetrievalConfig& config) : config_(config) 
         declare_hstu_block(params_, "block" + std::to_string(l), block_config_));
   }
   params_.allocate();
+}
+
+void RetrievalModel::initialize(uint64_t seed) {
+  seed_ = seed;
+  params_.initialize(seed);
 }
 
 void RetrievalModel::validate(const TokenBatch& batch, bool training) const {
@@ -100,17 +118,33 @@ void RetrievalModel::validate(const TokenBatch& batch, bool training) const {
   }
 }
 
-CpuRetrievalModel::CpuRetrievalModel(const RetrievalConfig& config) : RetrievalModel(config) {
+CpuRetrievalModel::CpuRetrievalModel(const RetrievalConfig& config)
+    : RetrievalModel(config), item_rows_(make_item_embeddings(config_, params_, item_table_)) {
   for (size_t l = 0; l < block_params_.size(); ++l) {
     blocks_.push_back(std::make_unique<HstuBlock>(block_config_, params_, block_params_[l],
                                                   static_cast<uint64_t>(l)));
   }
 }
 
+CpuRetrievalModel::~CpuRetrievalModel() = default;
+
+void CpuRetrievalModel::initialize(uint64_t seed) {
+  RetrievalModel::initialize(seed);
+  item_rows_->initialize(seed);
+}
+
+DynamicTable* CpuRetrievalModel::item_table() const {
+  return item_rows_->table();
+}
+
+void CpuRetrievalModel::zero_grad() {
+  params_.zero_grad();
+  item_rows_->zero_grad();
+}
+
 void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t seed,
                                int64_t step) {
   const int64_t T = batch.num_tokens(), D = config_.dim, B = batch.batch_size();
-  const int64_t V = config_.num_items;
   int64_t* positions = grow(positions_, T);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = batch.offsets[b]; t < batch.offsets[b + 1]; ++t) {
@@ -120,7 +154,7 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
   layers_.resize(blocks_.size() + 1);
   for (auto& layer : layers_) grow(layer, T * D);
   float* x0 = layers_[0].data();
-  cpu::embedding_gather(x0, params_.value(item_table_), batch.items.data(), T, D, V + 1);
+  item_rows_->gather(batch.items.data(), T, x0, training);
   const float scale = std::sqrt(static_cast<float>(D));
   const float* pos = params_.value(position_table_);
   for (int64_t t = 0; t < T; ++t) {
@@ -145,7 +179,7 @@ void CpuRetrievalModel::encode(const TokenBatch& batch, bool training, uint64_t 
 }
 
 float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int64_t step) {
-  const int64_t T = batch.num_tokens(), D = config_.dim, V = config_.num_items;
+  const int64_t T = batch.num_tokens(), D = config_.dim;
   validate(batch, /*training=*/true);
   if (T == 0) return 0.0f;
   encode(batch, /*training=*/true, seed, step);
@@ -154,11 +188,10 @@ float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int6
   const int64_t K = static_cast<int64_t>(negatives_.size());
   const int64_t* negatives = negatives_.data();
 
-  const float* table = params_.value(item_table_);
-  cpu::embedding_gather(grow(pos_raw_, T * D), table, batch.targets.data(), T, D, V + 1);
+  item_rows_->gather(batch.targets.data(), T, grow(pos_raw_, T * D), /*training=*/true);
   cpu::l2_normalize_forward(grow(pos_, T * D), grow(inv_norm_pos_, T), pos_raw_.data(), T, D,
                             kEmbeddingNormEps);
-  cpu::embedding_gather(grow(neg_raw_, K * D), table, negatives, K, D, V + 1);
+  item_rows_->gather(negatives, K, grow(neg_raw_, K * D), /*training=*/true);
   cpu::l2_normalize_forward(grow(neg_, K * D), grow(inv_norm_neg_, K), neg_raw_.data(), K, D,
                             kEmbeddingNormEps);
   float loss = cpu::sampled_softmax_forward(grow(probs_, T * (K + 1)), user_.data(), pos_.data(),
@@ -171,12 +204,11 @@ float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int6
   float* d_neg = grow(d_neg_, K * D);
   cpu::sampled_softmax_backward(d_user, d_pos, d_neg, probs_.data(), user_.data(), pos_.data(),
                                 neg_.data(), T, K, D, config_.temperature);
-  float* d_table = params_.grad(item_table_);
   float* d_raw = grow(d_raw_, std::max(T, K) * D);
   cpu::l2_normalize_backward(d_raw, d_pos, pos_.data(), inv_norm_pos_.data(), T, D);
-  cpu::embedding_scatter_add(d_table, d_raw, batch.targets.data(), T, D, V + 1);
+  item_rows_->scatter_add(batch.targets.data(), d_raw, T);
   cpu::l2_normalize_backward(d_raw, d_neg, neg_.data(), inv_norm_neg_.data(), K, D);
-  cpu::embedding_scatter_add(d_table, d_raw, negatives, K, D, V + 1);
+  item_rows_->scatter_add(negatives, d_raw, K);
 
   float* d_a = grow(d_a_, T * D);
   float* d_b = grow(d_b_, T * D);
@@ -195,7 +227,7 @@ float CpuRetrievalModel::train_step(const TokenBatch& batch, uint64_t seed, int6
     for (int64_t c = 0; c < D; ++c) row[c] += d_a[t * D + c];
   }
   for (int64_t i = 0; i < T * D; ++i) d_a[i] *= scale;
-  cpu::embedding_scatter_add(d_table, d_a, batch.items.data(), T, D, V + 1);
+  item_rows_->scatter_add(batch.items.data(), d_a, T);
   return loss;
 }
 
@@ -213,8 +245,16 @@ void CpuRetrievalModel::encode_users(const TokenBatch& batch, float* out) {
 }
 
 void CpuRetrievalModel::optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) {
-  params_.clip_grad_norm(grad_clip);
+  // One global norm over the dense gradients and the item rows' (a dynamic table's are
+  // outside params_).
+  const float norm =
+      static_cast<float>(std::sqrt(params_.grad_squares() + item_rows_->grad_squares()));
+  if (grad_clip > 0.0f && norm > grad_clip) {
+    params_.scale_grads(grad_clip / norm);
+    item_rows_->scale_grads(grad_clip / norm);
+  }
   params_.adam_step(adam, lr);
+  item_rows_->step(adam, lr, params_.adam_steps());
 }
 
 void CpuRetrievalModel::rank_targets(const TokenBatch& history, const int64_t* targets,
@@ -234,12 +274,17 @@ void CpuRetrievalModel::item_embeddings(std::vector<float>& out) {
   const int64_t V = config_.num_items, D = config_.dim;
   out.resize(V * D);
   std::vector<float> inv_norm(V);
-  cpu::l2_normalize_forward(out.data(), inv_norm.data(), params_.value(item_table_) + D, V, D,
+  cpu::l2_normalize_forward(out.data(), inv_norm.data(), item_rows_->all_rows(), V, D,
                             kEmbeddingNormEps);
 }
 
 std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device) {
-  if (device == Device::kCUDA) return make_cuda_retrieval_model(config);
+  if (device == Device::kCUDA) {
+    GENREC_CHECK(config.item_embeddings == ItemStore::kStatic,
+                 "model.item_embeddings: dynamic runs on the CPU only (the CUDA model keeps a "
+                 "static item table); use --device cpu");
+    return make_cuda_retrieval_model(config);
+  }
   return std::make_unique<CpuRetrievalModel>(config);
 }
 

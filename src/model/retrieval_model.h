@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/tensor.h"
@@ -16,6 +18,15 @@
 #include "ops/adam.h"
 
 namespace genrec {
+
+class DynamicTable;
+class ItemEmbeddings;
+
+// Where the item rows live: the dense parameter item_embedding {V + 1, D}, or a DynamicTable
+// keyed by item id whose rows only exist once an item is looked up in training.
+enum class ItemStore { kStatic, kDynamic };
+std::string_view item_store_name(ItemStore store);
+ItemStore parse_item_store(const std::string& name);  // "static" or "dynamic"; throws otherwise
 
 struct RetrievalConfig {
   int64_t num_items = 0;  // V: item indices 1..V, row 0 is padding
@@ -32,6 +43,7 @@ struct RetrievalConfig {
   int64_t num_negatives = 128;      // uniform negatives per batch
   bool in_batch_negatives = false;  // also use the batch's target items as negatives
   float temperature = 0.05f;
+  ItemStore item_embeddings = ItemStore::kStatic;
 };
 
 // Floor of the L2 norms of user and item embeddings (avoids 0/0 for an all-zero row).
@@ -65,11 +77,19 @@ class RetrievalModel {
   const ParameterSet& params() const { return params_; }
   virtual Device device() const = 0;
 
+  // Fills the parameters from `seed`; a dynamic item table restarts empty and draws each new
+  // row from it. seed() is kept in checkpoints, so unseen items get the same rows after a load.
+  virtual void initialize(uint64_t seed);
+  uint64_t seed() const { return seed_; }
+  // The dynamic item table, or null when the item rows are the parameter item_embedding.
+  virtual DynamicTable* item_table() const { return nullptr; }
+
   virtual void zero_grad() = 0;
   // Forward and backward of the mean sampled-softmax loss over all targets of the batch;
   // gradients accumulate. `seed` and `step` fix dropout and negative sampling.
   virtual float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) = 0;
-  // Clips the global gradient norm (0 = off), then one Adam/AdamW step at rate `lr`.
+  // Clips the global gradient norm (0 = off), then one Adam/AdamW step at rate `lr`. The norm
+  // and the step include the rows of a dynamic item table.
   virtual void optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) = 0;
 
   // L2-normalised user embeddings [B, D] (host) at each sequence's last token (eval mode).
@@ -94,7 +114,9 @@ class RetrievalModel {
   RetrievalConfig config_;
   HstuBlockConfig block_config_;
   ParameterSet params_;
-  int item_table_, position_table_;
+  uint64_t seed_ = 0;
+  int item_table_ = -1;  // the parameter item_embedding; -1 with a dynamic item table
+  int position_table_;
   std::vector<HstuBlockParams> block_params_;
 };
 
@@ -103,8 +125,12 @@ class CpuRetrievalModel : public RetrievalModel {
  public:
   explicit CpuRetrievalModel(const RetrievalConfig& config);
 
+  ~CpuRetrievalModel() override;
+
   Device device() const override { return Device::kCPU; }
-  void zero_grad() override { params_.zero_grad(); }
+  void initialize(uint64_t seed) override;
+  DynamicTable* item_table() const override;
+  void zero_grad() override;
   float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) override;
   void optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) override;
   void encode_users(const TokenBatch& batch, float* out) override;
@@ -114,6 +140,7 @@ class CpuRetrievalModel : public RetrievalModel {
  private:
   void encode(const TokenBatch& batch, bool training, uint64_t seed, int64_t step);
 
+  std::unique_ptr<ItemEmbeddings> item_rows_;
   std::vector<std::unique_ptr<HstuBlock>> blocks_;
   HstuBatchContext ctx_;
   // Activations: residual stream per layer boundary, and the loss inputs.
@@ -125,8 +152,10 @@ class CpuRetrievalModel : public RetrievalModel {
   std::vector<float> d_user_, d_pos_, d_neg_, d_a_, d_b_, d_raw_;
 };
 
-// The backend for `device`: the CPU model, or the CUDA one when built with CUDA.
+// The backend for `device`: the CPU model, or the CUDA one when built with CUDA. A dynamic
+// item table runs on the CPU only; asking for it on CUDA is an error.
 std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device);
+// The CUDA model (static item table only: make_retrieval_model checks).
 std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig& config);
 
 // "cpu", "cuda", or "auto" (CUDA when a device is present) → a device.

@@ -25,11 +25,15 @@ TrainingRun run_training(const RunConfig& config) {
   RetrievalConfig model_config = config.model;
   model_config.num_items = run.vocabulary.size();
   Device device = parse_device(config.device);
+  if (config.device == "auto" && model_config.item_embeddings == ItemStore::kDynamic) {
+    device = Device::kCPU;  // the CUDA model has no dynamic item table
+  }
   run.model = make_retrieval_model(model_config, device);
-  run.model->params().initialize(config.train.seed);
+  run.model->initialize(config.train.seed);
   run.model->upload();
-  log_info("model: {} layers, dim {}, {} heads, {} parameters, on {}", model_config.num_layers,
-           model_config.dim, model_config.num_heads, run.model->params().numel(),
+  log_info("model: {} layers, dim {}, {} heads, {} parameters, {} item table, on {}",
+           model_config.num_layers, model_config.dim, model_config.num_heads,
+           run.model->params().numel(), item_store_name(model_config.item_embeddings),
            device_name(device));
 
   Trainer trainer(*run.model, run.dataset, run.vocabulary, config.train);

@@ -117,7 +117,12 @@ void read_model(const YAML::Node& node, RetrievalConfig& m, const std::string& s
   r.read("num_negatives", m.num_negatives);
   r.read("in_batch_negatives", m.in_batch_negatives);
   r.read_positive("temperature", m.temperature);
+  std::string item_store(item_store_name(m.item_embeddings));
+  r.read("item_embeddings", item_store);
   r.finish();
+  GENREC_CHECK(item_store == "static" || item_store == "dynamic",
+               "{}: model.item_embeddings must be static or dynamic, got '{}'", source, item_store);
+  m.item_embeddings = parse_item_store(item_store);
   GENREC_CHECK(m.dropout >= 0.0f && m.dropout < 1.0f, "{}: model.dropout must be in [0, 1)",
                source);
   GENREC_CHECK(m.num_layers >= 0, "{}: model.num_layers must be >= 0", source);

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
 #include "train/progress.h"
 
@@ -32,16 +33,48 @@ RankingMetrics metrics_from_json(const nlohmann::json& j) {
   return m;
 }
 
-// Copies a checkpoint's parameters (and optimizer state) into a model of the same layout.
-void restore(RetrievalModel& model, const ParameterSet& from, const std::string& path) {
-  ParameterSet& into = model.params();
-  GENREC_CHECK(into.numel() == from.numel(),
+// Copies a checkpoint's model (parameters, optimizer state, seed, dynamic item table) into a
+// model of the same layout.
+void restore(RetrievalModel& model, const RetrievalModel& from, const std::string& path) {
+  GENREC_CHECK(model.config().item_embeddings == from.config().item_embeddings,
+               "checkpoint {} holds a {} item table; this model has a {} one", path,
+               item_store_name(from.config().item_embeddings),
+               item_store_name(model.config().item_embeddings));
+  GENREC_CHECK(model.params().numel() == from.params().numel(),
                "checkpoint {} holds {} parameters; this model has {} (different config?)", path,
-               from.numel(), into.numel());
-  into.values() = from.values();
-  into.adam_m() = from.adam_m();
-  into.adam_v() = from.adam_v();
-  into.set_adam_steps(from.adam_steps());
+               from.params().numel(), model.params().numel());
+  model.initialize(from.seed());
+  ParameterSet& into = model.params();
+  into.values() = from.params().values();
+  into.adam_m() = from.params().adam_m();
+  into.adam_v() = from.params().adam_v();
+  into.set_adam_steps(from.params().adam_steps());
+  if (DynamicTable* items = model.item_table()) {
+    items->insert_rows(from.item_table()->export_rows());
+    items->set_step(from.item_table()->step());
+  }
+  model.upload();
+}
+
+// What the trainer keeps of the best epoch: the parameter values and a dynamic item table's
+// rows.
+struct BestParameters {
+  std::vector<float> values;
+  TableRows item_rows;
+};
+
+BestParameters best_of(const RetrievalModel& model) {
+  BestParameters best{model.params().values(), {}};
+  if (const DynamicTable* items = model.item_table()) best.item_rows = items->export_rows();
+  return best;
+}
+
+void put_back(RetrievalModel& model, const BestParameters& best) {
+  model.params().values() = best.values;
+  if (DynamicTable* items = model.item_table()) {
+    items->clear();
+    items->insert_rows(best.item_rows);
+  }
   model.upload();
 }
 
@@ -94,22 +127,22 @@ TrainResult Trainer::fit() {
   result.validation.ndcg10 = -1.0;
   int64_t first_epoch = 0, step = 0, stale = 0;
   model_.download();
-  std::vector<float> best_values = model_.params().values();
+  BestParameters best = best_of(model_);
   if (!config_.checkpoint_dir.empty()) {
     std::filesystem::create_directories(config_.checkpoint_dir);
     auto last = std::filesystem::path(config_.checkpoint_dir) / "last.ckpt";
     if (config_.resume && std::filesystem::exists(last)) {
       LoadedCheckpoint ckpt = load_checkpoint(last.string());
-      restore(model_, ckpt.model->params(), last.string());
+      restore(model_, *ckpt.model, last.string());
       first_epoch = ckpt.state.at("epoch");
       step = ckpt.state.at("step");
       stale = ckpt.state.at("stale");
       result.best_epoch = ckpt.state.at("best_epoch");
       result.validation = metrics_from_json(ckpt.state.at("best_validation"));
-      auto best = std::filesystem::path(config_.checkpoint_dir) / "best.ckpt";
-      best_values = std::filesystem::exists(best)
-                        ? load_checkpoint(best.string()).model->params().values()
-                        : model_.params().values();
+      auto best_path = std::filesystem::path(config_.checkpoint_dir) / "best.ckpt";
+      best = std::filesystem::exists(best_path)
+                 ? best_of(*load_checkpoint(best_path.string()).model)
+                 : best_of(model_);
       log_info("resumed from {} at epoch {}, step {}", last.string(), first_epoch, step);
     }
   }
@@ -156,7 +189,7 @@ TrainResult Trainer::fit() {
     if (improved) {
       result.validation = val;
       result.best_epoch = epoch + 1;
-      best_values = model_.params().values();
+      best = best_of(model_);
       stale = 0;
       save("best.ckpt", epoch + 1, step, result, stale);
     } else {
@@ -169,8 +202,7 @@ TrainResult Trainer::fit() {
       break;
     }
   }
-  model_.params().values() = best_values;
-  model_.upload();
+  put_back(model_, best);
   result.test = evaluate(model_, dataset_, vocabulary_, test, config_.eval_batch_size);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
