@@ -107,6 +107,18 @@ __device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint6
   return find_in_bucket<kRacing>(tile, t, b, lane_digests<kRacing>(tile, t, b), key, digest);
 }
 
+// The slot of `key` within its bucket (`bucket` is set), or -1 when it is absent; the reserved
+// empty key is never present.
+template <bool kRacing>
+__device__ __forceinline__ int locate(const Tile& tile, const TableView& t, uint64_t key,
+                                      uint64_t& bucket) {
+  bucket = 0;
+  if (key == kEmptyKey) return -1;
+  const uint64_t h = hash_key(key);
+  bucket = h & t.bucket_mask;
+  return probe<kRacing>(tile, t, bucket, key, digest_of(h));
+}
+
 __device__ __forceinline__ float* row_ptr(const TableView& t, uint64_t slot) {
   const int64_t s = static_cast<int64_t>(slot);
   return s < t.hbm_slots ? t.hbm_rows + s * t.stride : t.host_rows + (s - t.hbm_slots) * t.stride;

@@ -61,13 +61,8 @@ __global__ void __launch_bounds__(kThreads)
                 float* states, uint64_t* scores, int64_t dim, int64_t state_dim) {
   for_each_key(n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = keys[i];
-    int slot = -1;
     uint64_t b = 0;
-    if (key != kEmptyKey) {
-      const uint64_t h = hash_key(key);
-      b = h & t.bucket_mask;
-      slot = probe<false>(tile, t, b, key, digest_of(h));
-    }
+    const int slot = locate<false>(tile, t, key, b);
     if (tile.thread_rank() == 0 && found != nullptr) found[i] = slot >= 0;
     if (slot < 0) return;
     const uint64_t s = b * kBucketSlots + slot;
@@ -82,13 +77,8 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
     const bool lead = tile.thread_rank() == 0;
-    int slot = -1;
     uint64_t b = 0;
-    if (key != kEmptyKey) {
-      const uint64_t h = hash_key(key);
-      b = h & t.bucket_mask;
-      slot = probe<false>(tile, t, b, key, digest_of(h));
-    }
+    const int slot = locate<false>(tile, t, key, b);
     if (slot < 0) {
       const bool pending = key != kEmptyKey && a.op != BatchOp::kAssign;
       if (lead) {
@@ -253,13 +243,8 @@ __global__ void __launch_bounds__(kThreads)
     erase_kernel(TableView t, const uint64_t* keys, int64_t n, uint8_t* erased) {
   for_each_key(n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = keys[i];
-    int slot = -1;
     uint64_t b = 0;
-    if (key != kEmptyKey) {
-      const uint64_t h = hash_key(key);
-      b = h & t.bucket_mask;
-      slot = probe<true>(tile, t, b, key, digest_of(h));
-    }
+    const int slot = locate<true>(tile, t, key, b);
     if (tile.thread_rank() != 0) return;
     bool done = false;
     if (slot >= 0) {

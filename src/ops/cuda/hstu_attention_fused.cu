@@ -299,6 +299,17 @@ __device__ __forceinline__ void load_timestamps(int64_t* dst, const Params& p, c
   for (int c = threadIdx.x; c < kCols; c += kThreads) dst[c] = timestamp(p, s, first + c);
 }
 
+// One pipeline stage: rows [first, first + 64) of the sequence from two head slices (K and V,
+// or Q and dO) and their timestamps.
+template <int D, typename T>
+__device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, const T* a,
+                                           int64_t ld_a, const T* b, int64_t ld_b, const Params& p,
+                                           const Sequence& s, int64_t h, int first) {
+  load_tile<D>(dst_a, a + (s.kv_start + first) * ld_a + h * D, ld_a, s.length - first);
+  load_tile<D>(dst_b, b + (s.kv_start + first) * ld_b + h * D, ld_b, s.length - first);
+  load_timestamps(dst_ts, p, s, first);
+}
+
 // ---- query kernel: forward (kDq = false) and dq (kDq = true) --------------------------------
 
 template <typename T, int D>
@@ -337,14 +348,11 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, rows_valid);
     if constexpr (kDq)
       load_tile<D>(s_do, d_out + (s.q_start + m0) * p.ld_o + h * D, p.ld_o, rows_valid);
-    auto load_stage = [&](int j0, int stage) {
-      load_tile<D>(s_k + stage * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
-                   s.length - j0);
-      load_tile<D>(s_v + stage * kCols * LD, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v,
-                   s.length - j0);
-      load_timestamps(s_ts + stage * kCols, p, s, j0);
+    auto load_keys = [&](int j0, int stage) {
+      load_stage<D>(s_k + stage * kCols * LD, s_v + stage * kCols * LD, s_ts + stage * kCols, k,
+                    p.ld_k, v, p.ld_v, p, s, h, j0);
     };
-    if (j_begin < j_end) load_stage(j_begin, 0);
+    if (j_begin < j_end) load_keys(j_begin, 0);
     cp_async_commit();
 
     const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
@@ -356,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
 
     int stage = 0;
     for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
-      if (j0 + kCols < j_end) load_stage(j0 + kCols, stage ^ 1);
+      if (j0 + kCols < j_end) load_keys(j0 + kCols, stage ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
@@ -507,14 +515,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     load_tile<D>(s_k, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k, s.length - j0);
     load_tile<D>(s_v, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v, s.length - j0);
-    auto load_stage = [&](int i0, int stage) {
-      load_tile<D>(s_q + stage * kCols * LD, q + (s.kv_start + i0) * p.ld_q + h * D, p.ld_q,
-                   s.length - i0);
-      load_tile<D>(s_do + stage * kCols * LD, d_out + (s.kv_start + i0) * p.ld_o + h * D, p.ld_o,
-                   s.length - i0);
-      load_timestamps(s_ts + stage * kCols, p, s, i0);
+    auto load_queries = [&](int i0, int stage) {
+      load_stage<D>(s_q + stage * kCols * LD, s_do + stage * kCols * LD, s_ts + stage * kCols, q,
+                    p.ld_q, d_out, p.ld_o, p, s, h, i0);
     };
-    if (i_begin < i_end) load_stage(i_begin, 0);
+    if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
 
     const int j_row[2] = {j0 + 16 * w + lane / 4, j0 + 16 * w + lane / 4 + 8};
@@ -525,7 +530,7 @@ __global__ void __launch_bounds__(kThreads)
 
     int stage = 0;
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
-      if (i0 + kCols < i_end) load_stage(i0 + kCols, stage ^ 1);
+      if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
