@@ -1,7 +1,9 @@
-// A lookup runs in four batched steps: find in hot; find the misses in host (with state,
-// score and stamp) and erase them there; insert them into hot with the whole batch pinned,
-// demoting hot's evicted rows to host; then find_or_insert the batch in hot, which finds the
-// promoted rows, inserts new keys, applies the eviction policy's access and demotes again.
+// A lookup runs in batched steps: find in hot; find the misses in host (with state, score and
+// stamp), then the rest in the cold tier (which removes them there), and erase the host ones;
+// insert them all into hot with the whole batch pinned, demoting hot's evicted rows; then
+// find_or_insert the batch in hot, which finds the promoted rows, inserts new keys, applies
+// the eviction policy's access and demotes again. Demoted rows go to host in one batch, and
+// what a full host evicts (or cannot take) is spilled to the cold tier in one batch.
 #include "embedding/tiered_table.h"
 
 #include <algorithm>
@@ -10,13 +12,28 @@
 #include "core/error.h"
 
 namespace genrec {
+namespace {
 
-TieredTable::TieredTable(const TableOptions& hot, const TableOptions& host)
-    : hot_(hot), host_(host) {
+void append_row(TableRows& out, const TableRows& in, int64_t i, int64_t dim, int64_t sd) {
+  out.keys.push_back(in.keys[i]);
+  out.values.insert(out.values.end(), in.values.begin() + i * dim,
+                    in.values.begin() + (i + 1) * dim);
+  out.states.insert(out.states.end(), in.states.begin() + i * sd, in.states.begin() + (i + 1) * sd);
+  out.scores.push_back(in.scores[i]);
+  out.stamps.push_back(in.stamps[i]);
+}
+
+}  // namespace
+
+TieredTable::TieredTable(const TableOptions& hot, const TableOptions& host,
+                         std::unique_ptr<ColdTier> cold)
+    : hot_(hot), host_(host), cold_(std::move(cold)) {
   GENREC_CHECK(hot.max_capacity > 0, "tiered table: the hot tier needs a max_capacity");
   GENREC_CHECK(hot.dim == host.dim && hot.optimizer == host.optimizer,
                "tiered table: tiers differ (dim {} vs {}, optimizer {} vs {})", hot.dim, host.dim,
                optimizer_state_name(hot.optimizer), optimizer_state_name(host.optimizer));
+  GENREC_CHECK(!cold_ || host.max_capacity > 0,
+               "tiered table: a cold tier needs a host tier with a max_capacity to spill from");
 }
 
 void TieredTable::set_step(uint64_t step) {
@@ -46,89 +63,113 @@ void TieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* values_
                "tiered table: a batch of {} distinct keys does not fit the hot tier ({} rows)",
                seen.size(), hot_.max_capacity());
   const int64_t m = static_cast<int64_t>(missing.size()), sd = hot_.state_dim();
-  TableRows found_rows;
-  std::unordered_set<uint64_t> promoted_keys;
+  TableRows up;  // rows promoted into hot: host's first, then cold's
+  std::unordered_set<uint64_t> from_host, from_cold;
   if (m > 0) {
     std::vector<uint8_t> in_host(m);
     std::vector<float> values(m * dim), states(m * sd);
-    std::vector<uint64_t> scores(m), stamps(m);
+    std::vector<uint64_t> scores(m), stamps(m), rest;
     host_.find(missing.data(), m, values.data(), in_host.data(), states.data(), scores.data(),
                stamps.data());
     for (int64_t j = 0; j < m; ++j) {
-      if (!in_host[j]) continue;
-      found_rows.keys.push_back(missing[j]);
-      found_rows.values.insert(found_rows.values.end(), &values[j * dim], &values[j * dim] + dim);
-      found_rows.states.insert(found_rows.states.end(), &states[j * sd], &states[j * sd] + sd);
-      found_rows.scores.push_back(scores[j]);
-      found_rows.stamps.push_back(stamps[j]);
-      promoted_keys.insert(missing[j]);
+      if (!in_host[j]) {
+        rest.push_back(missing[j]);
+        continue;
+      }
+      up.keys.push_back(missing[j]);
+      up.values.insert(up.values.end(), &values[j * dim], &values[j * dim] + dim);
+      up.states.insert(up.states.end(), &states[j * sd], &states[j * sd] + sd);
+      up.scores.push_back(scores[j]);
+      up.stamps.push_back(stamps[j]);
+      from_host.insert(missing[j]);
+    }
+    if (up.size() > 0) {
+      host_.erase(up.keys.data(), up.size());
+      stats_.promoted += up.size();
+    }
+    if (cold_ && !rest.empty()) {
+      TableRows cold_rows = cold_->take(rest.data(), static_cast<int64_t>(rest.size()));
+      from_cold.insert(cold_rows.keys.begin(), cold_rows.keys.end());
+      stats_.fetched += cold_rows.size();
+      up.append(cold_rows);
     }
   }
   TableRows evicted;
-  if (found_rows.size() > 0) {
-    host_.erase(found_rows.keys.data(), found_rows.size());
-    hot_.insert_rows(found_rows, &evicted, keys, n);
-    stats_.promoted += found_rows.size();
-  }
+  if (up.size() > 0) hot_.insert_rows(up, &evicted, keys, n);
   hot_.find_or_insert_pinned(keys, n, values_out, stored, nullptr, &evicted, keys, n);
-  if (evicted.size() > 0) {
-    host_.insert_rows(evicted);
-    stats_.demoted += evicted.size();
-  }
+  if (evicted.size() > 0) demote(evicted);
   // Counted as if one key at a time: a repeated key of the batch is a hot hit.
   std::unordered_set<uint64_t> counted;
   for (int64_t i = 0; i < n; ++i) {
     if (in_hot[i] || !counted.insert(keys[i]).second) {
       ++stats_.hot_hits;
-    } else if (promoted_keys.count(keys[i]) != 0) {
+    } else if (from_host.count(keys[i]) != 0) {
       ++stats_.host_hits;
+    } else if (from_cold.count(keys[i]) != 0) {
+      ++stats_.cold_hits;
     } else {
       ++stats_.misses;
     }
   }
 }
 
+void TieredTable::demote(const TableRows& evicted) {
+  stats_.demoted += evicted.size();
+  TableRows spill;
+  std::vector<uint8_t> stored(evicted.size());
+  host_.insert_rows(evicted, &spill, nullptr, 0, stored.data());
+  if (!cold_) return;  // a bounded host without a cold tier drops what it evicts
+  // Rows host could not take at all (more than its max_capacity) go straight down too.
+  for (int64_t i = 0; i < evicted.size(); ++i) {
+    if (!stored[i]) append_row(spill, evicted, i, hot_.dim(), hot_.state_dim());
+  }
+  if (spill.size() == 0) return;
+  cold_->put(spill);
+  stats_.spilled += spill.size();
+}
+
 void TieredTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t dim = hot_.dim();
   hot_.find(keys, n, values_out, found);
-  std::vector<int64_t> rest;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!found[i]) rest.push_back(i);
-  }
-  if (rest.empty()) return;
-  const int64_t m = static_cast<int64_t>(rest.size());
-  std::vector<uint64_t> rest_keys(m);
-  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
-  std::vector<float> values(m * dim);
-  std::vector<uint8_t> in_host(m);
-  host_.find(rest_keys.data(), m, values.data(), in_host.data());
-  for (int64_t j = 0; j < m; ++j) {
-    if (!in_host[j]) continue;
-    found[rest[j]] = 1;
-    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
+  // Looks the keys not found yet up in one lower tier.
+  auto find_rest = [&](auto&& lookup) {
+    std::vector<int64_t> rest;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!found[i]) rest.push_back(i);
+    }
+    if (rest.empty()) return;
+    const int64_t m = static_cast<int64_t>(rest.size());
+    std::vector<uint64_t> rest_keys(m);
+    for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
+    std::vector<float> values(m * dim);
+    std::vector<uint8_t> in_tier(m);
+    lookup(rest_keys.data(), m, values.data(), in_tier.data());
+    for (int64_t j = 0; j < m; ++j) {
+      if (!in_tier[j]) continue;
+      found[rest[j]] = 1;
+      std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
+    }
+  };
+  find_rest([&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { host_.find(k, m, v, f); });
+  if (cold_) {
+    find_rest([&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { cold_->find(k, m, v, f); });
   }
 }
 
 TableRows TieredTable::export_rows() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  TableRows hot = hot_.export_rows(), host = host_.export_rows();
-  hot.append(host);
-  // Merge the two key-sorted tiers into one key order.
-  const int64_t n = hot.size(), dim = hot_.dim(), sd = hot_.state_dim();
+  TableRows all = hot_.export_rows();
+  all.append(host_.export_rows());
+  if (cold_) all.append(cold_->export_rows());
+  // Merge the key-sorted tiers into one key order.
+  const int64_t n = all.size();
   std::vector<int64_t> order(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   std::sort(order.begin(), order.end(),
-            [&](int64_t a, int64_t b) { return hot.keys[a] < hot.keys[b]; });
+            [&](int64_t a, int64_t b) { return all.keys[a] < all.keys[b]; });
   TableRows out;
-  for (int64_t i : order) {
-    out.keys.push_back(hot.keys[i]);
-    out.values.insert(out.values.end(), &hot.values[i * dim], &hot.values[i * dim] + dim);
-    out.states.insert(out.states.end(), hot.states.begin() + i * sd,
-                      hot.states.begin() + (i + 1) * sd);
-    out.scores.push_back(hot.scores[i]);
-    out.stamps.push_back(hot.stamps[i]);
-  }
+  for (int64_t i : order) append_row(out, all, i, hot_.dim(), hot_.state_dim());
   return out;
 }
 

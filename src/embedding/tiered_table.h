@@ -1,14 +1,17 @@
 // TieredTable: a small bounded "hot" DynamicTable over a larger "host" DynamicTable (both on
-// the CPU here; the hot tier becomes the GPU table later). The tiers are exclusive: a key's
-// row lives in exactly one tier, and moves between them whole (values, optimizer state,
-// score, stamp). A lookup batch promotes its host rows into hot in one batch, and the rows
-// that hot evicts to make room (never the batch's own keys) are demoted to host. Calls are
-// serialized by one mutex. There is no disk tier (RocksDB is optional and not built).
+// the CPU here; the hot tier becomes the GPU table later), optionally over a cold tier (the
+// RocksDB DiskTier when built with it). The tiers are exclusive: a key's row lives in exactly
+// one tier, and moves between them whole (values, optimizer state, score, stamp). A lookup
+// batch promotes its host and cold rows into hot in one batch per tier, the rows that hot
+// evicts to make room (never the batch's own keys) are demoted to host, and the rows a bounded
+// host evicts are spilled to the cold tier in one batch. Calls are serialized by one mutex.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 
+#include "embedding/cold_tier.h"
 #include "embedding/dynamic_table.h"
 
 namespace genrec {
@@ -16,37 +19,46 @@ namespace genrec {
 struct TierStats {
   int64_t hot_hits = 0;   // key occurrences found in hot
   int64_t host_hits = 0;  // occurrences whose row was promoted from host
-  int64_t misses = 0;     // occurrences in neither tier (new keys)
+  int64_t cold_hits = 0;  // occurrences whose row was fetched from the cold tier
+  int64_t misses = 0;     // occurrences in no tier (new keys)
   int64_t promoted = 0;   // rows moved host -> hot
-  int64_t demoted = 0;    // rows moved hot -> host
+  int64_t fetched = 0;    // rows moved cold -> hot
+  int64_t demoted = 0;    // rows moved out of hot (to host, or to cold when host cannot hold them)
+  int64_t spilled = 0;    // rows moved into the cold tier
 };
 
 class TieredTable {
  public:
-  // hot.max_capacity must be positive; both tiers need the same dim and optimizer state.
-  TieredTable(const TableOptions& hot, const TableOptions& host);
+  // hot.max_capacity must be positive; both tiers need the same dim and optimizer state. A
+  // cold tier needs a bounded host (host.max_capacity > 0) and rows of the same shape.
+  TieredTable(const TableOptions& hot, const TableOptions& host,
+              std::unique_ptr<ColdTier> cold = nullptr);
 
   // Like DynamicTable::find_or_insert, after which every stored key of the batch is in hot.
   // The batch's distinct keys must fit in hot (at most hot.max_capacity).
   void find_or_insert(const uint64_t* keys, int64_t n, float* values_out,
                       uint8_t* stored = nullptr);
-  // Read-only lookup in hot, then host; nothing moves and no statistics are counted.
+  // Read-only lookup in hot, host, then cold; nothing moves and no statistics are counted.
   void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const;
-  // All rows of both tiers, sorted by key.
+  // All rows of every tier, sorted by key.
   TableRows export_rows() const;
 
   void set_step(uint64_t step);
   void set_epoch(uint64_t epoch);
-  int64_t size() const { return hot_.size() + host_.size(); }
+  int64_t size() const { return hot_.size() + host_.size() + (cold_ ? cold_->size() : 0); }
   DynamicTable& hot() { return hot_; }
   DynamicTable& host() { return host_; }
   const DynamicTable& hot() const { return hot_; }
   const DynamicTable& host() const { return host_; }
+  const ColdTier* cold() const { return cold_.get(); }  // null without a cold tier
   TierStats stats() const;
   void reset_stats();
 
  private:
+  void demote(const TableRows& evicted);
+
   DynamicTable hot_, host_;
+  std::unique_ptr<ColdTier> cold_;
   mutable std::mutex mutex_;
   TierStats stats_;
 };
