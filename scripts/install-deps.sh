@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev   # checkpoint metadata, JSONL converter
   libxxhash-dev        # 64-bit id hashing, shard checksums
   libzstd-dev          # shard block compression
+  librocksdb-dev       # optional disk tier of the embedding tables (CMake skips it when absent)
   libgtest-dev         # tests
   clang-format
 )
