@@ -1,9 +1,10 @@
 // DiskTier: a ColdTier in a RocksDB database; built only when CMake finds RocksDB, which then
 // defines GENREC_WITH_ROCKSDB. One record per row: the key big-endian (so RocksDB's byte order
 // is key order) and the row's score, stamp, values and optimizer state (docs/FORMATS.md).
-// A scratch store: its rows are the overflow of in-memory tiers that a crash loses anyway, and
-// a table is recovered from its dumps or checkpoints (which export every tier). So writes skip
-// the write-ahead log, and the database is wiped when opened and deleted when closed.
+// A scratch store: its rows are the overflow of in-memory tiers that a crash loses anyway, so
+// on its own it is no consistent table; a table is recovered from a checkpoint of its rows
+// (TieredTable::export_rows covers every tier). So writes skip the write-ahead log, and the
+// database is wiped when opened and deleted when closed.
 #pragma once
 
 #include <cstdint>
