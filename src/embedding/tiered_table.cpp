@@ -1,13 +1,14 @@
 // A lookup runs in batched steps: find in hot; find the misses in host (with state, score and
-// stamp), then the rest in the cold tier (which removes them there), and erase the host ones;
-// insert them all into hot with the whole batch pinned, demoting hot's evicted rows; then
-// find_or_insert the batch in hot, which finds the promoted rows, inserts new keys, applies
-// the eviction policy's access and demotes again. Demoted rows go to host in one batch, and
-// what a full host evicts (or cannot take) is spilled to the cold tier in one batch.
+// stamp) and erase them there, then take the rest from the cold tier (which deletes them
+// there); insert them all into hot with the whole batch pinned, demoting hot's evicted rows;
+// then find_or_insert the batch in hot, which finds the promoted rows, inserts new keys,
+// applies the eviction policy's access and demotes again. Demoted rows go to host in one
+// batch, and what a full host evicts (or cannot take) is spilled to the cold tier in one batch.
 #include "embedding/tiered_table.h"
 
 #include <algorithm>
 #include <unordered_set>
+#include <utility>
 
 #include "core/error.h"
 
