@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -17,6 +18,7 @@
 #include "core/philox.h"
 #include "embedding/disk_tier.h"
 #include "embedding/tiered_table.h"
+#include "tiered_dump_check.h"
 
 namespace genrec {
 namespace {
@@ -266,6 +268,26 @@ TEST(EmbeddingDiskTier, ColdTierNeedsBoundedHost) {
   host.max_capacity = 0;
   EXPECT_THROW(TieredTable(hot, host, std::make_unique<DiskTier>(fresh_dir("unbounded"), 2, 0)),
                Error);
+}
+
+// Dumps cover the disk tier too; a load spills what the bounded host cannot hold to disk.
+TEST(EmbeddingDiskTier, DumpAndLoadRoundTripOverAllTiers) {
+  const std::string dir = fresh_dir("dump");
+  fs::create_directories(dir);
+  int tables = 0;
+  auto make = [&] {
+    TableOptions hot;
+    hot.dim = 3;
+    hot.optimizer = OptimizerState::kAdam;
+    hot.max_capacity = 8;
+    hot.initializer = {InitKind::kUniform, 1.0f, 5};
+    TableOptions host = hot;
+    host.max_capacity = 12;
+    const int64_t sd = optimizer_state_dim(hot.optimizer, hot.dim);
+    return std::make_unique<TieredTable>(
+        hot, host, std::make_unique<DiskTier>(dir + "/db" + std::to_string(tables++), hot.dim, sd));
+  };
+  test::check_tiered_dump_round_trip(make, dir);
 }
 
 }  // namespace

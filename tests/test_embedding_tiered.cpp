@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
 #include "embedding/sparse_optimizer.h"
 #include "embedding/tiered_table.h"
+#include "tiered_dump_check.h"
 
 namespace genrec {
 namespace {
@@ -105,6 +108,43 @@ TEST(EmbeddingTiered, BatchLargerThanHotIsRefused) {
   EXPECT_THROW(t.find_or_insert(keys.data(), 3, out.data()), Error);
   hot.max_capacity = 0;
   EXPECT_THROW(TieredTable(hot, host), Error);
+}
+
+// Dumps cover hot and host; loads restore every row exactly and keep one tier per key.
+TEST(EmbeddingTiered, DumpAndLoadRoundTripOverTiers) {
+  const auto dir = std::filesystem::path(testing::TempDir()) / "genrec_tiered_dump";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto make = [] {
+    TableOptions hot;
+    hot.dim = 3;
+    hot.optimizer = OptimizerState::kAdam;
+    hot.max_capacity = 8;
+    hot.initializer = {InitKind::kUniform, 1.0f, 5};
+    TableOptions host = hot;
+    host.max_capacity = 0;
+    return std::make_unique<TieredTable>(hot, host);
+  };
+  test::check_tiered_dump_round_trip(make, dir.string());
+}
+
+// Without a cold tier, rows that a bounded host cannot hold are refused, not dropped.
+TEST(EmbeddingTiered, LoadBeyondABoundedHostIsRefused) {
+  TableOptions hot;
+  hot.dim = 2;
+  hot.max_capacity = 2;
+  TableOptions host = hot;
+  host.max_capacity = 3;
+  TieredTable t(hot, host);
+  TableRows rows;
+  for (uint64_t k = 1; k <= 4; ++k) {
+    rows.keys.push_back(k);
+    rows.values.insert(rows.values.end(), {1.0f, 2.0f});
+    rows.scores.push_back(k);
+    rows.stamps.push_back(k);
+  }
+  EXPECT_THROW(t.insert_rows(rows), Error);
+  EXPECT_EQ(t.size(), 0);
 }
 
 }  // namespace

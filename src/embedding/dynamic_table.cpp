@@ -86,6 +86,16 @@ void TableRows::append(const TableRows& other) {
   stamps.insert(stamps.end(), other.stamps.begin(), other.stamps.end());
 }
 
+void TableRows::append_row(const TableRows& other, int64_t i) {
+  const int64_t dim = static_cast<int64_t>(other.values.size()) / other.size();
+  const int64_t sd = static_cast<int64_t>(other.states.size()) / other.size();
+  keys.push_back(other.keys[i]);
+  values.insert(values.end(), other.values.begin() + i * dim, other.values.begin() + (i + 1) * dim);
+  states.insert(states.end(), other.states.begin() + i * sd, other.states.begin() + (i + 1) * sd);
+  scores.push_back(other.scores[i]);
+  stamps.push_back(other.stamps[i]);
+}
+
 // One open-addressing array: slot i holds keys[i] and its row rows[i * stride ...].
 struct DynamicTable::Shard {
   std::mutex mutex;

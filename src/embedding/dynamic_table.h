@@ -67,6 +67,7 @@ struct TableRows {
   int64_t size() const { return static_cast<int64_t>(keys.size()); }
   void clear();
   void append(const TableRows& other);
+  void append_row(const TableRows& other, int64_t i);  // row i of `other`
 };
 
 class DynamicTable {

@@ -28,16 +28,36 @@ uint64_t row_bytes(uint64_t dim, uint64_t state_dim) {
   return 24 + 4 * (dim + state_dim);
 }
 
+// What a dump holds: rows sorted by key and the layout and step of the table they come from.
+struct DumpContent {
+  const TableOptions& options;
+  int64_t state_dim;
+  uint64_t step;
+  TableRows rows;
+};
+
+DumpContent content_of(const DynamicTable& table, bool incremental, uint64_t since) {
+  return {table.options(), table.state_dim(), table.step(),
+          incremental ? table.export_rows(
+                            [since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; })
+                      : table.export_rows()};
+}
+
+// All tiers' rows (the hot tier's layout and step).
+DumpContent content_of(const TieredTable& table, bool incremental, uint64_t since) {
+  TableRows all = table.export_rows(), rows;
+  for (int64_t i = 0; i < all.size(); ++i) {
+    if (!incremental || all.stamps[i] > since) rows.append_row(all, i);
+  }
+  return {table.hot().options(), table.hot().state_dim(), table.hot().step(), std::move(rows)};
+}
+
 // Emits a dump in pieces (header, chunks of about 1 MB of rows, checksum) to `write`, so a
 // file is written without holding all its bytes.
-int64_t emit_dump(const DynamicTable& table, bool incremental, uint64_t since,
+int64_t emit_dump(const DumpContent& content, bool incremental, uint64_t since,
                   const std::function<void(const std::string&)>& write) {
-  const uint64_t step = table.step();
-  TableRows rows =
-      incremental
-          ? table.export_rows([since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; })
-          : table.export_rows();
-  const int64_t n = rows.size(), dim = table.dim(), sd = table.state_dim();
+  const TableRows& rows = content.rows;
+  const int64_t n = rows.size(), dim = content.options.dim, sd = content.state_dim;
   std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> hash(XXH64_createState(),
                                                                   &XXH64_freeState);
   XXH64_reset(hash.get(), 0);
@@ -50,12 +70,12 @@ int64_t emit_dump(const DynamicTable& table, bool incremental, uint64_t since,
   put<uint32_t>(header, kTableDumpVersion);
   put<uint32_t>(header, incremental ? 1 : 0);
   put<uint32_t>(header, static_cast<uint32_t>(dim));
-  put<uint32_t>(header, static_cast<uint32_t>(table.options().optimizer));
+  put<uint32_t>(header, static_cast<uint32_t>(content.options.optimizer));
   put<uint32_t>(header, static_cast<uint32_t>(sd));
-  put<uint32_t>(header, static_cast<uint32_t>(table.options().eviction));
+  put<uint32_t>(header, static_cast<uint32_t>(content.options.eviction));
   put<uint64_t>(header, incremental ? since : 0);
   put<uint64_t>(header, static_cast<uint64_t>(n));
-  put<uint64_t>(header, step);
+  put<uint64_t>(header, content.step);
   put<uint64_t>(header, 0);  // reserved
   hashed(header);
   std::string chunk;
@@ -77,14 +97,25 @@ int64_t emit_dump(const DynamicTable& table, bool incremental, uint64_t since,
   return n;
 }
 
-int64_t write_dump(const DynamicTable& table, const std::string& path, bool incremental,
-                   uint64_t since) {
+template <typename Table>
+int64_t write_dump(const Table& table, const std::string& path, bool incremental, uint64_t since) {
   AtomicFile file(path, "table dump");
-  const int64_t n = emit_dump(table, incremental, since, [&](const std::string& bytes) {
-    file.write(bytes.data(), bytes.size());
-  });
+  const int64_t n =
+      emit_dump(content_of(table, incremental, since), incremental, since,
+                [&](const std::string& bytes) { file.write(bytes.data(), bytes.size()); });
   file.commit();
   return n;
+}
+
+// The dump's layout must be the table's.
+void check_layout(const TableDumpInfo& info, const DynamicTable& table, const std::string& path) {
+  if (info.dim != table.dim() || info.optimizer != table.options().optimizer) {
+    fail(
+        "table dump {}: layout dim {} / optimizer {} does not match the table's dim {} / "
+        "optimizer {}",
+        path, info.dim, optimizer_state_name(info.optimizer), table.dim(),
+        optimizer_state_name(table.options().optimizer));
+  }
 }
 
 }  // namespace
@@ -97,9 +128,18 @@ int64_t dump_table_since(const DynamicTable& table, const std::string& path, uin
   return write_dump(table, path, true, since_stamp);
 }
 
+int64_t dump_table(const TieredTable& table, const std::string& path) {
+  return write_dump(table, path, false, 0);
+}
+
+int64_t dump_table_since(const TieredTable& table, const std::string& path, uint64_t since_stamp) {
+  return write_dump(table, path, true, since_stamp);
+}
+
 std::string table_dump_bytes(const DynamicTable& table) {
   std::string bytes;
-  emit_dump(table, false, 0, [&](const std::string& piece) { bytes += piece; });
+  emit_dump(content_of(table, false, 0), false, 0,
+            [&](const std::string& piece) { bytes += piece; });
   return bytes;
 }
 
@@ -191,14 +231,15 @@ TableDumpInfo load_table(DynamicTable& table, const std::string& path) {
 }
 
 void restore_table(DynamicTable& table, const TableDump& dump, const std::string& path) {
-  if (dump.info.dim != table.dim() || dump.info.optimizer != table.options().optimizer) {
-    fail(
-        "table dump {}: layout dim {} / optimizer {} does not match the table's dim {} / "
-        "optimizer {}",
-        path, dump.info.dim, optimizer_state_name(dump.info.optimizer), table.dim(),
-        optimizer_state_name(table.options().optimizer));
-  }
+  check_layout(dump.info, table, path);
   table.insert_rows(dump.rows);
+}
+
+TableDumpInfo load_table(TieredTable& table, const std::string& path) {
+  const TableDump dump = read_table_dump(path);
+  check_layout(dump.info, table.hot(), path);
+  table.insert_rows(dump.rows);
+  return dump.info;
 }
 
 }  // namespace genrec

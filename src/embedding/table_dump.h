@@ -1,14 +1,15 @@
-// Dump files of a DynamicTable: a 64-byte header, fixed-size rows (key, score, stamp, values,
-// optimizer state) and an XXH64 of everything before it, written to a temporary file that is
-// renamed over the target, so a reader sees either the old file or the complete new one. An
-// incremental dump holds the rows whose stamp is after a given stamp; erasures are not
-// recorded. docs/EMBEDDING.md specifies the format.
+// Dump files of a DynamicTable (or of all tiers of a TieredTable): a 64-byte header, fixed-size
+// rows (key, score, stamp, values, optimizer state) and an XXH64 of everything before it, written
+// to a temporary file that is renamed over the target, so a reader sees either the old file or the
+// complete new one. An incremental dump holds the rows whose stamp is after a given stamp; erasures
+// are not recorded. docs/EMBEDDING.md specifies the format.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "embedding/dynamic_table.h"
+#include "embedding/tiered_table.h"
 
 namespace genrec {
 
@@ -41,6 +42,14 @@ TableDump read_table_dump(const std::string& path);
 // other rows are kept, so a full dump followed by its incremental dumps restores the table.
 // The table must have the dump's dim and optimizer state; its step is left unchanged.
 TableDumpInfo load_table(DynamicTable& table, const std::string& path);
+
+// The same for a TieredTable: one dump of the rows of every tier (hot, host, cold) in the same
+// format, with the hot tier's layout and step; a load puts the rows below hot (host, then the
+// cold tier), overwriting the keys it holds anywhere, and errors when a host without a cold
+// tier cannot hold them.
+int64_t dump_table(const TieredTable& table, const std::string& path);
+int64_t dump_table_since(const TieredTable& table, const std::string& path, uint64_t since_stamp);
+TableDumpInfo load_table(TieredTable& table, const std::string& path);
 
 // The same in memory, for dumps kept inside another file (checkpoints): the bytes of a full
 // dump, their parsing (`name` stands for the file in errors) and the exact restore.

@@ -13,19 +13,6 @@
 #include "core/error.h"
 
 namespace genrec {
-namespace {
-
-void append_row(TableRows& out, const TableRows& in, int64_t i, int64_t dim, int64_t sd) {
-  out.keys.push_back(in.keys[i]);
-  out.values.insert(out.values.end(), in.values.begin() + i * dim,
-                    in.values.begin() + (i + 1) * dim);
-  out.states.insert(out.states.end(), in.states.begin() + i * sd, in.states.begin() + (i + 1) * sd);
-  out.scores.push_back(in.scores[i]);
-  out.stamps.push_back(in.stamps[i]);
-}
-
-}  // namespace
-
 TieredTable::TieredTable(const TableOptions& hot, const TableOptions& host,
                          std::unique_ptr<ColdTier> cold)
     : hot_(hot), host_(host), cold_(std::move(cold)) {
@@ -116,17 +103,34 @@ void TieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* values_
 
 void TieredTable::demote(const TableRows& evicted) {
   stats_.demoted += evicted.size();
+  store_below_hot(evicted);
+}
+
+void TieredTable::store_below_hot(const TableRows& rows) {
   TableRows spill;
-  std::vector<uint8_t> stored(evicted.size());
-  host_.insert_rows(evicted, &spill, nullptr, 0, stored.data());
+  std::vector<uint8_t> stored(rows.size());
+  host_.insert_rows(rows, &spill, nullptr, 0, stored.data());
   if (!cold_) return;  // a bounded host without a cold tier drops what it evicts
   // Rows host could not take at all (more than its max_capacity) go straight down too.
-  for (int64_t i = 0; i < evicted.size(); ++i) {
-    if (!stored[i]) append_row(spill, evicted, i, hot_.dim(), hot_.state_dim());
+  for (int64_t i = 0; i < rows.size(); ++i) {
+    if (!stored[i]) spill.append_row(rows, i);
   }
   if (spill.size() == 0) return;
   cold_->put(spill);
   stats_.spilled += spill.size();
+}
+
+void TieredTable::insert_rows(const TableRows& rows) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int64_t host_max = host_.max_capacity();
+  GENREC_CHECK(cold_ || host_max == 0 || host_.size() + rows.size() <= host_max,
+               "tiered table: {} rows do not fit the host tier ({} of {} rows used) and there is "
+               "no cold tier to hold the rest",
+               rows.size(), host_.size(), host_max);
+  // Each key must end up in one tier: drop its current row wherever it is.
+  hot_.erase(rows.keys.data(), rows.size());
+  if (cold_) cold_->take(rows.keys.data(), rows.size());
+  store_below_hot(rows);
 }
 
 void TieredTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const {
@@ -170,7 +174,7 @@ TableRows TieredTable::export_rows() const {
   std::sort(order.begin(), order.end(),
             [&](int64_t a, int64_t b) { return all.keys[a] < all.keys[b]; });
   TableRows out;
-  for (int64_t i : order) append_row(out, all, i, hot_.dim(), hot_.state_dim());
+  for (int64_t i : order) out.append_row(all, i);
   return out;
 }
 

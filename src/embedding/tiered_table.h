@@ -40,6 +40,10 @@ class TieredTable {
                       uint8_t* stored = nullptr);
   // Read-only lookup in hot, host, then cold; nothing moves and no statistics are counted.
   void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const;
+  // Inserts or overwrites whole rows (distinct keys; values, states, scores and stamps exact)
+  // below hot: into host, and what host evicts or cannot take into the cold tier. Without a
+  // cold tier the rows must fit the host tier. For restoring dumps (embedding/table_dump.h).
+  void insert_rows(const TableRows& rows);
   // All rows of every tier, sorted by key.
   TableRows export_rows() const;
 
@@ -56,6 +60,7 @@ class TieredTable {
 
  private:
   void demote(const TableRows& evicted);
+  void store_below_hot(const TableRows& rows);  // host first, the rest to the cold tier
 
   DynamicTable hot_, host_;
   std::unique_ptr<ColdTier> cold_;
