@@ -276,11 +276,7 @@ TEST(EmbeddingDiskTier, DumpAndLoadRoundTripOverAllTiers) {
   fs::create_directories(dir);
   int tables = 0;
   auto make = [&] {
-    TableOptions hot;
-    hot.dim = 3;
-    hot.optimizer = OptimizerState::kAdam;
-    hot.max_capacity = 8;
-    hot.initializer = {InitKind::kUniform, 1.0f, 5};
+    const TableOptions hot = test::round_trip_hot_options();
     TableOptions host = hot;
     host.max_capacity = 12;
     const int64_t sd = optimizer_state_dim(hot.optimizer, hot.dim);

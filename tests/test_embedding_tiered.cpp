@@ -116,11 +116,7 @@ TEST(EmbeddingTiered, DumpAndLoadRoundTripOverTiers) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   auto make = [] {
-    TableOptions hot;
-    hot.dim = 3;
-    hot.optimizer = OptimizerState::kAdam;
-    hot.max_capacity = 8;
-    hot.initializer = {InitKind::kUniform, 1.0f, 5};
+    const TableOptions hot = test::round_trip_hot_options();
     TableOptions host = hot;
     host.max_capacity = 0;
     return std::make_unique<TieredTable>(hot, host);

@@ -28,6 +28,16 @@ inline void expect_same_rows(const TableRows& a, const TableRows& b, const char*
   EXPECT_EQ(0, std::memcmp(a.states.data(), b.states.data(), 4 * a.states.size())) << where;
 }
 
+// The hot tier of the round-trip tests: 3 floats and Adam state per row, 8 rows.
+inline TableOptions round_trip_hot_options() {
+  TableOptions hot;
+  hot.dim = 3;
+  hot.optimizer = OptimizerState::kAdam;
+  hot.max_capacity = 8;
+  hot.initializer = {InitKind::kUniform, 1.0f, 5};
+  return hot;
+}
+
 // `make` builds an empty table of the tested shape; `dir` is an existing scratch directory.
 template <typename Make>
 void check_tiered_dump_round_trip(Make&& make, const std::string& dir) {
