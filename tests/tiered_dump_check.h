@@ -55,7 +55,9 @@ void check_tiered_dump_round_trip(Make&& make, const std::string& dir) {
     t.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), out.data());
     for (auto& g : grads) g = rng.uniform() - 0.5f;
     optimizer.step(t.hot(), keys.data(), grads.data(), static_cast<int64_t>(keys.size()));
-    if (step == kHalf) EXPECT_GT(dump_table(t, dir + "/half.dump"), 0);
+    if (step == kHalf) {
+      EXPECT_GT(dump_table(t, dir + "/half.dump"), 0);
+    }
   }
   const TableRows want = t.export_rows();
   ASSERT_GT(t.host().size() + (t.cold() ? t.cold()->size() : 0), 0) << "rows left hot";

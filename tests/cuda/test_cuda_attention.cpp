@@ -34,12 +34,6 @@ using test::random_lengths;
 // (1.7e-3 measured); 1e-2 leaves a factor of ~6. The fp32 bias gradients of the bf16 op are
 // not rounded and keep kCudaF32RelTol.
 
-std::vector<float> difference(const std::vector<float>& a, const std::vector<float>& b) {
-  std::vector<float> d(a.size());
-  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
-  return d;
-}
-
 // The problem's arrays on the device, q/k/v buffer as T.
 template <typename T>
 struct DeviceAttn {
@@ -132,13 +126,14 @@ void check_backward(Attn& a, uint64_t seed) {
     }
   }
   if (a.use_pos) {
-    EXPECT_LT(test::rel_l2(difference(got_pos, pos0), difference(ref_pos, pos0)), kCudaF32RelTol)
+    EXPECT_LT(test::rel_l2(test::difference(got_pos, pos0), test::difference(ref_pos, pos0)),
+              kCudaF32RelTol)
         << "d_position_bias";
   } else {
     EXPECT_EQ(got_pos, pos0) << "d_position_bias changed without a position bias";
   }
   if (a.use_time) {
-    EXPECT_LT(test::rel_l2(difference(got_time, time0), difference(ref_time, time0)),
+    EXPECT_LT(test::rel_l2(test::difference(got_time, time0), test::difference(ref_time, time0)),
               kCudaF32RelTol)
         << "d_time_bias";
   } else {

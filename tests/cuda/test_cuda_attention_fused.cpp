@@ -62,12 +62,6 @@ std::vector<int64_t> random_targets(const std::vector<int64_t>& lengths, uint64_
   return t;
 }
 
-std::vector<float> difference(const std::vector<float>& a, const std::vector<float>& b) {
-  std::vector<float> d(a.size());
-  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
-  return d;
-}
-
 void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf16* v,
                           const test::DeviceArray<int64_t>& offsets,
                           const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
@@ -170,12 +164,14 @@ void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf1
     }
   }
   if (a.use_pos) {
-    EXPECT_LT(test::rel_l2(difference(dev_pos.download(), pos0), difference(ref_pos, pos0)),
-              kBiasTol)
+    EXPECT_LT(
+        test::rel_l2(test::difference(dev_pos.download(), pos0), test::difference(ref_pos, pos0)),
+        kBiasTol)
         << "d_position_bias";
   }
   if (a.use_time) {
-    EXPECT_LT(test::rel_l2(difference(dev_time.download(), time0), difference(ref_time, time0)),
+    EXPECT_LT(test::rel_l2(test::difference(dev_time.download(), time0),
+                           test::difference(ref_time, time0)),
               kBiasTol)
         << "d_time_bias";
   }

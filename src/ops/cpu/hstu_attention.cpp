@@ -6,17 +6,15 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
-#include <bit>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "core/error.h"
 #include "core/jagged.h"
 #include "core/thread_pool.h"
 #include "ops/cpu/simd.h"
+#include "ops/hstu_time_buckets.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -85,58 +83,6 @@ void tile_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
               C, static_cast<int>(ldc));
 }
 
-// hstu_time_bucket without its cap, as a table: threshold[b] is the smallest |dt| whose bucket
-// is >= b, start[e] the bucket of 2^e. Within [2^e, 2^(e+1)) the bucket grows by at most 3
-// (ln 2 / 0.301 < 3), so a lookup is a bit scan and three branch-free comparisons; it equals
-// hstu_time_bucket exactly because that function is monotone in |dt|.
-class TimeBucketTable {
- public:
-  TimeBucketTable() {
-    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-    auto bucket = [](int64_t a) { return hstu_time_bucket(a, kMax); };
-    max_bucket_ = bucket(kMax);
-    GENREC_CHECK(max_bucket_ + 4 <= static_cast<int64_t>(threshold_.size()),
-                 "time bucket table too small for bucket {}", max_bucket_);
-    threshold_.fill(std::numeric_limits<uint64_t>::max());
-    threshold_[0] = 0;
-    for (int64_t b = 1; b <= max_bucket_; ++b) {
-      int64_t lo = 1, hi = kMax;  // bucket(hi) >= b
-      while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (bucket(mid) >= b) {
-          hi = mid;
-        } else {
-          lo = mid + 1;
-        }
-      }
-      threshold_[b] = static_cast<uint64_t>(lo);
-    }
-    for (int e = 0; e < 63; ++e) {
-      start_[e] = static_cast<int32_t>(bucket(int64_t{1} << e));
-      const int64_t last = e == 62 ? kMax : (int64_t{1} << (e + 1)) - 1;
-      GENREC_CHECK(bucket(last) <= start_[e] + 3, "time buckets grow too fast at 2^{}", e);
-    }
-  }
-
-  int64_t max_bucket() const { return max_bucket_; }
-
-  int64_t operator()(int64_t dt) const {
-    const uint64_t a = dt < 0 ? 0 - static_cast<uint64_t>(dt) : static_cast<uint64_t>(dt);
-    const int32_t b = start_[std::bit_width(a | 1) - 1];
-    return b + (a >= threshold_[b + 1]) + (a >= threshold_[b + 2]) + (a >= threshold_[b + 3]);
-  }
-
- private:
-  int64_t max_bucket_ = 0;
-  std::array<uint64_t, 256> threshold_{};
-  std::array<int32_t, 64> start_{};
-};
-
-const TimeBucketTable& time_buckets() {
-  static const TimeBucketTable table;
-  return table;
-}
-
 struct Problem {
   const int64_t* offsets;
   int64_t batch_size;
@@ -147,7 +93,7 @@ struct Problem {
   int64_t tile_rows, tile_cols;
   int64_t ld_out;          // row stride of out and d_out
   int64_t num_time_slots;  // time-bias entries that can be indexed
-  const TimeBucketTable* buckets;
+  const HstuTimeBuckets* buckets;
 
   Problem(const int64_t* offsets_, int64_t batch_size_, const HstuAttentionShape& shape_,
           const HstuRelativeBias& bias_, const HstuMask& mask_)
@@ -189,7 +135,7 @@ struct Problem {
       tile_cols = tile_rows;
     }
     tile_cols = std::min(tile_cols, kMaxTileCols);
-    buckets = bias.time != nullptr ? &time_buckets() : nullptr;
+    buckets = bias.time != nullptr ? &HstuTimeBuckets::get() : nullptr;
     num_time_slots =
         bias.time != nullptr ? std::min(bias.num_time_buckets, buckets->max_bucket() + 1) : 0;
   }

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
+#include "ops/hstu_time_buckets.h"
 
 namespace genrec::cuda {
 namespace {
@@ -597,30 +598,18 @@ __global__ void add_bias_grads_kernel(float* __restrict__ d_bias, const double* 
 
 // ---- host side ------------------------------------------------------------------------------
 
-// The bucket table of hstu_time_bucket (computed once: the bucket function is fixed).
+// The device copy of the CPU op's bucket table (thresholds as int64, capped at INT64_MAX).
 const TimeBuckets& time_buckets() {
   static const TimeBuckets table = [] {
-    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-    auto bucket = [](int64_t a) { return cpu::hstu_time_bucket(a, kMax); };
+    const cpu::HstuTimeBuckets& cpu_table = cpu::HstuTimeBuckets::get();
+    GENREC_CHECK(cpu_table.max_bucket() + 4 <= kTimeSlots + 4,
+                 "time bucket table too small for bucket {}", cpu_table.max_bucket());
     TimeBuckets t{};
-    std::fill(std::begin(t.threshold), std::end(t.threshold), kMax);
-    t.threshold[0] = 0;
-    const int64_t last = bucket(kMax);
-    GENREC_CHECK(last + 4 <= kTimeSlots + 4, "time bucket table too small for bucket {}", last);
-    for (int64_t b = 1; b <= last; ++b) {
-      int64_t lo = 1, hi = kMax;  // bucket(hi) >= b
-      while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        if (bucket(mid) >= b) {
-          hi = mid;
-        } else {
-          lo = mid + 1;
-        }
-      }
-      t.threshold[b] = lo;
+    for (int b = 0; b < kTimeSlots + 4; ++b) {
+      t.threshold[b] = static_cast<int64_t>(
+          std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<int64_t>::max()));
     }
-    for (int e = 0; e < 63; ++e) t.start[e] = static_cast<int32_t>(bucket(int64_t{1} << e));
-    t.start[63] = static_cast<int32_t>(last);
+    for (int e = 0; e < 64; ++e) t.start[e] = cpu_table.start(e);
     return t;
   }();
   return table;
