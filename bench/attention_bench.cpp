@@ -120,31 +120,40 @@ struct Problem {
 
   double forward_flops() const { return 4.0 * causal_pairs * static_cast<double>(D * H); }
 
-  genrec::cpu::HstuRelativeBias bias(bool with_bias) const {
+  genrec::cpu::HstuRelativeBias bias(bool with_position, bool with_time) const {
     genrec::cpu::HstuRelativeBias b;
-    if (with_bias) {
+    if (with_position) {
       b.position = pos.data();
       b.num_positions = pos.size();
+    }
+    if (with_time) {
       b.time = time.data();
       b.num_time_buckets = time.size();
       b.timestamps = timestamps.data();
     }
     return b;
   }
+  genrec::cpu::HstuRelativeBias bias(bool with_bias) const { return bias(with_bias, with_bias); }
   genrec::cpu::HstuMask mask(bool with_targets) const {
     return {with_targets ? targets.data() : nullptr, 0, 0};
   }
 
-  void forward(bool with_bias, bool with_targets, cudaStream_t stream) {
+  void forward(const genrec::cpu::HstuRelativeBias& b, bool with_targets, cudaStream_t stream) {
     genrec::cuda::hstu_attention_fused_forward<bf16>(out.data(), q.data(), k.data(), v.data(),
-                                                     dev_offsets.data(), B, shape, bias(with_bias),
+                                                     dev_offsets.data(), B, shape, b,
                                                      mask(with_targets), max_len, stream);
   }
-  void backward(bool with_bias, bool with_targets, cudaStream_t stream) {
+  void backward(const genrec::cpu::HstuRelativeBias& b, bool with_targets, cudaStream_t stream) {
     genrec::cuda::hstu_attention_fused_backward<bf16>(
-        dq.data(), dk.data(), dv.data(), with_bias ? d_pos.data() : nullptr,
-        with_bias ? d_time.data() : nullptr, d_out.data(), q.data(), k.data(), v.data(),
-        dev_offsets.data(), B, shape, bias(with_bias), mask(with_targets), max_len, stream);
+        dq.data(), dk.data(), dv.data(), b.position != nullptr ? d_pos.data() : nullptr,
+        b.time != nullptr ? d_time.data() : nullptr, d_out.data(), q.data(), k.data(), v.data(),
+        dev_offsets.data(), B, shape, b, mask(with_targets), max_len, stream);
+  }
+  void forward(bool with_bias, bool with_targets, cudaStream_t stream) {
+    forward(bias(with_bias), with_targets, stream);
+  }
+  void backward(bool with_bias, bool with_targets, cudaStream_t stream) {
+    backward(bias(with_bias), with_targets, stream);
   }
 };
 
@@ -200,6 +209,30 @@ void main_table(cudaStream_t stream) {
         fmt_ratio(sh.peer.triton_fwd_bwd, both).c_str(), fmt_ms(sh.peer.sdpa_fwd_bwd).c_str(),
         fmt_ratio(sh.peer.sdpa_fwd_bwd, both).c_str(), fmt_ms(sh.peer.goal_fwd_bwd).c_str(),
         with_bias, with_targets);
+    std::fflush(stdout);
+  }
+}
+
+// Forward and backward apart, by bias term, at the first shape: where the bias costs.
+void bias_table(cudaStream_t stream) {
+  std::printf(
+      "\n| B | N | H | D | bias | fwd ms | bwd ms | fwd+bwd ms "
+      "|\n|---|---|---|---|---|---|---|---|\n");
+  Problem p(32, 1024, 4, 128, false, 77, stream);
+  const struct {
+    const char* name;
+    bool position, time;
+  } terms[] = {{"none", false, false},
+               {"position", true, false},
+               {"time", false, true},
+               {"position + time", true, true}};
+  for (const auto& t : terms) {
+    const genrec::cpu::HstuRelativeBias b = p.bias(t.position, t.time);
+    const double fwd = median_ms([&] { p.forward(b, false, stream); }, stream);
+    const double bwd = median_ms([&] { p.backward(b, false, stream); }, stream);
+    std::printf("| %lld | 1024 | %lld | %lld | %s | %.3f | %.3f | %.3f |\n",
+                static_cast<long long>(p.B), static_cast<long long>(p.H),
+                static_cast<long long>(p.D), t.name, fwd, bwd, fwd + bwd);
     std::fflush(stdout);
   }
 }
@@ -280,6 +313,7 @@ int main(int argc, char** argv) {
                 genrec::bench::g_iters);
     genrec::cuda::Stream stream;
     main_table(stream);
+    bias_table(stream);
     reference_row(stream);
     cached_table(stream);
   } catch (const std::exception& e) {

@@ -68,13 +68,14 @@ void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf1
                           const cpu::HstuMask& dev_mask, uint64_t seed);
 
 // Forward (bf16 and fp16), and for bf16 the backward, against the CPU op.
+// positions: entries of the position-bias table, capped at max_len.
 template <typename T>
 void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCase& mc,
-                 uint64_t seed) {
+                 uint64_t seed, int64_t positions = 90) {
   SCOPED_TRACE(mc.name + " B=" + std::to_string(B) + " max_len=" + std::to_string(max_len) +
                " H=" + std::to_string(H) + " D=" + std::to_string(D));
-  Attn a = make_attn(random_lengths(B, max_len, seed, true), H, D, D,
-                     std::min<int64_t>(max_len, 90), 24, mc.pos, mc.time, seed, 8);
+  Attn a = make_attn(random_lengths(B, max_len, seed, true), H, D, D, std::min(max_len, positions),
+                     24, mc.pos, mc.time, seed, 8);
   a.buf = test::round_through<T>(std::move(a.buf));
   const std::vector<int64_t> targets = random_targets(a.lengths, seed + 9);
   cpu::HstuMask mask{mc.targets ? targets.data() : nullptr, mc.contexts, mc.window};
@@ -191,6 +192,8 @@ TEST(CudaFusedAttention, BatchSizesAndLongSequences) {
   for (int64_t B : test::batch_sizes()) check_fused<bf16>(B, 70, 1, 64, bias, 300 + B);
   check_fused<bf16>(3, 700, 2, 128, bias, 400);
   check_fused<bf16>(3, 700, 2, 128, mask_cases().back(), 401);
+  // More position slots than the key kernel sums in shared memory (the rest go to global sums).
+  check_fused<bf16>(2, 1300, 1, 64, bias, 402, 1300);
 }
 
 TEST(CudaFusedAttention, HalfPrecision) {

@@ -32,11 +32,12 @@ using detail::ceil_div;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kRows = 16 * kWarps;  // rows a block owns
-constexpr int kCols = 64;           // rows of each streamed tile
-constexpr int kPad = 8;             // elements: shared rows 16 bytes apart in banks
-constexpr int kMaxSmemPositions = 2048;
-constexpr int kTimeSlots = 160;  // > 145, the bucket of the largest int64 |dt|
+constexpr int kRows = 16 * kWarps;       // rows a block owns
+constexpr int kCols = 64;                // rows of each streamed tile
+constexpr int kPad = 8;                  // elements: shared rows 16 bytes apart in banks
+constexpr int kMaxSmemPositions = 1024;  // position-gradient slots summed in shared memory
+constexpr int kDzLd = kCols + 8;         // row stride of the staged dZ tile (bf16)
+constexpr int kTimeSlots = 160;          // > 145, the bucket of the largest int64 |dt|
 
 // hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
 // start[msb(|dt|)] + #{b in start + 1 .. start + 3 : |dt| >= threshold[b]}, exact because the
@@ -249,29 +250,48 @@ __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int
   return min(slot, num_time - 1);
 }
 
-// Pre-activation of the pair (query i, key j) from its raw product; kBias adds the relative
-// position and time biases (each when its table is given).
-template <bool kBias>
-__device__ __forceinline__ float pre_activation(const Params& p, const TimeBuckets& tb,
-                                                const Sequence& s, float qk, int i, int j,
-                                                int64_t ts_i, int64_t ts_j) {
-  float z = p.alpha * qk;
-  if constexpr (kBias) {
-    if (p.pos != nullptr) {
-      z += __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
-    }
-    if (p.time != nullptr) z += __ldg(p.time + time_slot(tb, p.num_time, ts_i - ts_j));
-  }
-  return z;
-}
+// A block's shared bias state: the bucket and time tables, and the position bias of the current
+// tile's 127 diagonals (i - j = base - 63 .. base + 63).
+struct BiasSmem {
+  TimeBuckets buckets;
+  float time[kTimeSlots];
+  float diagonal[2 * kCols];
+};
 
-// The block's shared copy of the time-bucket table (when there is a time bias).
-__device__ __forceinline__ void load_buckets(TimeBuckets* dst, const Params& p) {
+__device__ __forceinline__ void load_bias_tables(BiasSmem* dst, const Params& p) {
   if (p.time == nullptr) return;
   const int32_t* src = reinterpret_cast<const int32_t*>(&p.buckets);
-  int32_t* out = reinterpret_cast<int32_t*>(dst);
+  int32_t* out = reinterpret_cast<int32_t*>(&dst->buckets);
   for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += kThreads) {
     out[e] = src[e];
+  }
+  for (int e = threadIdx.x; e < p.num_time; e += kThreads) dst->time[e] = __ldg(p.time + e);
+}
+
+// Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
+// history (or past the end): then the position bias of a pair depends on i - j only, one
+// staged value per diagonal instead of a gather per pair.
+__device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0) {
+  return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
+}
+
+// Stages the diagonals of a tile whose pairs have i - j = base + x - 63 at diagonal[x].
+__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, const Params& p, int base) {
+  const int x = threadIdx.x;
+  if (p.pos != nullptr && x < 2 * kCols - 1) {
+    bs->diagonal[x] = __ldg(p.pos + min(abs(base + x - (kCols - 1)), p.num_pos - 1));
+  }
+}
+
+// Position bias of the pair (query i, key j): the staged value of its diagonal in a diagonal
+// tile, else a gather.
+template <bool kDiagonal>
+__device__ __forceinline__ float position_bias(const Params& p, const Sequence& s,
+                                               const float* diagonal, int i, int j) {
+  if constexpr (kDiagonal) {
+    return *diagonal;
+  } else {
+    return __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
   }
 }
 
@@ -313,11 +333,11 @@ __device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, 
 
 // ---- query kernel: forward (kDq = false) and dq (kDq = true) --------------------------------
 
-template <typename T, int D>
+template <typename T, int D, bool kBias>
 constexpr size_t query_smem_bytes(bool dq) {
-  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps, bucket table
+  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps, bias state
   return sizeof(T) * (D + kPad) * (kRows * (dq ? 2 : 1) + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         sizeof(TimeBuckets);
+         (kBias ? sizeof(BiasSmem) : 0);
 }
 
 template <typename T, int D, bool kDq, bool kBias>
@@ -331,11 +351,11 @@ __global__ void __launch_bounds__(kThreads)
   T* s_k = s_q + kRows * LD * (kDq ? 2 : 1);
   T* s_v = s_k + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
-  TimeBuckets* s_buckets = reinterpret_cast<TimeBuckets*>(s_ts + 2 * kCols);
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);  // kBias only
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
-  if constexpr (kBias) load_buckets(s_buckets, p);
+  if constexpr (kBias) load_bias_tables(bs, p);
 
   for (int tile = p.num_tiles - 1 - blockIdx.x; tile * kRows < s.q_len; tile += p.num_tiles) {
     const int m0 = tile * kRows;
@@ -367,6 +387,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
       if (j0 + kCols < j_end) load_keys(j0 + kCols, stage ^ 1);
       cp_async_commit();
+      const bool diagonal = kBias && diagonal_tile(s, i_first, j0);
+      if (diagonal) stage_diagonals(bs, p, i_first - j0);
       cp_async_wait<1>();
       __syncthreads();
       const T* tk = s_k + stage * kCols * LD;
@@ -397,11 +419,19 @@ __global__ void __launch_bounds__(kThreads)
       }
       // Scores -> P (forward) or dZ (dq); only tiles that cross the diagonal, the end of the
       // sequence or a mask boundary test each element.
-      auto activate = [&](auto masked) {
+      auto activate = [&](auto masked, auto diagonal_bias) {
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int i = i_first + row, j = j0 + col;
-          const float z =
-              pre_activation<kBias>(p, *s_buckets, s, sc[n][e], i, j, ts_row[half], ts[col]);
+          float z = p.alpha * sc[n][e];
+          if constexpr (kBias) {
+            if (p.pos != nullptr) {
+              z += position_bias<decltype(diagonal_bias)::value>(
+                  p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+            }
+            if (p.time != nullptr) {
+              z += bs->time[time_slot(bs->buckets, p.num_time, ts_row[half] - ts[col])];
+            }
+          }
           const float sig = sigmoid(z);
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
@@ -413,13 +443,15 @@ __global__ void __launch_bounds__(kThreads)
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
-      // rows see every history column). Bias kernels test every element: one copy of their
-      // larger code keeps it in the instruction cache.
-      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
-          j0 + kCols > s.mask.history) {
-        activate(std::true_type{});
+      // rows see every history column). Bias kernels test every element: fewer copies of their
+      // larger code keep it in the instruction cache.
+      if (diagonal) {
+        activate(std::true_type{}, std::true_type{});
+      } else if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+                 j0 + kCols > s.mask.history) {
+        activate(std::true_type{}, std::false_type{});
       } else {
-        activate(std::false_type{});
+        activate(std::false_type{}, std::false_type{});
       }
       product_py<D>(acc, sc, kDq ? tk : tv);
       __syncthreads();  // this stage is free for the next prefetch
@@ -435,12 +467,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: dk and dv ------------------------------------------------------------------
 
-template <typename T, int D>
+template <typename T, int D, bool kBias>
 constexpr size_t key_smem_bytes() {
-  // own rows K and V, two stages of Q and dO, two stages of query timestamps, bucket table,
-  // bias sums
+  // own rows K and V, two stages of Q and dO, two stages of query timestamps; with bias: its
+  // state, the gradient sums and the staged dZ tile
   return sizeof(T) * (D + kPad) * (2 * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         sizeof(TimeBuckets) + (kMaxSmemPositions + kTimeSlots) * sizeof(float);
+         (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) +
+                      kRows * kDzLd * sizeof(__nv_bfloat16)
+                : 0);
 }
 
 // Position slots past the shared array: straight to the global sums (out of line: rare).
@@ -448,35 +482,66 @@ __device__ __noinline__ void add_global(double* sums, int slot, float dz) {
   atomicAdd(sums + slot, static_cast<double>(dz));
 }
 
-// Adds dz to the block's sums of the position slot and the time slot of the pair (i, j). Every
-// lane of the warp calls it together (dz = 0 for hidden pairs). Neighbouring pairs mostly share
-// a time slot, so when the whole warp does, the warp sums first and one lane adds: 32 lanes
-// adding to one shared address would otherwise be serialised.
-__device__ __forceinline__ void add_bias_gradient(const Params& p, const Sequence& s,
-                                                  const TimeBuckets& tb, float* s_bias,
-                                                  int smem_pos, int i, int j, int64_t dt,
-                                                  float dz) {
-  if (p.pos != nullptr && p.acc_pos > 0 && dz != 0.0f) {
-    const int slot = min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1);
-    if (slot < kMaxSmemPositions) {
-      atomicAdd(s_bias + slot, dz);
-    } else {
-      add_global(p.bias_acc, slot, dz);
-    }
+__device__ __forceinline__ void add_position_gradient(const Params& p, float* s_pos, int smem_pos,
+                                                      int slot, float dz) {
+  if (dz == 0.0f) return;
+  if (slot < smem_pos) {
+    atomicAdd(s_pos + slot, dz);
+  } else {
+    add_global(p.bias_acc, slot, dz);
   }
-  if (p.time != nullptr && p.acc_time > 0) {
-    const int slot = time_slot(tb, p.num_time, dt);
-    int same = 0;
-    __match_all_sync(0xffffffffu, slot, &same);
-    if (same) {
-      float sum = dz;
+}
+
+// A thread's run of pairs with one time slot: the pairs of a row mostly share their slot with
+// their neighbours, so the thread adds one sum per run to shared memory instead of one atomic
+// per pair (32 lanes adding to one address are serialised).
+struct SlotRun {
+  int slot = 0;
+  float sum = 0.0f;
+  __device__ __forceinline__ void add(int s, float dz, float* s_time) {
+    if (s != slot) {
+      flush(s_time);
+      slot = s;
+    }
+    sum += dz;
+  }
+  __device__ __forceinline__ void flush(float* s_time) {
+    if (sum != 0.0f) atomicAdd(s_time + slot, sum);
+    sum = 0.0f;
+  }
+};
+
+// The position gradient of a diagonal tile: the warps' dZ fragments (`dz`, C layout; rows are
+// keys j0 + r, columns queries i0 + c) are staged in shared memory and thread t < 64 sums the
+// diagonals c - r = t and t - 64 (64 elements together), whose pairs have i - j = base + c - r.
+// Rounding dZ to bf16 here matches the precision the dK product already uses.
+__device__ __forceinline__ void add_diagonal_gradients(const Params& p, __nv_bfloat16* s_dz,
+                                                       float* s_pos, int smem_pos,
+                                                       const float (&dz)[8][4], int base) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (threadIdx.x % 32 == 0) atomicAdd(s_bias + smem_pos + slot, sum);
-    } else if (dz != 0.0f) {
-      atomicAdd(s_bias + smem_pos + slot, dz);
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * w + lane / 4 + 8 * half, c = 8 * n + 2 * (lane % 4);
+      *reinterpret_cast<uint32_t*>(s_dz + r * kDzLd + c) =
+          pack2<__nv_bfloat16>(dz[n][2 * half], dz[n][2 * half + 1]);
     }
   }
+  __syncthreads();
+  const int t = threadIdx.x;
+  if (t >= kCols) return;
+  float near = 0.0f, far = 0.0f;  // diagonals t and t - 64
+  for (int r = 0; r < kRows; ++r) {
+    const float g = __bfloat162float(s_dz[r * kDzLd + ((r + t) & (kCols - 1))]);
+    if (r + t < kCols) {
+      near += g;
+    } else {
+      far += g;
+    }
+  }
+  add_position_gradient(p, s_pos, smem_pos, min(abs(base + t), p.num_pos - 1), near);
+  add_position_gradient(p, s_pos, smem_pos, min(abs(base + t - kCols), p.num_pos - 1), far);
 }
 
 template <typename T, int D, bool kBias>
@@ -490,15 +555,21 @@ __global__ void __launch_bounds__(kThreads)
   T* s_q = s_v + kRows * LD;
   T* s_do = s_q + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
-  TimeBuckets* s_buckets = reinterpret_cast<TimeBuckets*>(s_ts + 2 * kCols);
-  float* s_bias = reinterpret_cast<float*>(s_buckets + 1);  // positions, then time slots
+  // kBias only: bias state, gradient sums (positions, then time slots), staged dZ
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);
+  float* s_bias = reinterpret_cast<float*>(bs + 1);
+  __nv_bfloat16* s_dz = reinterpret_cast<__nv_bfloat16*>(s_bias + kMaxSmemPositions + kTimeSlots);
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
   const bool want_bias = kBias && p.bias_acc != nullptr;
-  if constexpr (kBias) load_buckets(s_buckets, p);
+  const bool want_pos = want_bias && p.pos != nullptr && p.acc_pos > 0;
+  const bool want_time = want_bias && p.time != nullptr && p.acc_time > 0;
+  if constexpr (kBias) load_bias_tables(bs, p);
   const int smem_pos = min(p.acc_pos, kMaxSmemPositions);
+  float* s_time = s_bias + smem_pos;
   for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += kThreads) s_bias[e] = 0.0f;
+  SlotRun runs[2];  // this thread's two rows
 
   for (int tile = blockIdx.x; tile * kRows < s.length; tile += p.num_tiles) {
     const int j0 = tile * kRows;
@@ -533,6 +604,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
+      const bool diagonal = kBias && diagonal_tile(s, j0, i0);
+      if (diagonal) stage_diagonals(bs, p, i0 - j0);
       cp_async_wait<1>();
       __syncthreads();
       const T* tq = s_q + stage * kCols * LD;
@@ -545,11 +618,21 @@ __global__ void __launch_bounds__(kThreads)
       zero(sc);
       product_abt<D>(sc, tq, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_k, kk); });
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
-      auto activate = [&](auto masked) {
+      auto activate = [&](auto masked, auto diagonal_bias) {
+        constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int j = j0 + row, i = i0 + col;
-          const float z =
-              pre_activation<kBias>(p, *s_buckets, s, sc[n][e], i, j, ts[col], ts_row[half]);
+          float z = p.alpha * sc[n][e];
+          int time_bucket = 0;
+          if constexpr (kBias) {
+            if (p.pos != nullptr) {
+              z += position_bias<kDiagonal>(p, s, bs->diagonal + (col - row + kCols - 1), i, j);
+            }
+            if (p.time != nullptr) {
+              time_bucket = time_slot(bs->buckets, p.num_time, ts[col] - ts_row[half]);
+              z += bs->time[time_bucket];
+            }
+          }
           const float sig = sigmoid(z);
           bool keep = true;
           if constexpr (decltype(masked)::value) {
@@ -559,18 +642,22 @@ __global__ void __launch_bounds__(kThreads)
           sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
           dp[n][e] = g;
           if constexpr (kBias) {
-            if (want_bias) {  // warp-uniform: the whole warp calls it
-              add_bias_gradient(p, s, *s_buckets, s_bias, smem_pos, i, j, ts[col] - ts_row[half],
-                                g);
+            if (!kDiagonal && want_pos) {
+              add_position_gradient(p, s_bias, smem_pos,
+                                    min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1), g);
             }
+            if (want_time) runs[half].add(time_bucket, g, s_time);
           }
         });
       };
-      if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
-          j0 + kRows > s.mask.history || i0 + kCols > s.length) {
-        activate(std::true_type{});
+      if (diagonal) {
+        activate(std::true_type{}, std::true_type{});
+        if (want_pos) add_diagonal_gradients(p, s_dz, s_bias, smem_pos, dp, i0 - j0);
+      } else if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
+                 j0 + kRows > s.mask.history || i0 + kCols > s.length) {
+        activate(std::true_type{}, std::false_type{});
       } else {
-        activate(std::false_type{});
+        activate(std::false_type{}, std::false_type{});
       }
       product_py<D>(acc_v, sc, tdo);
       product_py<D>(acc_k, dp, tq);
@@ -581,6 +668,8 @@ __global__ void __launch_bounds__(kThreads)
     store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, j0, s.length, acc_v, 1.0f);
   }
   if (want_bias) {
+    runs[0].flush(s_time);
+    runs[1].flush(s_time);
     __syncthreads();
     for (int e = threadIdx.x; e < smem_pos + p.acc_time; e += kThreads) {
       if (s_bias[e] == 0.0f) continue;
@@ -690,14 +779,14 @@ void launch_query(const Params& p, bool dq, T* out, const T* d_out, const T* q, 
     constexpr bool kBias = decltype(has_bias)::value;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (dq) {
-        constexpr size_t bytes = query_smem_bytes<T, D>(true);
+        constexpr size_t bytes = query_smem_bytes<T, D, kBias>(true);
         allow_smem(query_kernel<T, D, true, kBias>, bytes);
         query_kernel<T, D, true, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
         return;
       }
     }
     GENREC_CHECK(!dq, "fused hstu attention: the backward is bf16 only");
-    constexpr size_t bytes = query_smem_bytes<T, D>(false);
+    constexpr size_t bytes = query_smem_bytes<T, D, kBias>(false);
     allow_smem(query_kernel<T, D, false, kBias>, bytes);
     query_kernel<T, D, false, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
   });
@@ -769,7 +858,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr bool kBias = decltype(has_bias)::value;
-    constexpr size_t bytes = key_smem_bytes<T, D>();
+    constexpr size_t bytes = key_smem_bytes<T, D, kBias>();
     allow_smem(key_kernel<T, D, kBias>, bytes);
     key_kernel<T, D, kBias><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
   });
