@@ -6,16 +6,19 @@
 // insert_and_evict inserts keys never seen before (evicting where a bucket is full, with the
 // evicted rows written out), export_batch scans 1,048,576 slots and writes out their rows.
 // Each figure is the median over timed calls (CUDA events around the call only). A row that
-// does not fit in memory is skipped with a message (the run still succeeds). Built as
-// genrec_table_bench.
+// does not fit in memory is skipped with a message (the run still succeeds).
+// A second table measures the tiered table (CudaTieredTable, see run_tiered) against
+// HierarchicalKV's HBM + host figures. Built as genrec_table_bench.
 //   genrec_table_bench [--quick] [--reps N]   (--quick: capacities / 16, for a smoke run)
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/cuda/cuda_check.h"
@@ -25,8 +28,11 @@
 #include "core/philox.h"
 #include "core/tensor.h"
 #include "embedding/cuda/cuda_dynamic_table.h"
+#include "embedding/cuda/cuda_tiered_table.h"
+#include "zipf_sampler.h"
 
 using namespace genrec;
+using genrec::bench::ZipfSampler;
 
 namespace {
 
@@ -71,6 +77,116 @@ std::string cell(double ours, double peer) {
     std::snprintf(buf, sizeof(buf), "%.3f", ours);
   }
   return buf;
+}
+
+// The tiered table at dim 64 with HierarchicalKV's HBM + host shape: hot = 16 GiB of rows in
+// HBM (64M slots), host = a DynamicTable with 64M slots reserved, 96M keys in all (load 0.75 of
+// the 128M slots). Hot is filled through the table itself (find_or_insert of new keys, so its
+// bucket overflow already lands in host), host directly with insert_or_assign of the remaining
+// keys (rows in no tier yet; a lookup would only find them absent). Then, per distribution,
+// 10 untimed warm-up calls (they promote the head), find_or_insert, then find, each call a new
+// batch of 1M keys over the inserted set, one step per call (LRU). Wall-clock median (the calls
+// synchronize: the host table is on the host); the hit rate is the share of the timed
+// find_or_insert occurrences found in hot.
+void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t* d_flags,
+                cuda::Stream& stream) {
+  constexpr int64_t kDim = 64, kWarmup = 10;
+  constexpr double kZipf = 1.05;
+  const int64_t scale = quick ? 16 : 1;
+  const int64_t hot_slots = 16 * kGiB / (kDim * 4) / scale;
+  const int64_t host_slots = 64 * kM / scale;
+  const int64_t total = (hot_slots + host_slots) * 3 / 4;
+  std::printf(
+      "\nTiered table (CudaTieredTable): hot = all rows in HBM, host = DynamicTable on %u "
+      "threads; %lld keys per call, median of %d calls after %lld warm-up calls, "
+      "B-KV/s (ratio to HierarchicalKV HBM + host)%s\n\n",
+      std::thread::hardware_concurrency(), static_cast<long long>(kKeys), reps,
+      static_cast<long long>(kWarmup), quick ? ", --quick: capacities / 16" : "");
+  std::printf(
+      "| keys | dim | hot + host slots | load | find_or_insert | find | hot hit rate | "
+      "promoted / call | demoted / call | fill s |\n|---|---|---|---|---|---|---|---|---|"
+      "---|\n");
+  std::fflush(stdout);
+  try {
+    cuda::CudaTableOptions hot;
+    hot.dim = kDim;
+    hot.capacity = hot_slots;
+    TableOptions host;
+    host.dim = kDim;
+    host.initial_capacity = host_slots;
+    host.num_shards = 64;
+    cuda::CudaTieredTable table(hot, host);
+    const auto fill_start = std::chrono::steady_clock::now();
+    std::vector<uint64_t> keys(kKeys);
+    for (int64_t b = 0; b < hot_slots; b += kKeys) {
+      const int64_t n = std::min(kKeys, hot_slots - b);
+      for (int64_t i = 0; i < n; ++i) keys[i] = key_of(b + i);
+      upload_keys(d_keys, keys, stream);
+      table.find_or_insert(d_keys, n, d_values, d_flags, stream);
+    }
+    const std::vector<float> zeros(kKeys * kDim, 0.0f);
+    for (int64_t b = hot_slots; b < total; b += kKeys) {
+      const int64_t n = std::min(kKeys, total - b);
+      for (int64_t i = 0; i < n; ++i) keys[i] = key_of(b + i);
+      table.host().insert_or_assign(keys.data(), zeros.data(), n);
+    }
+    const double fill_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - fill_start).count();
+    const ZipfSampler zipf(static_cast<uint64_t>(total), kZipf);
+    // Zipf rank r is key index (r - 1) * a large odd number (coprime with total) mod total, so
+    // the head is spread over both tiers at the start.
+    const auto zipf_index = [&](uint64_t rank) {
+      return static_cast<uint64_t>((static_cast<unsigned __int128>(rank - 1) * 2654435761u) %
+                                   static_cast<uint64_t>(total));
+    };
+    Philox rng(2024);
+    uint64_t step = 0;
+    for (const bool is_zipf : {false, true}) {
+      auto next_batch = [&] {
+        for (auto& k : keys) {
+          k = key_of(is_zipf ? zipf_index(zipf(rng)) : rng.below(static_cast<uint64_t>(total)));
+        }
+        upload_keys(d_keys, keys, stream);
+        table.set_step(++step);
+      };
+      auto median_bkvs = [&](auto&& op) {
+        std::vector<double> s;
+        for (int r = 0; r < reps; ++r) {
+          next_batch();
+          GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+          const auto t0 = std::chrono::steady_clock::now();
+          op();
+          s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        std::sort(s.begin(), s.end());
+        return static_cast<double>(kKeys) / s[s.size() / 2] / 1e9;
+      };
+      for (int64_t w = 0; w < kWarmup; ++w) {
+        next_batch();
+        table.find_or_insert(d_keys, kKeys, d_values, d_flags, stream);
+      }
+      table.reset_stats();
+      const double foi =
+          median_bkvs([&] { table.find_or_insert(d_keys, kKeys, d_values, d_flags, stream); });
+      const TierStats st = table.stats();
+      const double fnd = median_bkvs([&] { table.find(d_keys, kKeys, d_values, d_flags, stream); });
+      const double looked = static_cast<double>(st.hot_hits + st.host_hits + st.misses);
+      std::printf("| %s | %lld | %lldM + %lldM | %.2f | %s | %s | %.4f | %.0f | %.0f | %.1f |\n",
+                  is_zipf ? "Zipf 1.05" : "uniform", static_cast<long long>(kDim),
+                  static_cast<long long>(hot_slots / kM), static_cast<long long>(host_slots / kM),
+                  static_cast<double>(total) / static_cast<double>(hot_slots + host_slots),
+                  cell(foi, 0.148).c_str(), cell(fnd, 0.188).c_str(),
+                  static_cast<double>(st.hot_hits) / looked,
+                  static_cast<double>(st.promoted) / reps, static_cast<double>(st.demoted) / reps,
+                  fill_s);
+      std::fflush(stdout);
+    }
+  } catch (const Error& e) {
+    cudaGetLastError();
+    std::printf("| skipped: %s |\n", e.what());
+  }
+  std::printf(
+      "\nfill s: seconds to fill both tiers (hot through find_or_insert, host directly).\n");
 }
 
 }  // namespace
@@ -207,6 +323,7 @@ int main(int argc, char** argv) {
   std::printf(
       "\ninsert_and_evict: insert_or_assign of new keys with the evicted rows written out "
       "(the load grows by 1M keys per call); export_batch: slots scanned per second.\n");
+  run_tiered(quick, reps, d_keys, d_values, d_flags, stream);
   std::printf("total %.1f s, %d rows skipped\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(),
               skipped);

@@ -520,6 +520,101 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   for (float v : table.export_rows(0, stream).values) ASSERT_EQ(v, 2.0f);
 }
 
+// insert_rows writes values, state and score exactly, overwrites present keys, evicts the
+// lowest (score, key) rows other than the call's and the pinned keys, and reports a row it
+// cannot place (a bucket of pinned keys only) as not stored.
+TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 6;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = OptimizerState::kAdam;
+  opt.initializer = {InitKind::kUniform, 1.0f, 12};
+  opt.capacity = 128;
+  CudaDynamicTable table(opt);
+  const int64_t sd = table.state_dim(), row_dim = table.row_dim();
+  ASSERT_EQ(sd, 2 * dim + 1);
+  cuda::Stream stream;
+  // 100 rows: key 10 + i with score (LRU step) 1 + i / 10, so keys 10..19 are the oldest.
+  std::vector<uint64_t> old_keys(100);
+  for (int i = 0; i < 100; ++i) old_keys[i] = 10 + i;
+  for (int g = 0; g < 10; ++g) {
+    table.set_step(1 + g);
+    auto d_group =
+        up(std::vector<uint64_t>(old_keys.begin() + g * 10, old_keys.begin() + g * 10 + 10));
+    auto d_out = poisoned<float>(10 * dim);
+    table.find_or_insert(d_group.get(), 10, d_out.get(), nullptr, stream);
+  }
+  // 40 rows: 10 present keys (50..59) and 30 new ones; keys 10..13 pinned. 130 > 128 rows,
+  // so the two lowest unpinned rows other than the call's go: keys 14 and 15.
+  std::vector<uint64_t> keys;
+  for (int i = 0; i < 10; ++i) keys.push_back(50 + i);
+  for (int i = 0; i < 30; ++i) keys.push_back(1000 + i);
+  const int64_t n = static_cast<int64_t>(keys.size());
+  Philox rng(3);
+  std::vector<float> values(n * dim), states(n * sd);
+  std::vector<uint64_t> scores(n);
+  for (auto& v : values) v = rng.uniform();
+  for (auto& v : states) v = rng.uniform();
+  for (auto& s : scores) s = rng.below(100);
+  std::vector<uint64_t> pinned = {10, 11, 12, 13};
+  const TableRows before = table.export_rows(0, stream);
+  auto d_keys = up(keys);
+  auto d_values = up(values);
+  auto d_states = up(states);
+  auto d_scores = up(scores);
+  auto d_pinned = up(pinned);
+  auto d_stored = poisoned<uint8_t>(n);
+  DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
+  DeviceArray<float> ev_rows(n * row_dim);
+  auto ev_count = up(std::vector<int64_t>{0});
+  cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
+  table.set_step(20);
+  table.insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), n, stream,
+                    d_stored.get(), &ev, d_pinned.get(), 4);
+  for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  ASSERT_EQ(ev_count.download_raw()[0], 2);
+  auto gk = ev_keys.download_raw();
+  auto gs = ev_scores.download_raw();
+  auto gr = ev_rows.download_raw();
+  std::map<uint64_t, std::pair<uint64_t, std::vector<float>>> got, want;
+  for (int e = 0; e < 2; ++e) {
+    got[gk[e]] = {gs[e],
+                  std::vector<float>(gr.begin() + e * row_dim, gr.begin() + (e + 1) * row_dim)};
+  }
+  for (int64_t r = 0; r < before.size(); ++r) {
+    if (before.keys[r] != 14 && before.keys[r] != 15) continue;
+    std::vector<float> row(before.values.begin() + r * dim, before.values.begin() + (r + 1) * dim);
+    row.insert(row.end(), before.states.begin() + r * sd, before.states.begin() + (r + 1) * sd);
+    want[before.keys[r]] = {before.scores[r], row};
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(table.size(stream), 128);
+  // The inserted rows are exact: values, state, score (no policy update).
+  auto d_out = poisoned<float>(n * dim);
+  auto d_out_states = poisoned<float>(n * sd);
+  auto d_out_scores = poisoned<uint64_t>(n);
+  auto d_found = poisoned<uint8_t>(n);
+  table.find(d_keys.get(), n, d_out.get(), d_found.get(), stream, d_out_states.get(),
+             d_out_scores.get());
+  for (uint8_t f : d_found.download_raw()) ASSERT_EQ(f, 1);
+  EXPECT_EQ(d_out.download_raw(), values);
+  EXPECT_EQ(d_out_states.download_raw(), states);
+  EXPECT_EQ(d_out_scores.download_raw(), scores);
+  // Every row pinned: a new row finds no place and nothing is evicted.
+  const TableRows all = table.export_rows(0, stream);
+  auto d_all = up(all.keys);
+  auto d_new = up(std::vector<uint64_t>{5000});
+  auto d_one_stored = poisoned<uint8_t>(1);
+  ev_count = up(std::vector<int64_t>{0});
+  ev.count = ev_count.get();
+  table.insert_rows(d_new.get(), d_values.get(), d_states.get(), d_scores.get(), 1, stream,
+                    d_one_stored.get(), &ev, d_all.get(), all.size());
+  EXPECT_EQ(d_one_stored.download_raw()[0], 0);
+  EXPECT_EQ(ev_count.download_raw()[0], 0);
+  EXPECT_EQ(table.export_rows(0, stream).keys, all.keys);
+}
+
 TEST(CudaDynamicTable, ExportByScoreThreshold) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 6;

@@ -631,3 +631,146 @@ void CudaDynamicTable::clear(cudaStream_t stream) {
 }
 
 }  // namespace genrec::cuda
+
+// ---------------------------------------------------------------------------------------------
+// insert_rows: whole rows (values, optimizer state, score) inserted or overwritten exactly, as
+// the tiers move them. Kept apart from the kernels above: it only reuses their helpers.
+// ---------------------------------------------------------------------------------------------
+
+namespace genrec::cuda {
+namespace table {
+namespace {
+
+struct RowsArgs {
+  const uint64_t* keys = nullptr;
+  const float* values = nullptr;
+  const float* states = nullptr;
+  const uint64_t* scores = nullptr;
+  int64_t n = 0;
+  uint8_t* stored = nullptr;
+  EvictedRows evicted;
+  int64_t dim = 0, state_dim = 0;
+  uint32_t batch = 0;
+};
+
+// Marks the slots of the present keys among keys[0, n) and more[0, num_more) as this call's, so
+// that no insertion of the call evicts them (scores are not touched).
+__global__ void __launch_bounds__(kThreads)
+    pin_kernel(TableView t, const uint64_t* keys, int64_t n, const uint64_t* more, int64_t num_more,
+               uint32_t batch) {
+  for_each_key(n + num_more, [&](const Tile& tile, int64_t i) {
+    const uint64_t key = i < n ? keys[i] : more[i - n];
+    uint64_t b = 0;
+    const int slot = locate<false>(tile, t, key, b);
+    if (slot >= 0 && tile.thread_rank() == 0) {
+      atomicMax(reinterpret_cast<unsigned long long*>(t.marks + b * kBucketSlots + slot),
+                static_cast<unsigned long long>(batch) << 32);
+    }
+  });
+}
+
+// Keys are distinct, so no two tiles write one key; every tile works under its bucket's lock
+// (a present key's row is overwritten there too), and the pin kernel has marked every present
+// key of the call before the first eviction.
+__global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, RowsArgs a) {
+  for_each_key(a.n, [&](const Tile& tile, int64_t i) {
+    const int lane = static_cast<int>(tile.thread_rank());
+    const uint64_t key = a.keys[i];
+    bool stored = false;
+    if (key != kEmptyKey) {
+      const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+      const uint32_t digest = digest_of(h);
+      const int64_t row_dim = a.dim + a.state_dim;
+      lock_bucket(tile, t.locks + b);
+      const uint64_t word = lane_digests<true>(tile, t, b);
+      int slot = find_in_bucket<true>(tile, t, b, word, key, digest);
+      const bool fresh = slot < 0;
+      bool evicting = false;
+      uint64_t victim_key = 0, victim_score = 0;
+      if (fresh) {
+        slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
+      }
+      if (slot >= 0) {
+        stored = true;
+        float* row = row_ptr(t, base + slot);
+        if (evicting && a.evicted.count != nullptr) {
+          unsigned long long pos = 0;
+          if (lane == 0) {
+            pos = atomicAdd(reinterpret_cast<unsigned long long*>(a.evicted.count), 1ull);
+          }
+          pos = tile.shfl(pos, 0);
+          if (lane == 0) {
+            a.evicted.keys[pos] = victim_key;
+            if (a.evicted.scores != nullptr) a.evicted.scores[pos] = victim_score;
+          }
+          if (a.evicted.rows != nullptr) {
+            tile_copy<true>(tile, a.evicted.rows + pos * row_dim, row, row_dim);
+          }
+          tile.sync();  // the victim's row is read before the new row overwrites it
+        }
+        tile_copy<false>(tile, row, a.values + i * a.dim, a.dim);
+        if (a.state_dim > 0) {
+          tile_copy<false>(tile, row + a.dim, a.states + i * a.state_dim, a.state_dim);
+        }
+        if (lane == 0) {
+          store_relaxed(t.scores + base + slot, a.scores[i]);
+          if (fresh) {
+            store_relaxed(t.marks + base + slot, static_cast<uint64_t>(a.batch) << 32);
+            t.digests[base + slot] = static_cast<uint8_t>(digest);
+            if (!evicting) atomicAdd(t.size, 1ull);
+          }
+        }
+        if (fresh) {
+          __threadfence();  // release: the row before its key, as in insert_kernel
+          tile.sync();
+          if (lane == 0) store_relaxed(t.keys + base + slot, key);
+        }
+      }
+      unlock_bucket(tile, t.locks + b);
+    }
+    if (lane == 0 && a.stored != nullptr) a.stored[i] = stored;
+  });
+}
+
+}  // namespace
+}  // namespace table
+
+void CudaDynamicTable::insert_rows(const uint64_t* keys, const float* values, const float* states,
+                                   const uint64_t* scores, int64_t n, cudaStream_t stream,
+                                   uint8_t* stored, const EvictedRows* evicted,
+                                   const uint64_t* pinned, int64_t num_pinned) {
+  GENREC_CHECK(n >= 0 && n < int64_t{0xFFFFFFFF},
+               "CUDA dynamic table insert_rows: batch size {} outside [0, 2^32 - 1)", n);
+  GENREC_CHECK(num_pinned >= 0 && (num_pinned == 0 || pinned != nullptr),
+               "CUDA dynamic table insert_rows: {} pinned keys at {}", num_pinned,
+               static_cast<const void*>(pinned));
+  if (n == 0) return;
+  GENREC_CHECK(keys != nullptr && values != nullptr && scores != nullptr &&
+                   (state_dim_ == 0 || states != nullptr),
+               "CUDA dynamic table insert_rows: null keys, values, scores or states");
+  auto lock = begin(stream);
+  if (batch_ == 0xFFFFFFFFu) {  // marks of old batches would alias new ids
+    storage_->clear_marks(stream);
+    batch_ = 0;
+  }
+  table::RowsArgs a;
+  a.keys = keys;
+  a.values = values;
+  a.states = states;
+  a.scores = scores;
+  a.n = n;
+  a.stored = stored;
+  if (evicted != nullptr) a.evicted = *evicted;
+  a.dim = dim();
+  a.state_dim = state_dim_;
+  a.batch = ++batch_;
+  const TableView& t = storage_->view();
+  table::pin_kernel<<<grid_for_keys(n + num_pinned), kThreads, 0, stream>>>(t, keys, n, pinned,
+                                                                            num_pinned, a.batch);
+  GENREC_CUDA_LAUNCH_CHECK("dynamic table pin");
+  table::insert_rows_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(t, a);
+  GENREC_CUDA_LAUNCH_CHECK("dynamic table insert_rows");
+  end(stream);
+}
+
+}  // namespace genrec::cuda

@@ -94,6 +94,16 @@ class CudaDynamicTable {
   // Overwrites present keys only; found[i] (optional) says which were present.
   void assign(const uint64_t* keys, const float* values, int64_t n, cudaStream_t stream,
               uint8_t* found = nullptr, const uint64_t* scores = nullptr);
+  // Inserts or overwrites whole rows exactly, as DynamicTable::insert_rows does for the tiers:
+  // keys[i] gets values row i (dim floats), states row i (state_dim floats; null without state)
+  // and scores[i], with no policy update. Keys must be distinct. Neither the call's keys nor the
+  // `pinned` ones (device, num_pinned) are evicted by it; rows evicted to make room go to
+  // `evicted`. stored[i] (optional) = 0 when the key's bucket held only such keys (or the key
+  // is kEmptyKey).
+  void insert_rows(const uint64_t* keys, const float* values, const float* states,
+                   const uint64_t* scores, int64_t n, cudaStream_t stream,
+                   uint8_t* stored = nullptr, const EvictedRows* evicted = nullptr,
+                   const uint64_t* pinned = nullptr, int64_t num_pinned = 0);
   // Removes present keys; erased[i] (optional) = 1 for the occurrence that removed a row.
   void erase(const uint64_t* keys, int64_t n, cudaStream_t stream, uint8_t* erased = nullptr);
 

@@ -1,0 +1,88 @@
+// CudaTieredTable: a CudaDynamicTable in HBM (the hot tier) caching the most used rows of a
+// larger host DynamicTable, for batches of device keys. The tiers are exclusive, as in
+// TieredTable (embedding/tiered_table.h): a key's row lives in exactly one tier and moves
+// whole (values, optimizer state, score). A lookup moves the rows it needs in batches, never
+// one row at a time across PCIe: the keys that missed hot are gathered and deduplicated on the
+// device and copied to the host in one transfer, looked up and taken out of the host table in
+// one batch, their rows uploaded in one transfer and inserted into hot in one call; the rows
+// hot evicts for them come back in one transfer and go into the host table in one batch.
+// Calls are serialized by one mutex and synchronize `stream` (the host table is on the host).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/pinned_pool.h"
+#include "embedding/cuda/cuda_dynamic_table.h"
+#include "embedding/dynamic_table.h"
+#include "embedding/tiered_table.h"
+
+namespace genrec::cuda {
+
+class CudaTieredTable {
+ public:
+  // Both tiers need the same dim, optimizer state and eviction policy (not kCustom: a lookup
+  // takes no scores). hot: all rows in HBM (max_hbm_row_bytes < 0); host: unbounded
+  // (max_capacity 0), so that no row is ever dropped. New rows take hot's initializer.
+  CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host);
+
+  // Like CudaDynamicTable::find_or_insert: every occurrence gets its key's row in values_out
+  // (n x dim, device), promoted from host or created with the initializer when the key is in
+  // no tier; afterwards every stored key of the batch is in hot. stored[i] (optional, device) =
+  // 0 when hot could not take the key because its bucket held only keys of the batch: a new
+  // key then gets the initializer's row (and is not stored), a host key its host row (and stays
+  // in host). Every occurrence is one access, as in the hot table.
+  void find_or_insert(const uint64_t* keys, int64_t n, float* values_out, uint8_t* stored,
+                      cudaStream_t stream);
+  // Read-only lookup in hot, then host: found[i] (device) = 1 and the row in values_out when the
+  // key is in a tier, else 0 and the row is left untouched. Nothing moves, no score changes,
+  // no statistics are counted.
+  void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found,
+            cudaStream_t stream) const;
+  // Every row of both tiers, sorted by key. Stamps: those of host rows that never left host,
+  // zero for rows that went through hot (the CUDA table keeps none).
+  TableRows export_rows(cudaStream_t stream = nullptr) const;
+
+  int64_t size(cudaStream_t stream = nullptr) const;  // both tiers; synchronizes
+  void set_step(uint64_t step);
+  void set_epoch(uint64_t epoch);
+  // The tiers themselves, e.g. to fill host with rows that are in no tier (insert_rows).
+  CudaDynamicTable& hot() { return hot_; }
+  DynamicTable& host() { return host_; }
+  const CudaDynamicTable& hot() const { return hot_; }
+  const DynamicTable& host() const { return host_; }
+  // hot_hits, host_hits, misses, promoted, demoted as in TieredTable (no cold tier). A repeated
+  // key of a batch is a hot hit; a kEmptyKey occurrence is a miss (it is never stored); a host
+  // row that hot cannot take (see find_or_insert) is a host hit but not a promotion.
+  TierStats stats() const;
+  void reset_stats();
+
+ private:
+  // Staging reused across calls, grown to the largest batch seen.
+  struct Scratch {
+    DeviceBuffer<uint8_t> flags, up_stored;
+    DeviceBuffer<uint64_t> miss, sorted, up_keys, up_scores, ev_keys, ev_scores;
+    DeviceBuffer<int64_t> counts, miss_index;
+    DeviceBuffer<float> up_values, up_states, ev_rows;
+    DeviceBuffer<uint8_t> sort_temp;
+    PinnedBuffer h_counts, h_keys, h_values, h_states, h_scores, h_stamps, h_found, h_ev_keys,
+        h_ev_rows, h_ev_scores;
+  };
+  // Gathers the keys whose flag is 0 (not in hot), without kEmptyKey, on the device and copies
+  // them to scratch h_keys; with `index`, their batch positions to scratch miss_index. Returns
+  // how many; *empties (optional) counts the kEmptyKey occurrences. Synchronizes.
+  int64_t gather_misses(const uint64_t* keys, const uint8_t* flags, int64_t n, bool sorted,
+                        bool index, int64_t* empties, cudaStream_t stream) const;
+
+  CudaDynamicTable hot_;
+  DynamicTable host_;
+  mutable std::mutex mutex_;
+  mutable Scratch scratch_;
+  TableRows demoted_;  // reused: its vectors keep their capacity
+  TierStats stats_;
+};
+
+}  // namespace genrec::cuda
