@@ -366,6 +366,162 @@ TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
   }
 }
 
+// insert_or_assign and assign batches where each key occurs dozens of times across many blocks:
+// the occurrences race to write one row, the last one's values (and custom score) must win and
+// every occurrence counts as one access. Even rounds insert (the first one new keys, whose
+// duplicates find the row the insert kernel publishes), odd rounds assign with absent keys.
+void run_duplicate_writes(int64_t dim, EvictionPolicy policy) {
+  SCOPED_TRACE(testing::Message() << "dim " << dim << " " << eviction_policy_name(policy));
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 21};
+  opt.capacity = 1 << 14;
+  opt.eviction = policy;
+  CudaDynamicTable table(opt);
+  Model m;
+  m.dim = dim;
+  m.init = opt.initializer;
+  m.policy = policy;
+  const bool custom = policy == EvictionPolicy::kCustom;
+  cuda::Stream stream;
+  Philox rng(static_cast<uint64_t>(dim) * 13 + static_cast<int>(policy));
+  std::vector<uint64_t> universe(600);
+  for (auto& k : universe) k = rng.next_u64() >> 1;
+  const int64_t n = 30000;
+  for (int round = 0; round < 6; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    m.step = round + 1;
+    table.set_step(m.step);
+    const bool insert = round % 2 == 0;
+    std::vector<uint64_t> keys(n);
+    for (auto& k : keys) k = universe[rng.below(insert ? 400 : 600)];
+    const auto scores = custom_scores(keys, custom, rng);
+    std::vector<float> values(n * dim);
+    for (int64_t x = 0; x < n * dim; ++x) values[x] = static_cast<float>(x + round);
+    auto d_keys = up(keys);
+    auto d_values = up(values);
+    auto d_scores = up(scores);
+    auto d_flags = poisoned<uint8_t>(n);
+    const uint64_t* sc = custom ? d_scores.get() : nullptr;
+    if (insert) {
+      table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+    } else {
+      table.assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+    }
+    auto flags = d_flags.download_raw();
+    for (int64_t i = 0; i < n; ++i) {
+      auto it = m.rows.find(keys[i]);
+      const bool present = it != m.rows.end();
+      ASSERT_EQ(flags[i], insert || present ? 1 : 0) << i;
+      if (!present && !insert) continue;
+      ModelRow& r = present ? it->second : m.insert(keys[i], custom ? scores[i] : 0);
+      if (present) r.score = m.score(false, r.score, custom ? scores[i] : 0);
+      r.value.assign(values.begin() + i * dim, values.begin() + (i + 1) * dim);
+    }
+    ASSERT_EQ(table.size(stream), static_cast<int64_t>(m.rows.size()));
+    expect_rows_equal(table.export_rows(0, stream), m);
+  }
+}
+
+TEST(CudaDynamicTable, DuplicateWritesLastOccurrenceWins) {
+  GENREC_REQUIRE_CUDA();
+  run_duplicate_writes(8, EvictionPolicy::kLfu);     // rows held in the lanes (float4)
+  run_duplicate_writes(5, EvictionPolicy::kCustom);  // rows copied after the mark
+}
+
+// insert_or_assign of new keys (each twice) into a full one-bucket table with EvictedRows: the
+// evicted rows are the lowest (score, key) ones, and their keys, scores and full rows (values,
+// then optimizer state) come out exactly; the new keys keep their last occurrence's values.
+TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 6;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = OptimizerState::kAdagrad;
+  opt.initial_state = 0.25f;
+  opt.initializer = {InitKind::kUniform, 1.0f, 6};
+  opt.capacity = 128;
+  CudaDynamicTable table(opt);
+  ASSERT_EQ(table.capacity(), 128);
+  const int64_t state_dim = table.state_dim(), row_dim = table.row_dim();
+  ASSERT_GT(state_dim, 0);
+  cuda::Stream stream;
+  auto row_values = [&](uint64_t key, int version) {
+    std::vector<float> v(dim);
+    for (int64_t j = 0; j < dim; ++j) v[j] = static_cast<float>(key * 100 + j) + 0.5f * version;
+    return v;
+  };
+  auto upload_values = [&](const std::vector<uint64_t>& keys, int version) {
+    std::vector<float> v;
+    for (uint64_t k : keys) {
+      auto r = row_values(k, version);
+      v.insert(v.end(), r.begin(), r.end());
+    }
+    return up(v);
+  };
+  // 128 rows at step 1, then the odd-indexed half rewritten at step 2.
+  std::vector<uint64_t> old_keys(128), odd;
+  for (int i = 0; i < 128; ++i) old_keys[i] = 200 + i;
+  for (int i = 1; i < 128; i += 2) odd.push_back(old_keys[i]);
+  table.set_step(1);
+  auto d_old = up(old_keys);
+  auto d_old_values = upload_values(old_keys, 0);
+  table.insert_or_assign(d_old.get(), d_old_values.get(), 128, stream);
+  table.set_step(2);
+  auto d_odd = up(odd);
+  auto d_odd_values = upload_values(odd, 1);
+  table.assign(d_odd.get(), d_odd_values.get(), 64, stream);
+  // 40 new keys, each twice (version 2, then 3): they evict the 40 lowest keys of step 1.
+  table.set_step(3);
+  std::vector<uint64_t> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back(9000 + i);
+  for (int i = 0; i < 40; ++i) keys.push_back(9000 + i);
+  const int64_t n = static_cast<int64_t>(keys.size());
+  std::vector<float> values;
+  for (int64_t i = 0; i < n; ++i) {
+    auto r = row_values(keys[i], i < 40 ? 2 : 3);
+    values.insert(values.end(), r.begin(), r.end());
+  }
+  auto d_keys = up(keys);
+  auto d_values = up(values);
+  auto d_stored = poisoned<uint8_t>(n);
+  auto ev_keys = poisoned<uint64_t>(n);
+  auto ev_scores = poisoned<uint64_t>(n);
+  auto ev_rows = poisoned<float>(n * row_dim);
+  auto ev_count = up(std::vector<int64_t>{0});
+  cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
+  table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_stored.get(), nullptr, &ev);
+  for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  ASSERT_EQ(ev_count.download_raw()[0], 40);
+  std::map<uint64_t, std::pair<uint64_t, std::vector<float>>> got, want;
+  auto gk = ev_keys.download_raw(), gs = ev_scores.download_raw();
+  auto gr = ev_rows.download_raw();
+  for (int64_t e = 0; e < 40; ++e) {
+    got[gk[e]] = {gs[e],
+                  std::vector<float>(gr.begin() + e * row_dim, gr.begin() + (e + 1) * row_dim)};
+  }
+  for (int i = 0; i < 80; i += 2) {
+    std::vector<float> row = row_values(old_keys[i], 0);
+    row.resize(row_dim, opt.initial_state);
+    want[old_keys[i]] = {1, row};
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(table.size(stream), 128);
+  const TableRows rows = table.export_rows(0, stream);
+  ASSERT_EQ(rows.size(), 128);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    const uint64_t key = rows.keys[r];
+    const bool fresh = key >= 9000;
+    ASSERT_TRUE(fresh || (key >= 280 && key < 328) || (key - 200) % 2 == 1) << key;
+    EXPECT_EQ(rows.scores[r], fresh ? 3u : key % 2 == 1 ? 2u : 1u) << key;
+    const auto v = row_values(key, fresh ? 3 : key % 2 == 1 ? 1 : 0);
+    for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(rows.values[r * dim + j], v[j]) << key;
+    for (int64_t j = 0; j < state_dim; ++j) {
+      ASSERT_EQ(rows.states[r * state_dim + j], opt.initial_state) << key;
+    }
+  }
+}
+
 // A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows.
 void run_eviction_against_cpu(EvictionPolicy policy) {
   SCOPED_TRACE(eviction_policy_name(policy));

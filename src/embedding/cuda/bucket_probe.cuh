@@ -83,18 +83,30 @@ __device__ __forceinline__ uint64_t lane_digests(const Tile& tile, const TableVi
                        tile.thread_rank());
 }
 
+// Bit j set where byte j of a lane's digest word equals d (0 finds the free slots).
+__device__ __forceinline__ uint32_t digest_matches(uint64_t word, uint32_t d) {
+  const uint32_t d4 = d * 0x01010101u;
+  const uint32_t lo = __vcmpeq4(static_cast<uint32_t>(word), d4) & 0x01010101u;
+  const uint32_t hi = __vcmpeq4(static_cast<uint32_t>(word >> 32), d4) & 0x01010101u;
+  // The multiply gathers the low bits of the 4 bytes into bits 24..27, without carries.
+  return ((lo * 0x01020408u) >> 24) | ((hi * 0x01020408u) >> 20);
+}
+
 // The slot (0..127) of `key` in bucket b given the lanes' digests, or -1; every lane gets the
-// answer. Relies on a key occupying at most one slot.
+// answer. Relies on a key occupying at most one slot. A lane reads its candidates' keys one at
+// a time: it rarely has two (8 / 255 false candidates per full lane), and no predicated load
+// per slot keeps the kernels' registers, so their occupancy, down (find fits in 32).
 template <bool kRacing>
 __device__ __forceinline__ int find_in_bucket(const Tile& tile, const TableView& t, uint64_t b,
                                               uint64_t word, uint64_t key, uint32_t digest) {
   const uint64_t base = b * kBucketSlots;
   const int lane = static_cast<int>(tile.thread_rank());
   int found = -1;
-  for (int j = 0; j < kSlotsPerLane; ++j) {
-    if (((word >> (8 * j)) & 0xFF) == digest) {
-      const int s = lane * kSlotsPerLane + j;
-      if (load<kRacing>(t.keys + base + s) == key) found = s;
+  for (uint32_t m = digest_matches(word, digest); m != 0; m &= m - 1) {
+    const int s = lane * kSlotsPerLane + __ffs(m) - 1;
+    if (load<kRacing>(t.keys + base + s) == key) {
+      found = s;
+      break;
     }
   }
   const unsigned hit = tile.ballot(found >= 0);

@@ -1,16 +1,18 @@
-// Inserting and assigning calls run in up to three kernels, so that duplicates and eviction
+// Inserting and assigning calls run a lookup kernel, then an insert kernel (inserting calls) and
+// a rewrite kernel (calls that write values or custom scores), so that duplicates and eviction
 // have defined results without sorting the batch:
 // 1. lookup (lock-free, no slot changes): present keys get their slot, mark it as this batch's
 //    (atomicMax of batch << 32 | (i + 1): the high half protects the row from eviction for the
 //    rest of the call, the low half ends up naming the key's last occurrence), update scores,
-//    and find_or_insert copies their rows out. Absent keys are left "pending".
+//    write their values and custom scores (see mark_and_write), and find_or_insert copies their
+//    rows out. Absent keys are left pending.
 // 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile;
 //    lock-free, see the publication order at the kernel), else under the bucket lock probe once
 //    more, then take a free slot, else evict the unmarked slot with the lowest (score, key);
-//    the new row is initialized and marked before its key is stored.
-// 3. write (insert_or_assign, assign, custom scores): only the occurrence whose index the
-//    mark names writes the row's values and custom score, so each row is written by exactly
-//    one tile and the last occurrence wins, as on the CPU.
+//    the new row is written and marked before its key is stored, and duplicates that find it
+//    mark and write like the lookup.
+// 3. rewrite: the few rows that several occurrences may have written get the values (and
+//    custom score) of the occurrence their mark names, the last one, as on the CPU.
 // Because every present key of the batch is marked before any eviction can happen, no row of
 // the batch's keys is ever evicted by the call.
 #include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
@@ -32,7 +34,6 @@ enum class BatchOp : uint8_t { kFindOrInsert, kInsertOrAssign, kAssign };
 namespace table {
 namespace {
 
-constexpr int64_t kPending = -2;  // slots[i] after lookup: absent, to be inserted
 constexpr uint64_t kLow32 = 0xFFFFFFFFull;
 
 __device__ __forceinline__ uint64_t mark_of(uint32_t batch, int64_t i) {
@@ -42,11 +43,12 @@ __device__ __forceinline__ uint64_t mark_of(uint32_t batch, int64_t i) {
 struct BatchArgs {
   const uint64_t* keys = nullptr;
   int64_t n = 0;
-  const float* values_in = nullptr;
-  float* values_out = nullptr;
-  uint8_t* flags = nullptr;  // stored (find_or_insert, insert_or_assign) or found (assign)
+  const float* values_in = nullptr;  // insert_or_assign, assign
+  float* values_out = nullptr;       // find_or_insert
+  uint8_t* flags = nullptr;          // stored (find_or_insert, insert_or_assign) or found (assign)
   const uint64_t* custom = nullptr;
-  int64_t* slots = nullptr;  // per key: global slot, -1 (absent / not stored) or kPending
+  uint8_t* pending = nullptr;   // inserting calls, per key: absent at lookup, to be inserted
+  int64_t* rewrites = nullptr;  // room for n (slot, occurrence) pairs, see mark_and_write
   EvictedRows evicted;
   InitParams init;
   int64_t dim = 0, state_dim = 0;
@@ -56,7 +58,21 @@ struct BatchArgs {
   BatchOp op = BatchOp::kFindOrInsert;
 };
 
-__global__ void __launch_bounds__(kThreads)
+// Size changes summed per block, then one atomic per block: per-key atomics on the one size
+// word serialize in L2.
+__device__ __forceinline__ void begin_block_count(unsigned long long& count) {
+  if (threadIdx.x == 0) count = 0;
+  __syncthreads();
+}
+__device__ __forceinline__ void end_block_count(unsigned long long& count,
+                                                unsigned long long* total) {
+  __syncthreads();
+  if (threadIdx.x == 0 && count != 0) atomicAdd(total, count);
+}
+
+// At most 32 registers, so 8 blocks (128 keys in flight) per SM: the kernel waits on 4 dependent
+// loads per key (key, digests, candidate keys, row), so its throughput follows the keys in flight.
+__global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     find_kernel(TableView t, const uint64_t* keys, int64_t n, float* values, uint8_t* found,
                 float* states, uint64_t* scores, int64_t dim, int64_t state_dim) {
   for_each_key(n, [&](const Tile& tile, int64_t i) {
@@ -73,16 +89,72 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
+// Occurrence i accesses the row in slot s: the mark becomes max(mark, mark_of(batch, i)), the
+// score is touched, and a writing call writes occurrence i's values and custom score unless the
+// old mark names a later occurrence (which writes instead). Two writers of a row race only if
+// the second to mark saw the first's mark, an old mark of this call: such a writer queues (s, i)
+// for the rewrite kernel, which rewrites the row from the occurrence the final mark names. So
+// the last occurrence either marks first and is the row's only writer, or queues itself and
+// writes after every other writer: its values win without ordering within the kernel.
+// kWrites: the call writes values or custom scores. kHold: rows of up to 4 * kTile floats
+// (float4-aligned) are loaded into the lanes while the atomic is in flight, so the write does not
+// wait for a load after it (4 more registers: the insert kernel, where found keys are rare
+// duplicates, copies after the atomic instead).
+template <bool kWrites, bool kHold>
+__device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView& t,
+                                               const BatchArgs& a, int64_t i, uint64_t s) {
+  const int lane = static_cast<int>(tile.thread_rank());
+  const uint64_t mine = mark_of(a.batch, i);
+  auto* mark = reinterpret_cast<unsigned long long*>(t.marks + s);
+  if constexpr (!kWrites) {
+    if (lane == 0) {
+      atomicMax(mark, mine);
+      touch_score(t.scores + s, a.policy, false, a.step, a.epoch);
+    }
+    return;
+  }
+  const float* src = a.values_in != nullptr ? a.values_in + i * a.dim : nullptr;
+  const bool held = kHold && src != nullptr && a.dim <= 4 * kTile && (a.dim & 3) == 0 &&
+                    (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  float4 v = {};
+  if (held && lane < a.dim / 4) v = reinterpret_cast<const float4*>(src)[lane];
+  unsigned long long old = 0;
+  uint64_t custom = 0;
+  if (lane == 0) {
+    if (a.custom != nullptr) custom = a.custom[i];
+    old = atomicMax(mark, mine);
+    touch_score(t.scores + s, a.policy, false, a.step, a.epoch);
+  }
+  old = tile.shfl(old, 0);
+  if (old > mine) return;
+  if (held) {
+    if (lane < a.dim / 4) reinterpret_cast<float4*>(row_ptr(t, s))[lane] = v;  // 16-byte rows
+  } else if (src != nullptr) {
+    tile_copy<false>(tile, row_ptr(t, s), src, a.dim);
+  }
+  if (lane == 0) {
+    if (a.custom != nullptr) store_relaxed(t.scores + s, custom);
+    if ((old >> 32) == a.batch) {
+      const unsigned long long at = atomicAdd(t.rewrites, 1ull);
+      a.rewrites[2 * at] = static_cast<int64_t>(s);
+      a.rewrites[2 * at + 1] = i;
+    }
+  }
+}
+
+// Templated on whether the call writes, so that find_or_insert's lookup keeps its registers low.
+template <bool kWrites>
 __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs a) {
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
     const bool lead = tile.thread_rank() == 0;
+    const bool inserting = a.op != BatchOp::kAssign;
     uint64_t b = 0;
     const int slot = locate<false>(tile, t, key, b);
     if (slot < 0) {
-      const bool pending = key != kEmptyKey && a.op != BatchOp::kAssign;
+      const bool pending = inserting && key != kEmptyKey;
       if (lead) {
-        a.slots[i] = pending ? kPending : -1;
+        if (inserting) a.pending[i] = pending;
         if (!pending && a.flags != nullptr) a.flags[i] = 0;
       }
       if (key == kEmptyKey && a.op == BatchOp::kFindOrInsert) {
@@ -92,11 +164,10 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs
     }
     const uint64_t s = b * kBucketSlots + slot;
     if (lead) {
-      a.slots[i] = static_cast<int64_t>(s);
-      atomicMax(reinterpret_cast<unsigned long long*>(t.marks + s), mark_of(a.batch, i));
-      touch_score(t.scores + s, a.policy, false, a.step, a.epoch);
+      if (inserting) a.pending[i] = 0;
       if (a.flags != nullptr) a.flags[i] = 1;
     }
+    mark_and_write<kWrites, true>(tile, t, a, i, s);
     if (a.op == BatchOp::kFindOrInsert) {
       tile_copy<false>(tile, a.values_out + i * a.dim, row_ptr(t, s), a.dim);
     }
@@ -151,8 +222,10 @@ __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t,
 // then fences (acquire) therefore sees the whole row, so duplicates of a key inserted earlier
 // in the call skip the lock (a hot new key would otherwise serialize its whole batch).
 __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs a) {
+  __shared__ unsigned long long added;
+  begin_block_count(added);
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
-    if (a.slots[i] != kPending) return;
+    if (!a.pending[i]) return;
     const int lane = static_cast<int>(tile.thread_rank());
     const uint64_t key = a.keys[i];
     const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
@@ -188,9 +261,11 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
             }
             tile.sync();  // the victim's row is read before the new row overwrites it
           }
-          // insert_or_assign's values come in the write kernel; the state is initial either way.
-          tile_init_row(tile, a.init, key, row, a.op == BatchOp::kFindOrInsert ? a.dim : 0,
-                        row + a.dim, a.state_dim);
+          // The values: the initializer's (find_or_insert) or this occurrence's; the state is
+          // initial either way. The mark names this occurrence, so later ones rewrite the row.
+          tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
+                        a.state_dim);
+          if (a.values_in != nullptr) tile_copy<false>(tile, row, a.values_in + i * a.dim, a.dim);
           if (lane == 0) {
             store_relaxed(t.marks + base + slot, mark_of(a.batch, i));
             if (a.policy == EvictionPolicy::kCustom) {
@@ -199,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
               touch_score(t.scores + base + slot, a.policy, true, a.step, a.epoch);
             }
             t.digests[base + slot] = static_cast<uint8_t>(digest);
-            if (!evicting) atomicAdd(t.size, 1ull);
+            if (!evicting) atomicAdd(&added, 1ull);
           }
           __threadfence();  // release: everything above before the key
           tile.sync();
@@ -208,16 +283,16 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
       }
       unlock_bucket(tile, t.locks + b);
     }
-    if (slot >= 0 && !inserted && lane == 0) {  // inserted by an earlier duplicate of this call
-      atomicMax(reinterpret_cast<unsigned long long*>(t.marks + base + slot), mark_of(a.batch, i));
-      touch_score(t.scores + base + slot, a.policy, false, a.step, a.epoch);
-    }
-    // The row cannot change for the rest of the call: its slot carries this batch's mark.
+    // The row cannot change slots for the rest of the call: it carries this batch's mark.
     const int64_t s = slot >= 0 ? static_cast<int64_t>(base + slot) : -1;
-    if (lane == 0) {
-      a.slots[i] = s;
-      if (a.flags != nullptr) a.flags[i] = slot >= 0;
+    if (s >= 0 && !inserted) {  // the row of an earlier duplicate
+      if (a.values_in != nullptr || a.custom != nullptr) {
+        mark_and_write<true, false>(tile, t, a, i, s);
+      } else {
+        mark_and_write<false, false>(tile, t, a, i, s);
+      }
     }
+    if (lane == 0 && a.flags != nullptr) a.flags[i] = s >= 0;
     if (a.op == BatchOp::kFindOrInsert) {
       float* out = a.values_out + i * a.dim;
       if (s >= 0) {
@@ -227,20 +302,36 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
       }
     }
   });
+  end_block_count(added, t.size);
 }
 
-__global__ void __launch_bounds__(kThreads) write_kernel(TableView t, BatchArgs a) {
-  for_each_key(a.n, [&](const Tile& tile, int64_t i) {
-    const int64_t s = a.slots[i];
-    if (s < 0 || (t.marks[s] & kLow32) != static_cast<uint64_t>(i + 1)) return;
-    if (a.values_in != nullptr)
+// Rewrites the queued rows (see mark_and_write) from the occurrence each mark names. The last
+// block to finish zeroes the queue's counters for the next call.
+__global__ void __launch_bounds__(kThreads) rewrite_kernel(TableView t, BatchArgs a) {
+  const int64_t queued = static_cast<int64_t>(t.rewrites[0]);
+  for_each_key(queued, [&](const Tile& tile, int64_t r) {
+    const uint64_t s = static_cast<uint64_t>(a.rewrites[2 * r]);
+    const int64_t i = a.rewrites[2 * r + 1];
+    if ((t.marks[s] & kLow32) != static_cast<uint64_t>(i + 1)) return;
+    if (a.values_in != nullptr) {
       tile_copy<false>(tile, row_ptr(t, s), a.values_in + i * a.dim, a.dim);
+    }
     if (a.custom != nullptr && tile.thread_rank() == 0) t.scores[s] = a.custom[i];
   });
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // the block has read the count before it counts itself done
+    if (atomicAdd(t.rewrites + 1, 1ull) == gridDim.x - 1) {
+      t.rewrites[0] = 0;
+      t.rewrites[1] = 0;
+    }
+  }
 }
 
 __global__ void __launch_bounds__(kThreads)
     erase_kernel(TableView t, const uint64_t* keys, int64_t n, uint8_t* erased) {
+  __shared__ unsigned long long removed;  // negated: added in two's complement
+  begin_block_count(removed);
   for_each_key(n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = keys[i];
     uint64_t b = 0;
@@ -253,11 +344,12 @@ __global__ void __launch_bounds__(kThreads)
       done = atomicCAS(word, key, kEmptyKey) == key;
       if (done) {
         t.digests[b * kBucketSlots + slot] = 0;  // free: no insertion runs during an erase
-        atomicAdd(t.size, ~0ull);                // -1
+        atomicAdd(&removed, ~0ull);              // -1
       }
     }
     if (erased != nullptr) erased[i] = done;
   });
+  end_block_count(removed, t.size);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -339,6 +431,8 @@ unsigned grid_for_keys(int64_t n) {
   const int64_t blocks = (n + kTilesPerBlock - 1) / kTilesPerBlock;
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 22));
 }
+
+constexpr unsigned kRewriteBlocks = 512;
 
 int64_t buckets_for(int64_t capacity) {
   const int64_t buckets = std::max<int64_t>(1, (capacity + kBucketSlots - 1) / kBucketSlots);
@@ -456,20 +550,28 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   a.batch = ++batch_;
   a.policy = options_.eviction;
   a.op = op;
-  DeviceBuffer<int64_t> slots(n, stream);
-  a.slots = slots.data();
+  const bool inserting = op != BatchOp::kAssign;
+  DeviceBuffer<uint8_t> pending(inserting ? n : 0, stream);
+  a.pending = pending.data();
+  const bool writing = op != BatchOp::kFindOrInsert || scores != nullptr;
+  DeviceBuffer<int64_t> rewrites(writing ? 2 * n : 0, stream);
+  a.rewrites = rewrites.data();
   const TableView& t = storage_->view();
   const unsigned grid = grid_for_keys(n);
-  lookup_kernel<<<grid, kThreads, 0, stream>>>(t, a);
+  if (writing) {
+    lookup_kernel<true><<<grid, kThreads, 0, stream>>>(t, a);
+  } else {
+    lookup_kernel<false><<<grid, kThreads, 0, stream>>>(t, a);
+  }
   GENREC_CUDA_LAUNCH_CHECK("dynamic table lookup");
-  if (op != BatchOp::kAssign) {
+  if (inserting) {
     insert_kernel<<<grid, kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
   }
-  if (op != BatchOp::kFindOrInsert || scores != nullptr) {
-    if (op == BatchOp::kFindOrInsert) a.values_in = nullptr;
-    write_kernel<<<grid, kThreads, 0, stream>>>(t, a);
-    GENREC_CUDA_LAUNCH_CHECK("dynamic table write");
+  if (writing) {
+    // Rewrites are rare (duplicates that raced): a small grid strides over the queue.
+    rewrite_kernel<<<std::min(grid, kRewriteBlocks), kThreads, 0, stream>>>(t, a);
+    GENREC_CUDA_LAUNCH_CHECK("dynamic table rewrite");
   }
   end(stream);
 }

@@ -40,6 +40,7 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
     device_alloc(&view_.marks, n, "batch marks");
     device_alloc(&view_.locks, num_buckets, "bucket locks");
     device_alloc(&view_.size, 1, "the size counter");
+    device_alloc(&view_.rewrites, 2, "the rewrite counters");
     if (view_.hbm_slots > 0) device_alloc(&view_.hbm_rows, view_.hbm_slots * stride, "rows");
     if (host_slots() > 0) {
       const size_t bytes = sizeof(float) * host_slots() * stride;
@@ -56,6 +57,7 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
     }
     GENREC_CUDA_CHECK(cudaMemset(view_.scores, 0, sizeof(uint64_t) * n));
     GENREC_CUDA_CHECK(cudaMemset(view_.locks, 0, sizeof(uint32_t) * num_buckets));
+    GENREC_CUDA_CHECK(cudaMemset(view_.rewrites, 0, sizeof(unsigned long long) * 2));
     clear_marks(nullptr);
     clear(nullptr);
     GENREC_CUDA_CHECK(cudaDeviceSynchronize());
@@ -77,6 +79,7 @@ void TableStorage::release() {
   cudaFree(view_.marks);
   cudaFree(view_.locks);
   cudaFree(view_.size);
+  cudaFree(view_.rewrites);
   cudaFree(view_.hbm_rows);
   if (host_alloc_ != nullptr) cudaFreeHost(host_alloc_);
   host_alloc_ = nullptr;

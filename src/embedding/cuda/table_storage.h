@@ -21,8 +21,11 @@ struct TableView {
   uint64_t* marks = nullptr;           // slots: batch << 32 | (last occurrence + 1), see the .cu
   uint32_t* locks = nullptr;           // buckets
   unsigned long long* size = nullptr;  // occupied slots
-  float* hbm_rows = nullptr;           // rows of slots [0, hbm_slots)
-  float* host_rows = nullptr;          // rows of slots [hbm_slots, slots), device-mapped
+  // 2 words: rows queued for a rewrite by the current call, blocks of its rewrite kernel done
+  // (both 0 between calls, see the .cu)
+  unsigned long long* rewrites = nullptr;
+  float* hbm_rows = nullptr;   // rows of slots [0, hbm_slots)
+  float* host_rows = nullptr;  // rows of slots [hbm_slots, slots), device-mapped
   int64_t hbm_slots = 0;
   int64_t stride = 0;  // floats per row: dim + state_dim rounded up to 4 (16-byte rows)
   uint64_t bucket_mask = 0;
