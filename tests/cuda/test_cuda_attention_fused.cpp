@@ -67,15 +67,9 @@ void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf1
                           const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
                           const cpu::HstuMask& dev_mask, uint64_t seed);
 
-// Forward (bf16 and fp16), and for bf16 the backward, against the CPU op.
-// positions: entries of the position-bias table, capped at max_len.
+// Forward (bf16 and fp16), and for bf16 the backward, of problem `a` against the CPU op.
 template <typename T>
-void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCase& mc,
-                 uint64_t seed, int64_t positions = 90) {
-  SCOPED_TRACE(mc.name + " B=" + std::to_string(B) + " max_len=" + std::to_string(max_len) +
-               " H=" + std::to_string(H) + " D=" + std::to_string(D));
-  Attn a = make_attn(random_lengths(B, max_len, seed, true), H, D, D, std::min(max_len, positions),
-                     24, mc.pos, mc.time, seed, 8);
+void check_fused_problem(Attn a, const MaskCase& mc, uint64_t seed) {
   a.buf = test::round_through<T>(std::move(a.buf));
   const std::vector<int64_t> targets = random_targets(a.lengths, seed + 9);
   cpu::HstuMask mask{mc.targets ? targets.data() : nullptr, mc.contexts, mc.window};
@@ -116,6 +110,17 @@ void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCas
     }
     check_fused_backward(a, q, k, v, offsets, bias, mask, dev_mask, seed);
   }
+}
+
+// A random jagged problem; positions: entries of the position-bias table, capped at max_len.
+template <typename T>
+void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCase& mc,
+                 uint64_t seed, int64_t positions = 90) {
+  SCOPED_TRACE(mc.name + " B=" + std::to_string(B) + " max_len=" + std::to_string(max_len) +
+               " H=" + std::to_string(H) + " D=" + std::to_string(D));
+  check_fused_problem<T>(make_attn(random_lengths(B, max_len, seed, true), H, D, D,
+                                   std::min(max_len, positions), 24, mc.pos, mc.time, seed, 8),
+                         mc, seed);
 }
 
 // Backward, from the same d_out and bias-gradient starting values.
@@ -194,6 +199,32 @@ TEST(CudaFusedAttention, BatchSizesAndLongSequences) {
   check_fused<bf16>(3, 700, 2, 128, mask_cases().back(), 401);
   // More position slots than the key kernel sums in shared memory (the rest go to global sums).
   check_fused<bf16>(2, 1300, 1, 64, bias, 402, 1300);
+}
+
+// Pairs of tokens whose dt sits exactly at, and one below, every time-bucket boundary up to
+// 2^50, both signs: tiles within 2^30 of their first timestamp take the 32-bit bucket lookup,
+// the others the 64-bit one, and both must give the CPU's bucket. Small q and k and a wide time
+// table make the bias dominate, so one wrong bucket moves its row's output by tens of percent.
+TEST(CudaFusedAttention, TimeBucketsMatchCpuAtBoundaries) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t NB = 110;
+  std::vector<int64_t> dts;
+  for (int64_t lo : test::time_bucket_boundaries(NB, int64_t{1} << 50)) {
+    for (int64_t dt : {lo, lo - 1}) {
+      dts.push_back(dt);
+      dts.push_back(-dt);
+    }
+  }
+  const MaskCase time_only{"time", false, 0, 0, false, true};
+  Attn a = make_attn(std::vector<int64_t>(dts.size(), 2), 1, 32, 32, 2, NB, false, true, 500, 8);
+  for (float& x : a.buf) x *= 0.1f;
+  a.time = test::random_normal(NB, 501, 2.0f);
+  const int64_t t0 = int64_t{1} << 52;
+  for (size_t b = 0; b < dts.size(); ++b) {
+    a.timestamps[2 * b] = t0;
+    a.timestamps[2 * b + 1] = t0 + dts[b];
+  }
+  check_fused_problem<bf16>(std::move(a), time_only, 502);
 }
 
 TEST(CudaFusedAttention, HalfPrecision) {

@@ -44,7 +44,8 @@ constexpr int kTimeSlots = 160;          // > 145, the bucket of the largest int
 // bucket is monotone in |dt| and grows by at most 3 within a power of two (ln 2 / 0.301 < 3).
 struct TimeBuckets {
   int32_t start[64];
-  int64_t threshold[kTimeSlots + 4];  // smallest |dt| of bucket b; INT64_MAX past the last
+  int64_t threshold[kTimeSlots + 4];     // smallest |dt| of bucket b; INT64_MAX past the last
+  uint32_t threshold32[kTimeSlots + 4];  // the same capped at UINT32_MAX, for |dt| < 2^31
 };
 
 struct Params {
@@ -221,6 +222,7 @@ struct Sequence {
   int q_shift;  // position of query row 0 (new tokens come last)
   int q_len;
   HstuSequenceMask mask;
+  int64_t ts_base;  // timestamp of kv token 0 (0 without a time bias)
 };
 
 __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
@@ -228,8 +230,19 @@ __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
   const int length = static_cast<int>(p.kv_offsets[b + 1] - kv_start);
   const int q_len = static_cast<int>(p.q_offsets[b + 1] - q_start);
   const int64_t targets = p.mask.num_targets != nullptr ? p.mask.num_targets[b] : 0;
+  const int64_t ts_base = p.time != nullptr && length > 0 ? p.timestamps[kv_start] : 0;
   return {kv_start,       q_start, length,
-          length - q_len, q_len,   HstuSequenceMask(length, targets, p.mask)};
+          length - q_len, q_len,   HstuSequenceMask(length, targets, p.mask),
+          ts_base};
+}
+
+// Whether timestamp ts of a token lies within 2^30 of the sequence's first: the pairs of a tile
+// whose tokens all do differ by less than 2^31, so their time slots take 32-bit arithmetic.
+__device__ __forceinline__ bool near_base(int64_t ts, int64_t base) {
+  constexpr int64_t kReach = int64_t{1} << 30;
+  const int64_t lo = base < INT64_MIN + kReach ? INT64_MIN : base - kReach;
+  const int64_t hi = base > INT64_MAX - kReach ? INT64_MAX : base + kReach;
+  return ts >= lo && ts < hi;
 }
 
 // sigmoid(z) = (1 + tanh(z / 2)) / 2: one MUFU op (tanh.approx, relative error < 2^-10.9)
@@ -247,6 +260,15 @@ __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int
   const int64_t x = static_cast<int64_t>(a);
   const int slot =
       b + (x >= t.threshold[b + 1]) + (x >= t.threshold[b + 2]) + (x >= t.threshold[b + 3]);
+  return min(slot, num_time - 1);
+}
+
+// time_slot for |dt| < 2^31 (a narrow tile): half the instructions of the 64-bit lookup.
+__device__ __forceinline__ int time_slot32(const TimeBuckets& t, int num_time, int32_t dt) {
+  const uint32_t a = static_cast<uint32_t>(abs(dt));
+  const int b = t.start[31 - __clz(static_cast<int>(a | 1))];
+  const int slot =
+      b + (a >= t.threshold32[b + 1]) + (a >= t.threshold32[b + 2]) + (a >= t.threshold32[b + 3]);
   return min(slot, num_time - 1);
 }
 
@@ -270,7 +292,8 @@ __device__ __forceinline__ void load_bias_tables(BiasSmem* dst, const Params& p)
 
 // Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
 // history (or past the end): then the position bias of a pair depends on i - j only, one
-// staged value per diagonal instead of a gather per pair.
+// staged value per diagonal instead of a gather per pair. A candidate that is also narrow
+// (sync_narrow) runs the fast copy of the score code: staged diagonals, 32-bit time slots.
 __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0) {
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
@@ -313,22 +336,48 @@ __device__ __forceinline__ void for_each_score(F&& f) {
   }
 }
 
-// Loads the streamed tile's timestamps (by kv position) next to its rows.
-__device__ __forceinline__ void load_timestamps(int64_t* dst, const Params& p, const Sequence& s,
+// Loads the streamed tile's timestamps (by kv position) next to its rows; true when this thread
+// loaded one that is not near_base.
+__device__ __forceinline__ bool load_timestamps(int64_t* dst, const Params& p, const Sequence& s,
                                                 int first) {
-  if (p.time == nullptr) return;
-  for (int c = threadIdx.x; c < kCols; c += kThreads) dst[c] = timestamp(p, s, first + c);
+  if (p.time == nullptr) return false;
+  bool wide = false;
+  for (int c = threadIdx.x; c < kCols; c += kThreads) {
+    const int64_t t = timestamp(p, s, first + c);
+    dst[c] = t;
+    wide |= first + c < s.length && !near_base(t, s.ts_base);
+  }
+  return wide;
 }
 
 // One pipeline stage: rows [first, first + 64) of the sequence from two head slices (K and V,
-// or Q and dO) and their timestamps.
+// or Q and dO) and their timestamps; returns load_timestamps' flag.
 template <int D, typename T>
-__device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, const T* a,
+__device__ __forceinline__ bool load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, const T* a,
                                            int64_t ld_a, const T* b, int64_t ld_b, const Params& p,
                                            const Sequence& s, int64_t h, int first) {
   load_tile<D>(dst_a, a + (s.kv_start + first) * ld_a + h * D, ld_a, s.length - first);
   load_tile<D>(dst_b, b + (s.kv_start + first) * ld_b + h * D, ld_b, s.length - first);
-  load_timestamps(dst_ts, p, s, first);
+  return load_timestamps(dst_ts, p, s, first);
+}
+
+// Whether this thread's own rows i0, i1 (valid when < length) are not near_base.
+__device__ __forceinline__ bool rows_wide(const Params& p, const Sequence& s, const int (&i)[2],
+                                          const int64_t (&ts)[2]) {
+  return p.time != nullptr && ((i[0] < s.length && !near_base(ts[0], s.ts_base)) ||
+                               (i[1] < s.length && !near_base(ts[1], s.ts_base)));
+}
+
+// The barrier before a tile's products. With a bias it also says whether the tile is narrow:
+// no thread saw a wide timestamp among its rows or the stage's columns.
+template <bool kBias>
+__device__ __forceinline__ bool sync_narrow(bool wide) {
+  if constexpr (kBias) {
+    return !__syncthreads_or(wide);
+  } else {
+    __syncthreads();
+    return false;
+  }
 }
 
 // ---- query kernel: forward (kDq = false) and dq (kDq = true) --------------------------------
@@ -369,15 +418,18 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, rows_valid);
     if constexpr (kDq)
       load_tile<D>(s_do, d_out + (s.q_start + m0) * p.ld_o + h * D, p.ld_o, rows_valid);
+    unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
     auto load_keys = [&](int j0, int stage) {
-      load_stage<D>(s_k + stage * kCols * LD, s_v + stage * kCols * LD, s_ts + stage * kCols, k,
-                    p.ld_k, v, p.ld_v, p, s, h, j0);
+      const bool wide = load_stage<D>(s_k + stage * kCols * LD, s_v + stage * kCols * LD,
+                                      s_ts + stage * kCols, k, p.ld_k, v, p.ld_v, p, s, h, j0);
+      wide_stages = (wide_stages & ~(1u << stage)) | (static_cast<unsigned>(wide) << stage);
     };
     if (j_begin < j_end) load_keys(j_begin, 0);
     cp_async_commit();
 
     const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, i_row[0]), timestamp(p, s, i_row[1])};
+    const bool wide_rows = kBias && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
     uint32_t qa[kDq ? 1 : D / 16][4];  // the forward keeps Q's fragments in registers
@@ -387,10 +439,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
       if (j0 + kCols < j_end) load_keys(j0 + kCols, stage ^ 1);
       cp_async_commit();
-      const bool diagonal = kBias && diagonal_tile(s, i_first, j0);
-      if (diagonal) stage_diagonals(bs, p, i_first - j0);
+      const bool diagonal_candidate = kBias && diagonal_tile(s, i_first, j0);
+      if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0);
       cp_async_wait<1>();
-      __syncthreads();
+      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
+      const bool diagonal = diagonal_candidate && narrow;
       const T* tk = s_k + stage * kCols * LD;
       const T* tv = s_v + stage * kCols * LD;
       const int64_t* ts = s_ts + stage * kCols;
@@ -420,16 +473,19 @@ __global__ void __launch_bounds__(kThreads)
       // Scores -> P (forward) or dZ (dq); only tiles that cross the diagonal, the end of the
       // sequence or a mask boundary test each element.
       auto activate = [&](auto masked, auto diagonal_bias) {
+        constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int i = i_first + row, j = j0 + col;
           float z = p.alpha * sc[n][e];
           if constexpr (kBias) {
             if (p.pos != nullptr) {
-              z += position_bias<decltype(diagonal_bias)::value>(
-                  p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+              z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
             }
             if (p.time != nullptr) {
-              z += bs->time[time_slot(bs->buckets, p.num_time, ts_row[half] - ts[col])];
+              const int64_t dt = ts_row[half] - ts[col];
+              z += bs->time[kDiagonal
+                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                : time_slot(bs->buckets, p.num_time, dt)];
             }
           }
           const float sig = sigmoid(z);
@@ -443,12 +499,15 @@ __global__ void __launch_bounds__(kThreads)
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
-      // rows see every history column). Bias kernels test every element: fewer copies of their
-      // larger code keep it in the instruction cache.
-      if (diagonal) {
+      // rows see every history column). The bias kernels' general copy tests every element:
+      // fewer copies of their larger code keep it in the instruction cache.
+      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+                          j0 + kCols > s.mask.history;
+      if (diagonal && masked) {
         activate(std::true_type{}, std::true_type{});
-      } else if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
-                 j0 + kCols > s.mask.history) {
+      } else if (diagonal) {
+        activate(std::false_type{}, std::true_type{});
+      } else if (kBias || masked) {
         activate(std::true_type{}, std::false_type{});
       } else {
         activate(std::false_type{}, std::false_type{});
@@ -587,15 +646,18 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     load_tile<D>(s_k, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k, s.length - j0);
     load_tile<D>(s_v, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v, s.length - j0);
+    unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
     auto load_queries = [&](int i0, int stage) {
-      load_stage<D>(s_q + stage * kCols * LD, s_do + stage * kCols * LD, s_ts + stage * kCols, q,
-                    p.ld_q, d_out, p.ld_o, p, s, h, i0);
+      const bool wide = load_stage<D>(s_q + stage * kCols * LD, s_do + stage * kCols * LD,
+                                      s_ts + stage * kCols, q, p.ld_q, d_out, p.ld_o, p, s, h, i0);
+      wide_stages = (wide_stages & ~(1u << stage)) | (static_cast<unsigned>(wide) << stage);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
 
     const int j_row[2] = {j0 + 16 * w + lane / 4, j0 + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, j_row[0]), timestamp(p, s, j_row[1])};
+    const bool wide_rows = kBias && rows_wide(p, s, j_row, ts_row);
     float acc_k[D / 8][4], acc_v[D / 8][4];
     zero(acc_k);
     zero(acc_v);
@@ -604,10 +666,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
-      const bool diagonal = kBias && diagonal_tile(s, j0, i0);
-      if (diagonal) stage_diagonals(bs, p, i0 - j0);
+      const bool diagonal_candidate = kBias && diagonal_tile(s, j0, i0);
+      if (diagonal_candidate) stage_diagonals(bs, p, i0 - j0);
       cp_async_wait<1>();
-      __syncthreads();
+      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
+      const bool diagonal = diagonal_candidate && narrow;
       const T* tq = s_q + stage * kCols * LD;
       const T* tdo = s_do + stage * kCols * LD;
       const int64_t* ts = s_ts + stage * kCols;
@@ -629,7 +692,10 @@ __global__ void __launch_bounds__(kThreads)
               z += position_bias<kDiagonal>(p, s, bs->diagonal + (col - row + kCols - 1), i, j);
             }
             if (p.time != nullptr) {
-              time_bucket = time_slot(bs->buckets, p.num_time, ts[col] - ts_row[half]);
+              const int64_t dt = ts[col] - ts_row[half];
+              time_bucket = kDiagonal
+                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                : time_slot(bs->buckets, p.num_time, dt);
               z += bs->time[time_bucket];
             }
           }
@@ -650,11 +716,16 @@ __global__ void __launch_bounds__(kThreads)
           }
         });
       };
+      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
+                          j0 + kRows > s.mask.history || i0 + kCols > s.length;
       if (diagonal) {
-        activate(std::true_type{}, std::true_type{});
+        if (masked) {
+          activate(std::true_type{}, std::true_type{});
+        } else {
+          activate(std::false_type{}, std::true_type{});
+        }
         if (want_pos) add_diagonal_gradients(p, s_dz, s_bias, smem_pos, dp, i0 - j0);
-      } else if (kBias || s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
-                 j0 + kRows > s.mask.history || i0 + kCols > s.length) {
+      } else if (kBias || masked) {
         activate(std::true_type{}, std::false_type{});
       } else {
         activate(std::false_type{}, std::false_type{});
@@ -697,6 +768,10 @@ const TimeBuckets& time_buckets() {
     for (int b = 0; b < kTimeSlots + 4; ++b) {
       t.threshold[b] = static_cast<int64_t>(
           std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<int64_t>::max()));
+    }
+    for (int b = 0; b < kTimeSlots + 4; ++b) {
+      t.threshold32[b] = static_cast<uint32_t>(
+          std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<uint32_t>::max()));
     }
     for (int e = 0; e < 64; ++e) t.start[e] = cpu_table.start(e);
     return t;
