@@ -206,6 +206,76 @@ TEST(EmbeddingTable, DuplicateKeysInOneBatchActInOrder) {
   EXPECT_EQ(table.export_rows().scores[2], 2u);
 }
 
+// take_rows = find + erase in one pass; insert_packed_rows puts the rows back exactly. Large
+// enough for the parallel shard grouping.
+TEST(EmbeddingTable, TakeRowsAndPackedRowsMoveWholeRows) {
+  TableOptions opt;
+  opt.dim = 3;
+  opt.optimizer = OptimizerState::kAdagrad;
+  opt.initial_state = 0.5f;
+  opt.initializer = {InitKind::kUniform, 0.1f, 7};
+  opt.initial_capacity = 64;
+  opt.num_shards = 8;
+  DynamicTable table(opt);
+  constexpr int64_t kN = 10000, kDim = 3;
+  std::vector<uint64_t> keys(kN);
+  std::vector<float> values(kN * kDim);
+  for (int64_t k = 0; k < kN; ++k) {
+    keys[k] = static_cast<uint64_t>(k) * 7919 + 1;
+    for (int64_t c = 0; c < kDim; ++c) values[k * kDim + c] = static_cast<float>(k) + 0.25f * c;
+  }
+  table.set_step(3);
+  table.insert_or_assign(keys.data(), values.data(), kN);
+  const TableRows before = table.export_rows();
+  for (float s : before.states) ASSERT_EQ(s, 0.5f) << "a new row's state is the initial one";
+
+  // Take the even keys, key 1 again (already taken) and an absent key.
+  std::vector<uint64_t> take;
+  for (int64_t k = 0; k < kN; k += 2) take.push_back(keys[k]);
+  take.push_back(keys[0]);
+  take.push_back(12345678);
+  const int64_t t = static_cast<int64_t>(take.size());
+  std::vector<float> v(t * kDim, -1.0f), st(t, -1.0f);
+  std::vector<uint64_t> sc(t), stamps(t);
+  std::vector<uint8_t> found(t);
+  table.set_step(9);
+  EXPECT_EQ(
+      table.take_rows(take.data(), t, v.data(), found.data(), st.data(), sc.data(), stamps.data()),
+      kN / 2);
+  EXPECT_EQ(table.size(), kN / 2);
+  EXPECT_EQ(found[t - 2], 0) << "a repeated key is taken once";
+  EXPECT_EQ(found[t - 1], 0);
+  for (int64_t i = 0; i < kN / 2; ++i) {
+    ASSERT_EQ(found[i], 1);
+    ASSERT_EQ(v[i * kDim + 2], static_cast<float>(2 * i) + 0.5f);
+    ASSERT_EQ(st[i], 0.5f);
+    ASSERT_EQ(stamps[i], 3u);
+    ASSERT_FALSE(table.contains(take[i]));
+  }
+  for (int64_t k = 1; k < kN; k += 2) ASSERT_TRUE(table.contains(keys[k]));
+
+  // Back as packed rows (values then state): every row exactly as before, stamps given or 0.
+  const int64_t half = kN / 4;
+  std::vector<float> packed((kN / 2) * (kDim + 1));
+  for (int64_t i = 0; i < kN / 2; ++i) {
+    std::copy(&v[i * kDim], &v[i * kDim] + kDim, &packed[i * (kDim + 1)]);
+    packed[i * (kDim + 1) + kDim] = st[i];
+  }
+  table.insert_packed_rows(take.data(), half, packed.data(), sc.data(), stamps.data());
+  table.insert_packed_rows(take.data() + half, kN / 2 - half, packed.data() + half * (kDim + 1),
+                           sc.data() + half);
+  EXPECT_EQ(table.size(), kN);
+  const TableRows after = table.export_rows();
+  EXPECT_EQ(after.keys, before.keys);
+  EXPECT_EQ(after.values, before.values);
+  EXPECT_EQ(after.states, before.states);
+  EXPECT_EQ(after.scores, before.scores);
+  std::set<uint64_t> unstamped(take.begin() + half, take.begin() + kN / 2);
+  for (int64_t i = 0; i < after.size(); ++i) {
+    ASSERT_EQ(after.stamps[i], unstamped.count(after.keys[i]) ? 0u : 3u);
+  }
+}
+
 TEST(EmbeddingTable, InitializerDependsOnlyOnKey) {
   for (InitKind kind : {InitKind::kUniform, InitKind::kNormal}) {
     TableOptions opt;
