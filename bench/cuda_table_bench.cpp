@@ -141,7 +141,6 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
     };
     Philox rng(2024);
     uint64_t step = 0;
-    std::string phases;  // the second table: per-call phase times of the timed calls
     for (const bool is_zipf : {false, true}) {
       auto next_batch = [&] {
         for (auto& k : keys) {
@@ -171,20 +170,6 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
           median_bkvs([&] { table.find_or_insert(d_keys, kKeys, d_values, d_flags, stream); });
       const TierStats st = table.stats();
       const double fnd = median_bkvs([&] { table.find(d_keys, kKeys, d_values, d_flags, stream); });
-      const cuda::TierTimes times = table.times();
-      for (const bool is_find : {false, true}) {
-        const cuda::TierPhaseTimes& t = is_find ? times.find : times.find_or_insert;
-        const double per_call_ms = 1e3 / static_cast<double>(std::max<int64_t>(t.calls, 1));
-        char line[256];
-        std::snprintf(line, sizeof(line),
-                      "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
-                      is_zipf ? "Zipf 1.05" : "uniform", is_find ? "find" : "find_or_insert",
-                      t.total * per_call_ms, t.device_lookup * per_call_ms,
-                      t.key_copy * per_call_ms, t.host_lookup * per_call_ms, t.upload * per_call_ms,
-                      t.hot_update * per_call_ms, t.evicted_copy * per_call_ms,
-                      t.host_insert * per_call_ms);
-        phases += line;
-      }
       const double looked = static_cast<double>(st.hot_hits + st.host_hits + st.misses);
       std::printf("| %s | %lld | %lldM + %lldM | %.2f | %s | %s | %.4f | %.0f | %.0f | %.1f |\n",
                   is_zipf ? "Zipf 1.05" : "uniform", static_cast<long long>(kDim),
@@ -196,23 +181,12 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
                   fill_s);
       std::fflush(stdout);
     }
-    std::printf(
-        "\nPhases, ms per call (mean of the timed calls; CudaTieredTable::times()):\n\n"
-        "| keys | op | total | device lookup | key copy | host lookup | upload | hot update | "
-        "evicted copy | host insert |\n|---|---|---|---|---|---|---|---|---|---|\n%s",
-        phases.c_str());
   } catch (const Error& e) {
     cudaGetLastError();
     std::printf("| skipped: %s |\n", e.what());
   }
   std::printf(
-      "\nfill s: seconds to fill both tiers (hot through find_or_insert, host directly).\n"
-      "Phases: total is the call's wall clock; device lookup (hot.contains or hot.find, gather,\n"
-      "sort and dedup of the misses, with the wait for their count), key copy, upload (chunks\n"
-      "summed), hot update (compaction, hot.insert_rows and hot.find_or_insert; find: the\n"
-      "scatter) and evicted copy are GPU time between CUDA events; host lookup (take_rows or\n"
-      "find) and host insert (the demoted rows) are host wall clock. Copies overlap host work,\n"
-      "so the phases need not add up to the total.\n");
+      "\nfill s: seconds to fill both tiers (hot through find_or_insert, host directly).\n");
 }
 
 }  // namespace

@@ -9,7 +9,6 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <numeric>
 #include <unordered_set>
 
 #include "core/error.h"
@@ -23,9 +22,6 @@ namespace {
 // Below this many keys a batch runs on the calling thread.
 constexpr int64_t kParallelKeys = 4096;
 constexpr int64_t kMinShardSlots = 8;
-// Keys ahead whose home slot (key and row) a shard prefetches: a batch's keys are random, so
-// each probe is a cache and TLB miss, and prefetching keeps several of them in flight.
-constexpr int64_t kPrefetchDistance = 8;
 
 }  // namespace
 
@@ -179,7 +175,6 @@ enum class DynamicTable::Op : uint8_t {
   kErase,
   kInsertRows,
   kUpdate,
-  kTake,
 };
 
 struct DynamicTable::Batch {
@@ -189,8 +184,7 @@ struct DynamicTable::Batch {
   const float* values_in = nullptr;
   const float* states_in = nullptr;
   const uint64_t* scores_in = nullptr;
-  const uint64_t* stamps_in = nullptr;  // null: stamps 0
-  bool packed = false;                  // values_in rows are values then state (stride floats)
+  const uint64_t* stamps_in = nullptr;
   float* values_out = nullptr;
   float* states_out = nullptr;
   uint64_t* scores_out = nullptr;
@@ -256,15 +250,13 @@ void DynamicTable::init_row(uint64_t key, float* value, float* state) const {
   std::fill(state, state + state_dim_, s0);
 }
 
-void DynamicTable::process_shard(int s, const int64_t* idx, int64_t num, Batch& b) const {
+void DynamicTable::process_shard(int s, const std::vector<int64_t>& idx, Batch& b) const {
   Shard& shard = *shards_[s];
   std::lock_guard<std::mutex> lock(shard.mutex);
   const int64_t dim = options_.dim, sd = state_dim_, stride = stride_;
   const EvictionPolicy policy = options_.eviction;
   int64_t count = 0, slots_added = 0;
   auto custom = [&](int64_t i) { return b.scores_in != nullptr ? b.scores_in[i] : 0; };
-  const float initial_state =
-      options_.optimizer == OptimizerState::kAdagrad ? options_.initial_state : 0.0f;
   // A slot for a new key, growing the shard past the load factor.
   auto claim = [&](uint64_t key) {
     while (static_cast<double>(shard.size + 1) >
@@ -274,20 +266,7 @@ void DynamicTable::process_shard(int s, const int64_t* idx, int64_t num, Batch& 
     }
     return shard.claim(key);
   };
-  const bool touches_row = b.op != Op::kContains && b.op != Op::kErase;
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * stride;
-  // The key's home slot and row, where it (or its free slot) most likely is at this load.
-  auto prefetch = [&](uint64_t key) {
-    const uint64_t home = mix64(key) & shard.mask;
-    __builtin_prefetch(&shard.keys[home]);
-    if (!touches_row) return;
-    const char* row = reinterpret_cast<const char*>(&shard.rows[home * stride]);
-    for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(row + at);
-    __builtin_prefetch(row + row_bytes - 1);
-  };
-  for (int64_t k = 0; k < num; ++k) {
-    if (k + kPrefetchDistance < num) prefetch(b.keys[idx[k + kPrefetchDistance]]);
-    const int64_t i = idx[k];
+  for (int64_t i : idx) {
     const uint64_t key = b.keys[i];
     int64_t slot = shard.find(key);
     switch (b.op) {
@@ -295,7 +274,6 @@ void DynamicTable::process_shard(int s, const int64_t* idx, int64_t num, Batch& 
         b.mask_out[i] = slot >= 0;
         break;
       case Op::kFind:
-      case Op::kTake:
         b.mask_out[i] = slot >= 0;
         if (slot < 0) break;
         std::memcpy(b.values_out + i * dim, &shard.rows[slot * stride], sizeof(float) * dim);
@@ -304,10 +282,6 @@ void DynamicTable::process_shard(int s, const int64_t* idx, int64_t num, Batch& 
         }
         if (b.scores_out != nullptr) b.scores_out[i] = shard.scores[slot];
         if (b.stamps_out != nullptr) b.stamps_out[i] = shard.stamps[slot];
-        if (b.op == Op::kTake) {
-          shard.erase_slot(slot, stride);
-          ++count;
-        }
         break;
       case Op::kFindOrInsert: {
         const bool is_new = slot < 0;
@@ -343,26 +317,15 @@ void DynamicTable::process_shard(int s, const int64_t* idx, int64_t num, Batch& 
             break;
           }
           slot = claim(key);
-          // The values (and inserted rows' state) are written below: only a new row's state
-          // needs its initial value, and only for insert_or_assign.
-          if (b.op == Op::kInsertOrAssign) {
-            float* state = &shard.rows[slot * stride + dim];
-            std::fill(state, state + sd, initial_state);
-          }
+          init_row(key, &shard.rows[slot * stride], &shard.rows[slot * stride + dim]);
           ++count;
         }
         float* row = &shard.rows[slot * stride];
-        if (b.packed) {
-          std::memcpy(row, b.values_in + i * stride, sizeof(float) * stride);
-        } else {
-          std::memcpy(row, b.values_in + i * dim, sizeof(float) * dim);
-          if (b.op == Op::kInsertRows && sd > 0) {
-            std::memcpy(row + dim, b.states_in + i * sd, sizeof(float) * sd);
-          }
-        }
+        std::memcpy(row, b.values_in + i * dim, sizeof(float) * dim);
         if (b.op == Op::kInsertRows) {
+          if (sd > 0) std::memcpy(row + dim, b.states_in + i * sd, sizeof(float) * sd);
           shard.scores[slot] = b.scores_in[i];
-          shard.stamps[slot] = b.stamps_in != nullptr ? b.stamps_in[i] : 0;
+          shard.stamps[slot] = b.stamps_in[i];
         } else {
           shard.scores[slot] =
               score_after_access(policy, is_new, shard.scores[slot], b.step, b.epoch, custom(i));
@@ -401,58 +364,31 @@ void DynamicTable::run_batch(Batch& b) const {
   b.step = step_.load();
   b.epoch = epoch_.load();
   const int num_shards = options_.num_shards;
-  const bool parallel = b.n >= kParallelKeys;
-  auto run = [&](int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
-    if (parallel) {
-      parallel_for(n, fn);
-    } else {
-      fn(0, n, 0);
+  // Stable grouping by shard: each shard sees its keys in batch order.
+  std::vector<std::vector<int64_t>> groups(num_shards);
+  if (shard_bits_ == 0) {
+    groups[0].resize(b.n);
+    for (int64_t i = 0; i < b.n; ++i) groups[0][i] = i;
+  } else {
+    std::vector<uint16_t> shard_of(b.n);
+    std::vector<int64_t> counts(num_shards, 0);
+    for (int64_t i = 0; i < b.n; ++i) {
+      shard_of[i] = static_cast<uint16_t>(shard_index(b.keys[i]));
+      ++counts[shard_of[i]];
+    }
+    for (int s = 0; s < num_shards; ++s) groups[s].reserve(counts[s]);
+    for (int64_t i = 0; i < b.n; ++i) groups[shard_of[i]].push_back(i);
+  }
+  auto work = [&](int64_t begin, int64_t end, int) {
+    for (int64_t s = begin; s < end; ++s) {
+      if (!groups[s].empty()) process_shard(static_cast<int>(s), groups[s], b);
     }
   };
-  // Stable grouping by shard, a counting sort over fixed blocks of the batch (parallel for a
-  // large batch): order[first[s], first[s + 1]) are shard s's positions in batch order.
-  std::vector<int64_t> order(b.n), first(num_shards + 1, 0);
-  if (shard_bits_ == 0) {
-    std::iota(order.begin(), order.end(), int64_t{0});
-    first[1] = b.n;
+  if (b.n < kParallelKeys) {
+    work(0, num_shards, 0);
   } else {
-    const int64_t blocks = parallel ? ThreadPool::global().num_threads() : 1;
-    auto block_begin = [&](int64_t k) { return b.n * k / blocks; };
-    std::vector<uint16_t> shard_of(b.n);
-    std::vector<int64_t> at(blocks * num_shards, 0);  // per block and shard: count, then slot
-    run(blocks, [&](int64_t begin, int64_t end, int) {
-      for (int64_t k = begin; k < end; ++k) {
-        int64_t* counts = &at[k * num_shards];
-        for (int64_t i = block_begin(k); i < block_begin(k + 1); ++i) {
-          shard_of[i] = static_cast<uint16_t>(shard_index(b.keys[i]));
-          ++counts[shard_of[i]];
-        }
-      }
-    });
-    int64_t next = 0;
-    for (int s = 0; s < num_shards; ++s) {
-      first[s] = next;
-      for (int64_t k = 0; k < blocks; ++k) {
-        const int64_t c = at[k * num_shards + s];
-        at[k * num_shards + s] = next;
-        next += c;
-      }
-    }
-    first[num_shards] = next;
-    run(blocks, [&](int64_t begin, int64_t end, int) {
-      for (int64_t k = begin; k < end; ++k) {
-        int64_t* slots = &at[k * num_shards];
-        for (int64_t i = block_begin(k); i < block_begin(k + 1); ++i)
-          order[slots[shard_of[i]]++] = i;
-      }
-    });
+    parallel_for(num_shards, work);
   }
-  run(num_shards, [&](int64_t begin, int64_t end, int) {
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t num = first[s + 1] - first[s];
-      if (num > 0) process_shard(static_cast<int>(s), order.data() + first[s], num, b);
-    }
-  });
   total_slots_ += b.slots_added.load();
 }
 
@@ -633,43 +569,6 @@ void DynamicTable::insert_rows(const TableRows& rows, TableRows* evicted, const 
   b.stamps_in = rows.stamps.data();
   b.mask_out = stored;
   run_inserting(b, pinned, num_pinned, evicted, false);
-}
-
-void DynamicTable::insert_packed_rows(const uint64_t* keys, int64_t n, const float* rows,
-                                      const uint64_t* scores, const uint64_t* stamps,
-                                      TableRows* evicted) {
-  check_keys(keys, n, "insert_packed_rows");
-  GENREC_CHECK(n == 0 || (rows != nullptr && scores != nullptr),
-               "dynamic table insert_packed_rows: null rows or scores");
-  Batch b;
-  b.op = Op::kInsertRows;
-  b.keys = keys;
-  b.n = n;
-  b.values_in = rows;
-  b.packed = true;
-  b.scores_in = scores;
-  b.stamps_in = stamps;
-  run_inserting(b, nullptr, 0, evicted, false);
-}
-
-int64_t DynamicTable::take_rows(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found,
-                                float* states_out, uint64_t* scores_out, uint64_t* stamps_out) {
-  GENREC_CHECK(n >= 0, "dynamic table take_rows: negative batch size {}", n);
-  GENREC_CHECK(n == 0 || (values_out != nullptr && found != nullptr),
-               "dynamic table take_rows: null values_out or found");
-  std::shared_lock<std::shared_mutex> lock(table_mutex_);
-  Batch b;
-  b.op = Op::kTake;
-  b.keys = keys;
-  b.n = n;
-  b.values_out = values_out;
-  b.mask_out = found;
-  b.states_out = states_out;
-  b.scores_out = scores_out;
-  b.stamps_out = stamps_out;
-  run_batch(b);
-  size_ -= b.count.load();
-  return b.count.load();
 }
 
 int64_t DynamicTable::assign(const uint64_t* keys, const float* values, int64_t n,

@@ -123,17 +123,6 @@ class DynamicTable {
   void insert_rows(const TableRows& rows, TableRows* evicted = nullptr,
                    const uint64_t* pinned = nullptr, int64_t num_pinned = 0,
                    uint8_t* stored = nullptr);
-  // Rows given packed as the CUDA table moves them: row i is rows[i * (dim + state_dim) ...],
-  // values then optimizer state; otherwise as insert_rows (stamps null: all 0).
-  void insert_packed_rows(const uint64_t* keys, int64_t n, const float* rows,
-                          const uint64_t* scores, const uint64_t* stamps = nullptr,
-                          TableRows* evicted = nullptr);
-  // find and erase in one pass (one probe per key, as the tiers promote rows): copies the rows
-  // of present keys out as find does and removes them. A repeated key is taken by its first
-  // occurrence; found[i] = 0 for the others. Returns how many rows were removed.
-  int64_t take_rows(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found,
-                    float* states_out = nullptr, uint64_t* scores_out = nullptr,
-                    uint64_t* stamps_out = nullptr);
   // find_or_insert with extra pinned keys (the tiers pin the whole lookup batch).
   void find_or_insert_pinned(const uint64_t* keys, int64_t n, float* values_out, uint8_t* stored,
                              const uint64_t* scores, TableRows* evicted, const uint64_t* pinned,
@@ -178,8 +167,7 @@ class DynamicTable {
 
  private:
   void run_batch(Batch& batch) const;
-  // Runs the batch positions idx[0, count), all of shard s, in order.
-  void process_shard(int s, const int64_t* idx, int64_t count, Batch& batch) const;
+  void process_shard(int s, const std::vector<int64_t>& idx, Batch& batch) const;
   // Bounded tables: decides which new keys may be inserted and evicts room for them.
   void plan_insertions(Batch& batch, const uint64_t* pinned, int64_t num_pinned, TableRows* evicted,
                        bool admit);

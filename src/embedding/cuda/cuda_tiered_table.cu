@@ -1,26 +1,22 @@
-// find_or_insert in batched steps, each crossing PCIe once per direction (in chunks):
+// find_or_insert in batched steps, each crossing PCIe once per direction:
 // 1. hot.contains marks the occurrences in hot; a kernel gathers the others (no kEmptyKey), a
-//    radix sort and a unique pass leave the distinct misses sorted on the device, and they come
-//    to the host in one copy.
-// 2. host.take_rows finds and removes them in one pass per chunk, straight into pinned staging
-//    (row j of the misses at row j); each chunk goes up while the host takes the next.
-// 3. a kernel compacts the taken rows (the promotions) into key order, insert_rows puts them
-//    into hot, the whole batch pinned; then hot.find_or_insert runs the batch, so the hits and
-//    promoted rows are found (one access each) and new keys get the initializer. Both hot
-//    calls write their evicted rows to one device list.
-// 4. the list comes down in chunks, each going into host (packed rows, no repacking) while the
-//    next one copies.
+//    radix sort orders them, and they come to the host in one copy, deduplicated there.
+// 2. host.find looks them up in one batch; the found rows (promoted) move to the front of the
+//    pinned staging and are erased from host; the rest are new keys.
+// 3. the promoted rows (keys, values, states, scores) go up in one copy each and into hot with
+//    insert_rows, the whole batch pinned; then hot.find_or_insert runs the batch, so the hits
+//    and promoted rows are found (one access each) and new keys get the initializer. Both hot
+//    calls write their evicted rows to one device list, which comes down in one copy and goes
+//    into host with one insert_rows. The host erase runs while the GPU inserts.
 #include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
 
 #include "embedding/cuda/cuda_tiered_table.h"
 
 #include <cub/device/device_radix_sort.cuh>
-#include <cub/device/device_select.cuh>
 
 #include <algorithm>
-#include <chrono>
+#include <cstring>
 #include <numeric>
-#include <utility>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -29,24 +25,6 @@ namespace genrec::cuda {
 namespace {
 
 constexpr int kBlock = 256;
-// Host lookups and the copies of their rows run in up to kMaxChunks chunks of at least
-// kChunkRows rows, so that one chunk's copy overlaps the next chunk's host work.
-constexpr int64_t kChunkRows = 32768;
-constexpr int kMaxChunks = 4;
-// Timing events: the phase boundaries, then a (start, end) pair per upload and evicted chunk.
-constexpr int kStart = 0, kLookupEnd = 1, kKeysCopied = 2, kUpdateStart = 3, kUpdateEnd = 4,
-              kUpStart = 5, kEvStart = kUpStart + 2 * kMaxChunks,
-              kNumEvents = kEvStart + 2 * kMaxChunks;
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-int chunks_for(int64_t rows) {
-  return static_cast<int>(std::clamp<int64_t>(rows / kChunkRows, 1, kMaxChunks));
-}
 
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + kBlock - 1) / kBlock, 1, 1 << 20));
@@ -94,34 +72,10 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// Row k of the promoted rows (keys, values, states, scores) is row src[k] of the misses (src
-// null: row k); the keys are on the device already, the rest came up as taken.
+// Occurrences of the keys in kept (sorted) get kept's rows: host rows that hot could not take.
 __global__ void __launch_bounds__(kBlock)
-    compact_kernel(const int64_t* src, int64_t p, const uint64_t* keys, const float* values,
-                   const float* states, const uint64_t* scores, int64_t dim, int64_t sd,
-                   uint64_t* keys_out, float* values_out, float* states_out, uint64_t* scores_out) {
-  const int64_t row = dim + sd, total = p * row, stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < total;
-       e += stride) {
-    const int64_t k = e / row, c = e - k * row;
-    const int64_t r = src != nullptr ? src[k] : k;
-    if (c < dim) {
-      values_out[k * dim + c] = values[r * dim + c];
-    } else {
-      states_out[k * sd + c - dim] = states[r * sd + c - dim];
-    }
-    if (c == 0) {
-      keys_out[k] = keys[r];
-      scores_out[k] = scores[r];
-    }
-  }
-}
-
-// Occurrences of the promoted keys (sorted) that hot did not store get their host rows.
-__global__ void __launch_bounds__(kBlock)
-    kept_rows_kernel(const uint64_t* keys, int64_t n, const uint64_t* kept,
-                     const uint8_t* kept_stored, const float* rows, int64_t num_kept, int64_t dim,
-                     float* values_out) {
+    kept_rows_kernel(const uint64_t* keys, int64_t n, const uint64_t* kept, const float* rows,
+                     int64_t num_kept, int64_t dim, float* values_out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; i < n; i += stride) {
     const uint64_t key = keys[i];
@@ -134,7 +88,7 @@ __global__ void __launch_bounds__(kBlock)
         hi = mid;
       }
     }
-    if (lo == num_kept || kept[lo] != key || kept_stored[lo]) continue;
+    if (lo == num_kept || kept[lo] != key) continue;
     for (int64_t c = 0; c < dim; ++c) values_out[i * dim + c] = rows[lo * dim + c];
   }
 }
@@ -193,16 +147,7 @@ const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOpti
 }  // namespace
 
 CudaTieredTable::CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host)
-    : hot_(checked_hot(hot, host)), host_(host) {
-  for (int e = 0; e < kNumEvents; ++e) scratch_.events.emplace_back(true);
-}
-
-double CudaTieredTable::elapsed(int from, int to) const {
-  float ms = 0.0f;
-  GENREC_CUDA_CHECK(
-      cudaEventElapsedTime(&ms, scratch_.events[from].get(), scratch_.events[to].get()));
-  return ms / 1e3;
-}
+    : hot_(checked_hot(hot, host)), host_(host) {}
 
 void CudaTieredTable::set_step(uint64_t step) {
   hot_.set_step(step);
@@ -215,46 +160,37 @@ void CudaTieredTable::set_epoch(uint64_t epoch) {
 }
 
 int64_t CudaTieredTable::gather_misses(const uint64_t* keys, const uint8_t* flags, int64_t n,
-                                       bool unique, int64_t* empties, TierPhaseTimes& times,
+                                       bool sorted, bool index, int64_t* empties,
                                        cudaStream_t stream) const {
   Scratch& s = scratch_;
   uint64_t* miss = grow(s.miss, n);
-  int64_t* counts = grow(s.counts, 4);
-  int64_t* h_counts = grow<int64_t>(s.h_counts, 4);
+  int64_t* counts = grow(s.counts, 3);
+  int64_t* h_counts = grow<int64_t>(s.h_counts, 3);
   GENREC_CUDA_CHECK(cudaMemsetAsync(counts, 0, 2 * sizeof(int64_t), stream));
   gather_kernel<<<blocks_for(n), kBlock, 0, stream>>>(
-      keys, flags, n, miss, unique ? nullptr : grow(s.miss_index, n),
+      keys, flags, n, miss, index ? grow(s.miss_index, n) : nullptr,
       reinterpret_cast<unsigned long long*>(counts));
   GENREC_CUDA_LAUNCH_CHECK("tiered table gather");
   copy_async(h_counts, counts, 2 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const int64_t occurrences = h_counts[0];
+  const int64_t m = h_counts[0];
   if (empties != nullptr) *empties = h_counts[1];
-  if (unique && occurrences > 0) {
-    // Sorted into `sorted`, deduplicated back into `miss`, the count to counts[3].
-    uint64_t* sorted = grow(s.sorted, occurrences);
-    size_t sort_bytes = 0, unique_bytes = 0;
-    GENREC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, miss, sorted, occurrences,
-                                                     0, 64, stream));
-    GENREC_CUDA_CHECK(cub::DeviceSelect::Unique(nullptr, unique_bytes, sorted, miss, counts + 3,
-                                                occurrences, stream));
-    uint8_t* temp = grow(s.sort_temp, static_cast<int64_t>(std::max(sort_bytes, unique_bytes)));
+  if (m == 0) return 0;
+  const uint64_t* src = miss;
+  if (sorted) {
+    uint64_t* out = grow(s.sorted, m);
+    size_t temp_bytes = 0;
     GENREC_CUDA_CHECK(
-        cub::DeviceRadixSort::SortKeys(temp, sort_bytes, miss, sorted, occurrences, 0, 64, stream));
-    GENREC_CUDA_CHECK(cub::DeviceSelect::Unique(temp, unique_bytes, sorted, miss, counts + 3,
-                                                occurrences, stream));
-    copy_async(h_counts + 3, counts + 3, sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
+        cub::DeviceRadixSort::SortKeys(nullptr, temp_bytes, miss, out, m, 0, 64, stream));
+    GENREC_CUDA_CHECK(
+        cub::DeviceRadixSort::SortKeys(grow(s.sort_temp, static_cast<int64_t>(temp_bytes)),
+                                       temp_bytes, miss, out, m, 0, 64, stream));
+    src = out;
   }
-  // All occurrences' slots come down: the distinct count is not known yet, and a second wait
-  // for it would cost more than the extra bytes.
-  event(kLookupEnd).record(stream);
-  copy_async(grow<uint64_t>(s.h_keys, occurrences), miss, sizeof(uint64_t) * occurrences,
-             cudaMemcpyDeviceToHost, stream);
-  event(kKeysCopied).record(stream);
+  copy_async(grow<uint64_t>(s.h_keys, m), src, sizeof(uint64_t) * m, cudaMemcpyDeviceToHost,
+             stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  times.device_lookup += elapsed(kStart, kLookupEnd);
-  times.key_copy += elapsed(kLookupEnd, kKeysCopied);
-  return unique && occurrences > 0 ? h_counts[3] : occurrences;
+  return m;
 }
 
 void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* values_out,
@@ -262,148 +198,128 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
   check_batch(keys, n, values_out, "find_or_insert");
   if (n == 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto call_start = Clock::now();
-  TierPhaseTimes& times = times_.find_or_insert;
   Scratch& s = scratch_;
   const int64_t dim = hot_.dim(), sd = hot_.state_dim(), row_dim = dim + sd;
 
-  // The distinct keys that missed hot, sorted: on the host, and on the device in scratch miss.
-  event(kStart).record(stream);
+  // The distinct keys that missed hot, sorted, on the host.
   uint8_t* in_hot = grow(s.flags, n);
   hot_.contains(keys, n, in_hot, stream);
   int64_t empties = 0;
-  const int64_t m = gather_misses(keys, in_hot, n, true, &empties, times, stream);
-  const uint64_t* h_keys = s.h_keys.as<uint64_t>();
+  const int64_t occurrences = gather_misses(keys, in_hot, n, true, false, &empties, stream);
+  uint64_t* h_keys = s.h_keys.as<uint64_t>();
+  const int64_t m = occurrences == 0 ? 0 : std::unique(h_keys, h_keys + occurrences) - h_keys;
 
-  // Those host holds are taken out of it, in chunks, each going up (as taken: row j of the
-  // misses at row j) while the host takes the next; src lists the taken rows in key order.
+  // Those host holds: their rows to the front of the staging, in key order.
   float* h_values = grow<float>(s.h_values, m * dim);
   float* h_states = grow<float>(s.h_states, m * sd);
   uint64_t* h_scores = grow<uint64_t>(s.h_scores, m);
   uint64_t* h_stamps = grow<uint64_t>(s.h_stamps, m);
   uint8_t* h_found = grow<uint8_t>(s.h_found, m);
-  int64_t* h_src = grow<int64_t>(s.h_src, m);
-  float* raw_values = grow(s.raw_values, m * dim);
-  float* raw_states = grow(s.raw_states, m * sd);
-  uint64_t* raw_scores = grow(s.raw_scores, m);
-  const int up_chunks = m > 0 && host_.size() > 0 ? chunks_for(m) : 0;
-  bool uploaded[kMaxChunks] = {};
   int64_t p = 0;
-  for (int c = 0; c < up_chunks; ++c) {
-    const int64_t j0 = m * c / up_chunks, j1 = m * (c + 1) / up_chunks, len = j1 - j0;
-    const auto t0 = Clock::now();
-    const int64_t taken =
-        host_.take_rows(h_keys + j0, len, h_values + j0 * dim, h_found + j0,
-                        sd > 0 ? h_states + j0 * sd : nullptr, h_scores + j0, h_stamps + j0);
-    times.host_lookup += seconds_since(t0);
-    if (taken == 0) continue;
-    uploaded[c] = true;
-    event(kUpStart + 2 * c).record(stream);
-    copy_async(raw_values + j0 * dim, h_values + j0 * dim, sizeof(float) * len * dim,
-               cudaMemcpyHostToDevice, stream);
-    copy_async(raw_states + j0 * sd, h_states + j0 * sd, sizeof(float) * len * sd,
-               cudaMemcpyHostToDevice, stream);
-    copy_async(raw_scores + j0, h_scores + j0, sizeof(uint64_t) * len, cudaMemcpyHostToDevice,
-               stream);
-    event(kUpStart + 2 * c + 1).record(stream);
-    for (int64_t j = j0; j < j1; ++j) {  // while the chunk goes up
-      if (h_found[j]) h_src[p++] = j;
+  if (m > 0 && host_.size() > 0) {
+    host_.find(h_keys, m, h_values, h_found, sd > 0 ? h_states : nullptr, h_scores, h_stamps);
+    for (int64_t j = 0; j < m; ++j) {
+      if (!h_found[j]) continue;
+      if (p != j) {
+        h_keys[p] = h_keys[j];
+        std::memcpy(h_values + p * dim, h_values + j * dim, sizeof(float) * dim);
+        std::memcpy(h_states + p * sd, h_states + j * sd, sizeof(float) * sd);
+        h_scores[p] = h_scores[j];
+        h_stamps[p] = h_stamps[j];
+      }
+      ++p;
     }
   }
 
-  // Compacted into key order, into hot (the batch pinned), then the batch itself; evictions of
-  // both to one list.
-  event(kUpdateStart).record(stream);
+  // Up, into hot (the batch pinned), then the batch itself; evictions of both to one list.
   int64_t* ev_count = s.counts.data() + 2;
   GENREC_CUDA_CHECK(cudaMemsetAsync(ev_count, 0, sizeof(int64_t), stream));
   const EvictedRows evicted{grow(s.ev_keys, m), grow(s.ev_rows, m * row_dim), grow(s.ev_scores, m),
                             ev_count};
-  uint64_t* up_keys = grow(s.up_keys, p);
-  float* up_values = grow(s.up_values, p * dim);
-  uint8_t* up_stored = grow(s.up_stored, p);
   if (p > 0) {
-    const int64_t* src = nullptr;  // identity when every miss was taken
-    if (p < m) {
-      copy_async(grow(s.src, p), h_src, sizeof(int64_t) * p, cudaMemcpyHostToDevice, stream);
-      src = s.src.data();
-    }
+    uint64_t* up_keys = grow(s.up_keys, p);
+    float* up_values = grow(s.up_values, p * dim);
     float* up_states = grow(s.up_states, p * sd);
     uint64_t* up_scores = grow(s.up_scores, p);
-    compact_kernel<<<blocks_for(p * row_dim), kBlock, 0, stream>>>(
-        src, p, s.miss.data(), raw_values, raw_states, raw_scores, dim, sd, up_keys, up_values,
-        up_states, up_scores);
-    GENREC_CUDA_LAUNCH_CHECK("tiered table compact");
-    hot_.insert_rows(up_keys, up_values, up_states, up_scores, p, stream, up_stored, &evicted, keys,
-                     n);
+    copy_async(up_keys, h_keys, sizeof(uint64_t) * p, cudaMemcpyHostToDevice, stream);
+    copy_async(up_values, h_values, sizeof(float) * p * dim, cudaMemcpyHostToDevice, stream);
+    copy_async(up_states, h_states, sizeof(float) * p * sd, cudaMemcpyHostToDevice, stream);
+    copy_async(up_scores, h_scores, sizeof(uint64_t) * p, cudaMemcpyHostToDevice, stream);
+    hot_.insert_rows(up_keys, up_values, up_states, up_scores, p, stream, grow(s.up_stored, p),
+                     &evicted, keys, n);
   }
   // Without misses nothing is inserted, so nothing can be evicted.
   hot_.find_or_insert(keys, n, values_out, stored, stream, nullptr, m > 0 ? &evicted : nullptr);
-  event(kUpdateEnd).record(stream);
   int64_t* h_counts = s.h_counts.as<int64_t>();
-  uint8_t* h_stored = grow<uint8_t>(s.h_stored, p);
   copy_async(h_counts + 2, ev_count, sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
-  copy_async(h_stored, up_stored, p, cudaMemcpyDeviceToHost, stream);
+  copy_async(h_found, s.up_stored.data(), p, cudaMemcpyDeviceToHost, stream);
+  if (p > 0) host_.erase(h_keys, p);  // while the GPU works
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   const int64_t num_evicted = h_counts[2];
 
-  // The evicted rows come down in chunks, each going into host while the next copies.
+  // Host rows hot could not take (their bucket held only keys of the batch) stay in host, and
+  // their occurrences get them instead of the initializer's row.
+  TableRows kept;
+  for (int64_t j = 0; j < p; ++j) {
+    if (h_found[j]) continue;
+    kept.keys.push_back(h_keys[j]);
+    kept.values.insert(kept.values.end(), h_values + j * dim, h_values + (j + 1) * dim);
+    kept.states.insert(kept.states.end(), h_states + j * sd, h_states + (j + 1) * sd);
+    kept.scores.push_back(h_scores[j]);
+    kept.stamps.push_back(h_stamps[j]);
+  }
+  DeviceBuffer<uint64_t> kept_keys;
+  DeviceBuffer<float> kept_values;
+  if (kept.size() > 0) {
+    kept_keys = DeviceBuffer<uint64_t>(kept.size(), stream);
+    kept_values = DeviceBuffer<float>(kept.size() * dim, stream);
+    copy_async(kept_keys.data(), kept.keys.data(), sizeof(uint64_t) * kept.size(),
+               cudaMemcpyHostToDevice, stream);
+    copy_async(kept_values.data(), kept.values.data(), sizeof(float) * kept.size() * dim,
+               cudaMemcpyHostToDevice, stream);
+    kept_rows_kernel<<<blocks_for(n), kBlock, 0, stream>>>(
+        keys, n, kept_keys.data(), kept_values.data(), kept.size(), dim, values_out);
+    GENREC_CUDA_LAUNCH_CHECK("tiered table kept rows");
+  }
+
+  // The evicted rows down in one copy, into host in one batch (with the kept rows).
   uint64_t* h_ev_keys = grow<uint64_t>(s.h_ev_keys, num_evicted);
   float* h_ev_rows = grow<float>(s.h_ev_rows, num_evicted * row_dim);
   uint64_t* h_ev_scores = grow<uint64_t>(s.h_ev_scores, num_evicted);
-  const int ev_chunks = num_evicted > 0 ? chunks_for(num_evicted) : 0;
-  auto ev_range = [&](int c) {
-    return std::pair{num_evicted * c / ev_chunks, num_evicted * (c + 1) / ev_chunks};
-  };
-  for (int c = 0; c < ev_chunks; ++c) {
-    const auto [r0, r1] = ev_range(c);
-    event(kEvStart + 2 * c).record(stream);
-    copy_async(h_ev_keys + r0, evicted.keys + r0, sizeof(uint64_t) * (r1 - r0),
-               cudaMemcpyDeviceToHost, stream);
-    copy_async(h_ev_rows + r0 * row_dim, evicted.rows + r0 * row_dim,
-               sizeof(float) * (r1 - r0) * row_dim, cudaMemcpyDeviceToHost, stream);
-    copy_async(h_ev_scores + r0, evicted.scores + r0, sizeof(uint64_t) * (r1 - r0),
-               cudaMemcpyDeviceToHost, stream);
-    event(kEvStart + 2 * c + 1).record(stream);
-  }
-
-  // Host rows hot could not take (their bucket held only keys of the batch) go back into host,
-  // and their occurrences get them instead of the initializer's row.
-  TableRows kept;
-  for (int64_t j = 0; j < p; ++j) {
-    if (h_stored[j]) continue;
-    const int64_t r = p < m ? h_src[j] : j;
-    kept.keys.push_back(h_keys[r]);
-    kept.values.insert(kept.values.end(), h_values + r * dim, h_values + (r + 1) * dim);
-    kept.states.insert(kept.states.end(), h_states + r * sd, h_states + (r + 1) * sd);
-    kept.scores.push_back(h_scores[r]);
-    kept.stamps.push_back(h_stamps[r]);
-  }
-  if (kept.size() > 0) {
-    kept_rows_kernel<<<blocks_for(n), kBlock, 0, stream>>>(keys, n, up_keys, up_stored, up_values,
-                                                           p, dim, values_out);
-    GENREC_CUDA_LAUNCH_CHECK("tiered table kept rows");
-    const auto t0 = Clock::now();
-    host_.insert_rows(kept);
-    times.host_insert += seconds_since(t0);
-  }
-  for (int c = 0; c < ev_chunks; ++c) {
-    const auto [r0, r1] = ev_range(c);
-    event(kEvStart + 2 * c + 1).synchronize();
-    const auto t0 = Clock::now();
-    host_.insert_packed_rows(h_ev_keys + r0, r1 - r0, h_ev_rows + r0 * row_dim, h_ev_scores + r0);
-    times.host_insert += seconds_since(t0);
-  }
+  copy_async(h_ev_keys, evicted.keys, sizeof(uint64_t) * num_evicted, cudaMemcpyDeviceToHost,
+             stream);
+  copy_async(h_ev_rows, evicted.rows, sizeof(float) * num_evicted * row_dim, cudaMemcpyDeviceToHost,
+             stream);
+  copy_async(h_ev_scores, evicted.scores, sizeof(uint64_t) * num_evicted, cudaMemcpyDeviceToHost,
+             stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const int64_t total = num_evicted + kept.size();
+  if (total > 0) {
+    TableRows& rows = demoted_;
+    rows.keys.resize(total);
+    rows.values.resize(total * dim);
+    rows.states.resize(total * sd);
+    rows.scores.resize(total);
+    rows.stamps.resize(total);
+    // Rows come down as values then state; the host table takes them apart.
+    parallel_for(num_evicted, [&](int64_t begin, int64_t end, int) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* row = h_ev_rows + r * row_dim;
+        std::memcpy(rows.values.data() + r * dim, row, sizeof(float) * dim);
+        std::memcpy(rows.states.data() + r * sd, row + dim, sizeof(float) * sd);
+        rows.keys[r] = h_ev_keys[r];
+        rows.scores[r] = h_ev_scores[r];
+        rows.stamps[r] = 0;  // the CUDA table keeps no stamps
+      }
+    });
+    std::copy(kept.keys.begin(), kept.keys.end(), rows.keys.begin() + num_evicted);
+    std::copy(kept.values.begin(), kept.values.end(), rows.values.begin() + num_evicted * dim);
+    std::copy(kept.states.begin(), kept.states.end(), rows.states.begin() + num_evicted * sd);
+    std::copy(kept.scores.begin(), kept.scores.end(), rows.scores.begin() + num_evicted);
+    std::copy(kept.stamps.begin(), kept.stamps.end(), rows.stamps.begin() + num_evicted);
+    host_.insert_rows(rows);
+  }
 
-  for (int c = 0; c < up_chunks; ++c) {
-    if (uploaded[c]) times.upload += elapsed(kUpStart + 2 * c, kUpStart + 2 * c + 1);
-  }
-  times.hot_update += elapsed(kUpdateStart, kUpdateEnd);
-  for (int c = 0; c < ev_chunks; ++c) {
-    times.evicted_copy += elapsed(kEvStart + 2 * c, kEvStart + 2 * c + 1);
-  }
-  times.total += seconds_since(call_start);
-  ++times.calls;
   stats_.hot_hits += n - m - empties;  // repeats of a missed key count as hot hits
   stats_.host_hits += p;
   stats_.misses += m - p + empties;
@@ -417,51 +333,24 @@ void CudaTieredTable::find(const uint64_t* keys, int64_t n, float* values_out, u
   GENREC_CHECK(n == 0 || found != nullptr, "CUDA tiered table find: null found");
   if (n == 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto call_start = Clock::now();
-  TierPhaseTimes& times = times_.find;
   Scratch& s = scratch_;
   const int64_t dim = hot_.dim();
-  event(kStart).record(stream);
   hot_.find(keys, n, values_out, found, stream);
-  // Every missing occurrence is looked up (no dedup: nothing moves, so repeats are harmless).
-  const bool look_in_host = host_.size() > 0;
-  const int64_t m = look_in_host ? gather_misses(keys, found, n, false, nullptr, times, stream) : 0;
-  if (!look_in_host) {
-    event(kLookupEnd).record(stream);
-    GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-    times.device_lookup += elapsed(kStart, kLookupEnd);
-  } else if (m > 0) {
-    // Looked up in chunks, each going up while the host looks up the next.
-    const uint64_t* h_keys = s.h_keys.as<uint64_t>();
+  const int64_t m =
+      host_.size() > 0 ? gather_misses(keys, found, n, false, true, nullptr, stream) : 0;
+  if (m > 0) {
     float* h_values = grow<float>(s.h_values, m * dim);
     uint8_t* h_found = grow<uint8_t>(s.h_found, m);
+    host_.find(s.h_keys.as<uint64_t>(), m, h_values, h_found);
     float* up_values = grow(s.up_values, m * dim);
     uint8_t* up_found = grow(s.up_stored, m);
-    const int chunks = chunks_for(m);
-    for (int c = 0; c < chunks; ++c) {
-      const int64_t j0 = m * c / chunks, j1 = m * (c + 1) / chunks, len = j1 - j0;
-      const auto t0 = Clock::now();
-      host_.find(h_keys + j0, len, h_values + j0 * dim, h_found + j0);
-      times.host_lookup += seconds_since(t0);
-      event(kUpStart + 2 * c).record(stream);
-      copy_async(up_values + j0 * dim, h_values + j0 * dim, sizeof(float) * len * dim,
-                 cudaMemcpyHostToDevice, stream);
-      copy_async(up_found + j0, h_found + j0, len, cudaMemcpyHostToDevice, stream);
-      event(kUpStart + 2 * c + 1).record(stream);
-    }
-    event(kUpdateStart).record(stream);
+    copy_async(up_values, h_values, sizeof(float) * m * dim, cudaMemcpyHostToDevice, stream);
+    copy_async(up_found, h_found, m, cudaMemcpyHostToDevice, stream);
     scatter_kernel<<<blocks_for(m * dim), kBlock, 0, stream>>>(
         up_values, up_found, s.miss_index.data(), m, dim, values_out, found);
     GENREC_CUDA_LAUNCH_CHECK("tiered table scatter");
-    event(kUpdateEnd).record(stream);
-    GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int c = 0; c < chunks; ++c) {
-      times.upload += elapsed(kUpStart + 2 * c, kUpStart + 2 * c + 1);
-    }
-    times.hot_update += elapsed(kUpdateStart, kUpdateEnd);
   }
-  times.total += seconds_since(call_start);
-  ++times.calls;
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
@@ -488,15 +377,9 @@ TierStats CudaTieredTable::stats() const {
   return stats_;
 }
 
-TierTimes CudaTieredTable::times() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return times_;
-}
-
 void CudaTieredTable::reset_stats() {
   std::lock_guard<std::mutex> lock(mutex_);
   stats_ = TierStats{};
-  times_ = TierTimes{};
 }
 
 }  // namespace genrec::cuda
