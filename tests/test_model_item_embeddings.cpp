@@ -12,7 +12,6 @@
 #include <numeric>
 #include <set>
 
-#include "core/error.h"
 #include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
 #include "model/retrieval_model.h"
@@ -276,16 +275,6 @@ TEST(ModelItemEmbeddings, CheckpointRestoresRowsStateAndUnseenItems) {
   EXPECT_EQ(model->item_table()->export_rows().values,
             loaded.model->item_table()->export_rows().values);
   EXPECT_EQ(model->params().values(), loaded.model->params().values());
-}
-
-TEST(ModelItemEmbeddings, TheCudaModelRefusesADynamicTable) {
-  try {
-    make_retrieval_model(tiny_config(ItemStore::kDynamic), Device::kCUDA);
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("dynamic runs on the CPU only"), std::string::npos)
-        << e.what();
-  }
 }
 
 }  // namespace

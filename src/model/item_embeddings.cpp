@@ -45,7 +45,7 @@ class StaticItemEmbeddings final : public ItemEmbeddings {
 class DynamicItemEmbeddings final : public ItemEmbeddings {
  public:
   explicit DynamicItemEmbeddings(const RetrievalConfig& config)
-      : num_items_(config.num_items), dim_(config.dim) {
+      : config_(config), num_items_(config.num_items), dim_(config.dim) {
     initialize(0);
   }
 
@@ -77,12 +77,7 @@ class DynamicItemEmbeddings final : public ItemEmbeddings {
   }
 
   void initialize(uint64_t seed) override {
-    TableOptions options;
-    options.dim = dim_;
-    options.optimizer = OptimizerState::kAdam;
-    // Keyed by (seed, id): an item's first row does not depend on which batch inserts it.
-    options.initializer = {InitKind::kNormal, kItemInitStd, mix64(seed ^ kItemSeedSalt)};
-    table_ = std::make_unique<DynamicTable>(options);
+    table_ = std::make_unique<DynamicTable>(item_table_options(config_, seed));
     zero_grad();
   }
 
@@ -129,6 +124,7 @@ class DynamicItemEmbeddings final : public ItemEmbeddings {
     return aggregated_rows_;
   }
 
+  RetrievalConfig config_;
   int64_t num_items_, dim_;
   std::unique_ptr<DynamicTable> table_;
   std::vector<int64_t> ids_;  // the step's per-token ids and gradients
@@ -140,6 +136,15 @@ class DynamicItemEmbeddings final : public ItemEmbeddings {
 };
 
 }  // namespace
+
+TableOptions item_table_options(const RetrievalConfig& config, uint64_t seed) {
+  TableOptions options;
+  options.dim = config.dim;
+  options.optimizer = OptimizerState::kAdam;
+  // Keyed by (seed, id): an item's first row does not depend on which batch inserts it.
+  options.initializer = {InitKind::kNormal, kItemInitStd, mix64(seed ^ kItemSeedSalt)};
+  return options;
+}
 
 std::unique_ptr<ItemEmbeddings> make_item_embeddings(const RetrievalConfig& config,
                                                      ParameterSet& params, int item_param) {

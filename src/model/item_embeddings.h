@@ -44,6 +44,10 @@ class ItemEmbeddings {
   virtual DynamicTable* table() const = 0;  // null for the static table
 };
 
+// The options of a dynamic item table drawn from `seed`: dim D, Adam state, normal(0,
+// kItemInitStd) rows keyed by (seed', id). The CUDA model's table uses the same.
+TableOptions item_table_options(const RetrievalConfig& config, uint64_t seed);
+
 // The store config.item_embeddings names; item_param is the index of item_embedding in
 // `params` (static only).
 std::unique_ptr<ItemEmbeddings> make_item_embeddings(const RetrievalConfig& config,

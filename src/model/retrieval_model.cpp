@@ -279,12 +279,7 @@ void CpuRetrievalModel::item_embeddings(std::vector<float>& out) {
 }
 
 std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device) {
-  if (device == Device::kCUDA) {
-    GENREC_CHECK(config.item_embeddings == ItemStore::kStatic,
-                 "model.item_embeddings: dynamic runs on the CPU only (the CUDA model keeps a "
-                 "static item table); use --device cpu");
-    return make_cuda_retrieval_model(config);
-  }
+  if (device == Device::kCUDA) return make_cuda_retrieval_model(config);
   return std::make_unique<CpuRetrievalModel>(config);
 }
 

@@ -81,7 +81,8 @@ class RetrievalModel {
   // row from it. seed() is kept in checkpoints, so unseen items get the same rows after a load.
   virtual void initialize(uint64_t seed);
   uint64_t seed() const { return seed_; }
-  // The dynamic item table, or null when the item rows are the parameter item_embedding.
+  // The dynamic item table, or null when the item rows are the parameter item_embedding. On a
+  // device backend: the host copy, which download() and upload() sync like params().
   virtual DynamicTable* item_table() const { return nullptr; }
 
   virtual void zero_grad() = 0;
@@ -152,10 +153,9 @@ class CpuRetrievalModel : public RetrievalModel {
   std::vector<float> d_user_, d_pos_, d_neg_, d_a_, d_b_, d_raw_;
 };
 
-// The backend for `device`: the CPU model, or the CUDA one when built with CUDA. A dynamic
-// item table runs on the CPU only; asking for it on CUDA is an error.
+// The backend for `device`: the CPU model, or the CUDA one when built with CUDA (either item
+// store on either).
 std::unique_ptr<RetrievalModel> make_retrieval_model(const RetrievalConfig& config, Device device);
-// The CUDA model (static item table only: make_retrieval_model checks).
 std::unique_ptr<RetrievalModel> make_cuda_retrieval_model(const RetrievalConfig& config);
 
 // "cpu", "cuda", or "auto" (CUDA when a device is present) → a device.

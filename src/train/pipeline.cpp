@@ -24,10 +24,7 @@ TrainingRun run_training(const RunConfig& config) {
            run.dataset.num_events());
   RetrievalConfig model_config = config.model;
   model_config.num_items = run.vocabulary.size();
-  Device device = parse_device(config.device);
-  if (config.device == "auto" && model_config.item_embeddings == ItemStore::kDynamic) {
-    device = Device::kCPU;  // the CUDA model has no dynamic item table
-  }
+  const Device device = parse_device(config.device);
   run.model = make_retrieval_model(model_config, device);
   run.model->initialize(config.train.seed);
   run.model->upload();

@@ -2,7 +2,9 @@
 // in mixed precision. Master weights, gradients, Adam moments, LayerNorm statistics, the final
 // normalisation and the loss are fp32; activations and the GEMM weights are bf16 on the tensor
 // cores with fp32 accumulation. Dropout masks and negative samples come from the same Philox
-// streams as on the CPU, so one step on either device sees the same randomness.
+// streams as on the CPU, so one step on either device sees the same randomness. The item rows are
+// the parameter item_embedding, or with model.item_embeddings: dynamic a CUDA table with sparse
+// Adam (model/cuda/dynamic_item_rows.h).
 #include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
@@ -10,6 +12,7 @@
 #include <cmath>
 
 #include "core/cuda/caching_allocator.h"
+#include "model/cuda/dynamic_item_rows.h"
 #include "model/retrieval_model.h"
 #include "model/retrieval_randomness.h"
 #include "ops/cuda/adam.h"
@@ -34,14 +37,16 @@ using cuda::detail::grid_for;
 using cuda::detail::kThreads;
 using cuda::detail::to_float;
 
-// x0[t] = E[item[t]] * scale + P[position[t]], stored as bf16.
-__global__ void embed_input_kernel(bf16* x0, const float* items_table, const float* positions_table,
+// x0[t] = E[item[t]] * scale + P[position[t]], stored as bf16. items: the row of each token in
+// item_rows, or null when item_rows holds the tokens' rows in order (a dynamic table's lookup).
+__global__ void embed_input_kernel(bf16* x0, const float* item_rows, const float* positions_table,
                                    const int64_t* items, const int64_t* positions, int64_t T,
                                    int64_t D, float scale) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * D;
        i += int64_t{gridDim.x} * blockDim.x) {
     int64_t t = i / D, c = i % D;
-    float e = items_table[items[t] * D + c] * scale + positions_table[positions[t] * D + c];
+    const int64_t row = items != nullptr ? items[t] : t;
+    float e = item_rows[row * D + c] * scale + positions_table[positions[t] * D + c];
     x0[i] = __float2bfloat16_rn(e);
   }
 }
@@ -58,6 +63,14 @@ __global__ void add_inplace_kernel(bf16* y, const bf16* x, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(x[i]));
+  }
+}
+
+// y = float(x) * scale: a dynamic table's input-row gradients from the bf16 backward.
+__global__ void scale_to_float_kernel(float* y, const bf16* x, float scale, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] = __bfloat162float(x[i]) * scale;
   }
 }
 
@@ -102,6 +115,19 @@ void add_inplace(bf16* y, const bf16* x, int64_t n, cudaStream_t s) {
   GENREC_CUDA_LAUNCH_CHECK("add_inplace");
 }
 
+void scale_to_float(float* y, const bf16* x, float scale, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  scale_to_float_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(y, x, scale, n);
+  GENREC_CUDA_LAUNCH_CHECK("scale_to_float");
+}
+
+// *sum += Σ x² over n floats.
+void add_sum_squares(float* sum, const float* x, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  sum_squares_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(sum, x, n);
+  GENREC_CUDA_LAUNCH_CHECK("sum_squares");
+}
+
 template <typename T>
 void scale_inplace(T* x, float scale, int64_t n, cudaStream_t s) {
   if (n == 0) return;
@@ -126,6 +152,9 @@ class CudaRetrievalModel : public RetrievalModel {
     grow(m_, n);
     grow(v_, n);
     grow(values_bf16_, n);
+    if (config_.item_embeddings == ItemStore::kDynamic) {
+      dynamic_items_ = std::make_unique<cuda::DynamicItemRows>(config_, stream_);
+    }
     upload();
   }
 
@@ -134,8 +163,21 @@ class CudaRetrievalModel : public RetrievalModel {
   Device device() const override { return Device::kCUDA; }
   void synchronize() override { GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  // The parameters on the host only (upload() pushes them); a dynamic item table restarts empty
+  // on the device as well.
+  void initialize(uint64_t seed) override {
+    RetrievalModel::initialize(seed);
+    if (dynamic_items_) dynamic_items_->initialize(seed);
+  }
+
+  // The host copy of a dynamic table, current after download().
+  DynamicTable* item_table() const override {
+    return dynamic_items_ ? dynamic_items_->host_table() : nullptr;
+  }
+
   void zero_grad() override {
     GENREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, sizeof(float) * params_.numel(), stream_));
+    if (dynamic_items_) dynamic_items_->zero_grad();
   }
 
   void upload() override {
@@ -148,6 +190,7 @@ class CudaRetrievalModel : public RetrievalModel {
                                       cudaMemcpyHostToDevice, stream_));
     cuda::float_to_bf16(values_bf16_.data(), values_.data(), n, stream_);
     GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (dynamic_items_) dynamic_items_->upload();
   }
 
   void download() override {
@@ -161,6 +204,7 @@ class CudaRetrievalModel : public RetrievalModel {
     GENREC_CUDA_CHECK(cudaMemcpyAsync(params_.grads().data(), grads_.data(), sizeof(float) * n,
                                       cudaMemcpyDeviceToHost, stream_));
     GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (dynamic_items_) dynamic_items_->download();
   }
 
   float train_step(const TokenBatch& batch, uint64_t seed, int64_t step) override {
@@ -173,18 +217,29 @@ class CudaRetrievalModel : public RetrievalModel {
     const int64_t* dev = stage(batch, &negatives);
     const int64_t* targets = dev + targets_at_;
     const int64_t* negs = dev + negatives_at_;
-    encode(batch, /*training=*/true, dropout_seed);
+    const bool dynamic = dynamic_items_ != nullptr;
+    // Static: rows gathered from the parameter. Dynamic: one training lookup of every id the
+    // step reads, targets | negatives | items as staged (the CPU model's order of scatters).
+    float* looked_up = nullptr;
+    const float* table = nullptr;
+    float* d_table = nullptr;
+    if (dynamic) {
+      looked_up = grow(looked_up_, (2 * T + K) * D);
+      dynamic_items_->gather(targets, 2 * T + K, looked_up, /*training=*/true);
+    } else {
+      table = value(item_table_);
+      d_table = grad(item_table_);
+    }
+    encode(batch, /*training=*/true, dropout_seed, dynamic ? looked_up + (T + K) * D : nullptr);
 
-    const float* table = values_.data() + params_.info(item_table_).offset;
-    float* d_table = grads_.data() + params_.info(item_table_).offset;
-    float* pos_raw = grow(pos_raw_, T * D);
+    float* pos_raw = dynamic ? looked_up : grow(pos_raw_, T * D);
     float* pos = grow(pos_, T * D);
-    float* neg_raw = grow(neg_raw_, K * D);
+    float* neg_raw = dynamic ? looked_up + T * D : grow(neg_raw_, K * D);
     float* neg = grow(neg_, K * D);
-    cuda::embedding_gather<float>(pos_raw, table, targets, T, D, V + 1, stream_);
+    if (!dynamic) cuda::embedding_gather<float>(pos_raw, table, targets, T, D, V + 1, stream_);
     cuda::l2_normalize_forward<float>(pos, grow(inv_pos_, T), pos_raw, T, D, kEmbeddingNormEps,
                                       stream_);
-    cuda::embedding_gather<float>(neg_raw, table, negs, K, D, V + 1, stream_);
+    if (!dynamic) cuda::embedding_gather<float>(neg_raw, table, negs, K, D, V + 1, stream_);
     cuda::l2_normalize_forward<float>(neg, grow(inv_neg_, K), neg_raw, K, D, kEmbeddingNormEps,
                                       stream_);
     float* probs = grow(probs_, T * (K + 1));
@@ -196,11 +251,18 @@ class CudaRetrievalModel : public RetrievalModel {
     float* d_neg = grow(d_neg_, K * D);
     cuda::sampled_softmax_backward(d_user, d_pos, d_neg, probs, user_.data(), pos, neg, T, K, D,
                                    config_.temperature, stream_);
-    float* d_raw = grow(d_raw_, std::max(T, K) * D);
-    cuda::l2_normalize_backward<float>(d_raw, d_pos, pos, inv_pos_.data(), T, D, stream_);
-    cuda::embedding_scatter_add<float>(d_table, d_raw, targets, T, D, V + 1, stream_);
-    cuda::l2_normalize_backward<float>(d_raw, d_neg, neg, inv_neg_.data(), K, D, stream_);
-    cuda::embedding_scatter_add<float>(d_table, d_raw, negs, K, D, V + 1, stream_);
+    // Dynamic: the row gradients go straight to the table's per-token rows, in lookup order.
+    float* d_rows = dynamic ? dynamic_items_->gradient_rows(targets, 2 * T + K) : nullptr;
+    float* d_pos_raw = dynamic ? d_rows : grow(d_raw_, std::max(T, K) * D);
+    float* d_neg_raw = dynamic ? d_rows + T * D : d_pos_raw;
+    cuda::l2_normalize_backward<float>(d_pos_raw, d_pos, pos, inv_pos_.data(), T, D, stream_);
+    if (!dynamic) {
+      cuda::embedding_scatter_add<float>(d_table, d_pos_raw, targets, T, D, V + 1, stream_);
+    }
+    cuda::l2_normalize_backward<float>(d_neg_raw, d_neg, neg, inv_neg_.data(), K, D, stream_);
+    if (!dynamic) {
+      cuda::embedding_scatter_add<float>(d_table, d_neg_raw, negs, K, D, V + 1, stream_);
+    }
 
     float* d_h = grow(d_h_, T * D);
     cuda::l2_normalize_backward<float>(d_h, d_user, user_.data(), inv_user_.data(), T, D, stream_);
@@ -218,8 +280,13 @@ class CudaRetrievalModel : public RetrievalModel {
     float* d_positions = grads_.data() + params_.info(position_table_).offset;
     cuda::embedding_scatter_add<bf16>(d_positions, d_a, dev + positions_at_, T, D, config_.max_len,
                                       stream_);
-    scale_inplace<bf16>(d_a, std::sqrt(static_cast<float>(D)), T * D, stream_);
-    cuda::embedding_scatter_add<bf16>(d_table, d_a, dev + items_at_, T, D, V + 1, stream_);
+    const float scale = std::sqrt(static_cast<float>(D));
+    if (dynamic) {
+      scale_to_float(d_rows + (T + K) * D, d_a, scale, T * D, stream_);
+    } else {
+      scale_inplace<bf16>(d_a, scale, T * D, stream_);
+      cuda::embedding_scatter_add<bf16>(d_table, d_a, dev + items_at_, T, D, V + 1, stream_);
+    }
 
     float loss = 0.0f;
     GENREC_CUDA_CHECK(
@@ -230,17 +297,23 @@ class CudaRetrievalModel : public RetrievalModel {
 
   void optimizer_step(const cpu::AdamConfig& adam, float lr, float grad_clip) override {
     const int64_t n = params_.numel();
+    // A dynamic table's row gradients summed per id: with the dense ones in the global norm.
+    const int64_t rows = dynamic_items_ ? dynamic_items_->aggregate() * config_.dim : 0;
+    float* row_grads = dynamic_items_ ? dynamic_items_->grads() : nullptr;
     if (grad_clip > 0.0f) {
       float* sum = grow(norm_, 1);
       GENREC_CUDA_CHECK(cudaMemsetAsync(sum, 0, sizeof(float), stream_));
-      sum_squares_kernel<<<grid_for(n, kThreads), kThreads, 0, stream_>>>(sum, grads_.data(), n);
-      GENREC_CUDA_LAUNCH_CHECK("sum_squares");
+      add_sum_squares(sum, grads_.data(), n, stream_);
+      add_sum_squares(sum, row_grads, rows, stream_);
       float host_sum = 0.0f;
       GENREC_CUDA_CHECK(
           cudaMemcpyAsync(&host_sum, sum, sizeof(float), cudaMemcpyDeviceToHost, stream_));
       GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
       float norm = std::sqrt(host_sum);
-      if (norm > grad_clip) scale_inplace<float>(grads_.data(), grad_clip / norm, n, stream_);
+      if (norm > grad_clip) {
+        scale_inplace<float>(grads_.data(), grad_clip / norm, n, stream_);
+        scale_inplace<float>(row_grads, grad_clip / norm, rows, stream_);
+      }
     }
     params_.set_adam_steps(params_.adam_steps() + 1);
     for (int i = 0; i < params_.count(); ++i) {
@@ -252,6 +325,7 @@ class CudaRetrievalModel : public RetrievalModel {
                         v_.data() + p.offset, p.numel, c, params_.adam_steps(),
                         values_bf16_.data() + p.offset, stream_);
     }
+    if (dynamic_items_) dynamic_items_->step(adam, lr, params_.adam_steps());
   }
 
   void encode_users(const TokenBatch& batch, float* out) override {
@@ -295,14 +369,13 @@ class CudaRetrievalModel : public RetrievalModel {
   float* grad(int id) { return grads_.data() + params_.info(id).offset; }
 
   // Copies the batch's integer columns to the device in one transfer; returns the device base.
-  // Layout: offsets [B+1] | items [T] | timestamps [T] | positions [T] | targets [T] | negatives.
+  // Layout: offsets [B+1] | timestamps [T] | positions [T] | targets [T] | negatives | items [T]:
+  // the ids a dynamic table looks up in training are one run, in the CPU model's scatter order.
   const int64_t* stage(const TokenBatch& batch, const std::vector<int64_t>* negatives) {
     const int64_t B = batch.batch_size(), T = batch.num_tokens();
     host_ints_.clear();
     host_ints_.insert(host_ints_.end(), batch.offsets.begin(), batch.offsets.end());
-    items_at_ = B + 1;
-    host_ints_.insert(host_ints_.end(), batch.items.begin(), batch.items.end());
-    timestamps_at_ = items_at_ + T;
+    timestamps_at_ = B + 1;
     host_ints_.insert(host_ints_.end(), batch.timestamps.begin(), batch.timestamps.end());
     positions_at_ = timestamps_at_ + T;
     max_length_ = 0;
@@ -315,6 +388,8 @@ class CudaRetrievalModel : public RetrievalModel {
     host_ints_.insert(host_ints_.end(), batch.targets.begin(), batch.targets.end());
     negatives_at_ = targets_at_ + static_cast<int64_t>(batch.targets.size());
     if (negatives) host_ints_.insert(host_ints_.end(), negatives->begin(), negatives->end());
+    items_at_ = static_cast<int64_t>(host_ints_.size());
+    host_ints_.insert(host_ints_.end(), batch.items.begin(), batch.items.end());
     int64_t* dev = grow(batch_ints_, static_cast<int64_t>(host_ints_.size()));
     GENREC_CUDA_CHECK(cudaMemcpyAsync(dev, host_ints_.data(), sizeof(int64_t) * host_ints_.size(),
                                       cudaMemcpyHostToDevice, stream_));
@@ -322,16 +397,29 @@ class CudaRetrievalModel : public RetrievalModel {
   }
 
   // Residual stream layers_[0..L] and the normalised user vectors user_ [T, D] (fp32).
-  void encode(const TokenBatch& batch, bool training, uint64_t dropout_seed) {
+  // token_rows: the tokens' item rows [T, D] when train_step has looked them up in a dynamic
+  // table; null: read here, from the parameter or from the dynamic table without inserting.
+  void encode(const TokenBatch& batch, bool training, uint64_t dropout_seed,
+              const float* token_rows) {
     const int64_t T = batch.num_tokens(), D = config_.dim;
     const int64_t* dev = batch_ints_.data();
     layers_.resize(block_params_.size() + 1);
     for (auto& layer : layers_) grow(layer, T * D);
     bf16* x0 = layers_[0].data();
+    const float* item_rows = token_rows;
+    const int64_t* item_ids = nullptr;
+    if (item_rows == nullptr && dynamic_items_) {
+      float* rows = grow(looked_up_, T * D);
+      dynamic_items_->gather(dev + items_at_, T, rows, training);
+      item_rows = rows;
+    } else if (item_rows == nullptr) {
+      item_rows = value(item_table_);
+      item_ids = dev + items_at_;
+    }
     if (T > 0) {
       embed_input_kernel<<<grid_for(T * D, kThreads), kThreads, 0, stream_>>>(
-          x0, value(item_table_), value(position_table_), dev + items_at_, dev + positions_at_, T,
-          D, std::sqrt(static_cast<float>(D)));
+          x0, item_rows, value(position_table_), item_ids, dev + positions_at_, T, D,
+          std::sqrt(static_cast<float>(D)));
       GENREC_CUDA_LAUNCH_CHECK("embed_input");
     }
     if (training && config_.dropout > 0.0f) {
@@ -467,7 +555,7 @@ class CudaRetrievalModel : public RetrievalModel {
                    b);
     }
     stage(batch, nullptr);
-    encode(batch, /*training=*/false, 0);
+    encode(batch, /*training=*/false, 0, nullptr);
     std::vector<int64_t> last(B);
     for (int64_t b = 0; b < B; ++b) last[b] = batch.offsets[b + 1] - 1;
     int64_t* rows = grow(last_rows_, B);
@@ -486,8 +574,9 @@ class CudaRetrievalModel : public RetrievalModel {
   const float* normalized_items() {
     const int64_t V = config_.num_items, D = config_.dim;
     float* items = grow(items_, V * D);
-    cuda::l2_normalize_forward<float>(items, grow(inv_items_, V), value(item_table_) + D, V, D,
-                                      kEmbeddingNormEps, stream_);
+    const float* rows = dynamic_items_ ? dynamic_items_->all_rows() : value(item_table_) + D;
+    cuda::l2_normalize_forward<float>(items, grow(inv_items_, V), rows, V, D, kEmbeddingNormEps,
+                                      stream_);
     return items;
   }
 
@@ -504,6 +593,8 @@ class CudaRetrievalModel : public RetrievalModel {
   DeviceBuffer<float> user_, inv_user_, pos_raw_, pos_, inv_pos_, neg_raw_, neg_, inv_neg_, probs_,
       loss_, d_user_, d_pos_, d_neg_, d_raw_, d_h_, norm_, queries_, items_, inv_items_, scores_;
   DeviceBuffer<bf16> d_a_, d_b_, d_gated_, d_ln2_, d_attn_, d_uvqk_, d_ln1_;
+  std::unique_ptr<cuda::DynamicItemRows> dynamic_items_;  // null: the rows are item_embedding
+  DeviceBuffer<float> looked_up_;                         // a dynamic table's looked-up rows
 };
 
 }  // namespace
