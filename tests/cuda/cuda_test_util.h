@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -153,6 +154,15 @@ DeviceArray<T> upload(const std::vector<float>& host) {
 template <typename T>
 DeviceArray<T> upload_raw(const std::vector<T>& host) {
   return DeviceArray<T>::from_raw(host);
+}
+
+// n poisoned elements (at least one, so empty batches still get a valid pointer): outputs a
+// call must write.
+template <typename T>
+DeviceArray<T> poisoned(int64_t n) {
+  DeviceArray<T> a(std::max<int64_t>(n, 1));
+  a.poison();
+  return a;
 }
 
 // Sequence lengths of a jagged batch: B lengths in [0, max_len] (zeros included), at least

@@ -27,18 +27,8 @@ namespace {
 using cuda::CudaDynamicTable;
 using cuda::CudaTableOptions;
 using test::DeviceArray;
-
-template <typename T>
-DeviceArray<T> up(const std::vector<T>& v) {
-  return DeviceArray<T>::from_raw(v);
-}
-
-template <typename T>
-DeviceArray<T> poisoned(int64_t n) {
-  DeviceArray<T> a(n);
-  a.poison();
-  return a;
-}
+using test::poisoned;
+using test::upload_raw;
 
 bool is_poison(float x) {
   uint32_t bits;
@@ -146,8 +136,8 @@ void run_random_ops(const Config& cfg) {
     const auto scores = custom_scores(keys, custom, rng);
     std::vector<float> values(n * dim);
     for (auto& v : values) v = rng.uniform();
-    auto d_keys = up(keys);
-    auto d_scores = up(scores);
+    auto d_keys = upload_raw(keys);
+    auto d_scores = upload_raw(scores);
     const uint64_t* sc = custom ? d_scores.get() : nullptr;
     const int op = static_cast<int>(rng.below(5));
     if (op == 0) {  // find_or_insert
@@ -168,7 +158,7 @@ void run_random_ops(const Config& cfg) {
         for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], v[j]) << i << " " << j;
       }
     } else if (op == 1 || op == 2) {  // insert_or_assign, assign
-      auto d_values = up(values);
+      auto d_values = upload_raw(values);
       auto d_flags = poisoned<uint8_t>(n);
       if (op == 1) {
         table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
@@ -261,7 +251,7 @@ TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
   cuda::Stream stream;
   // find_or_insert: key 5 is inserted once, every occurrence sees its row, LFU counts 4.
   std::vector<uint64_t> keys = {5, 5, 7, 5, 5};
-  auto d_keys = up(keys);
+  auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(5 * 4);
   auto d_stored = poisoned<uint8_t>(5);
   table.find_or_insert(d_keys.get(), 5, d_out.get(), d_stored.get(), stream);
@@ -282,8 +272,8 @@ TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
   std::vector<uint64_t> keys2 = {9, 5, 9, 5, 9};
   std::vector<float> values(5 * 4);
   for (int i = 0; i < 5; ++i) std::fill_n(values.begin() + i * 4, 4, static_cast<float>(i + 1));
-  auto d_keys2 = up(keys2);
-  auto d_values = up(values);
+  auto d_keys2 = upload_raw(keys2);
+  auto d_values = upload_raw(values);
   table.insert_or_assign(d_keys2.get(), d_values.get(), 5, stream);
   rows = table.export_rows(0, stream);
   ASSERT_EQ(rows.size(), 3);
@@ -292,7 +282,7 @@ TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
   EXPECT_EQ(rows.scores[0], 6u);
   EXPECT_EQ(rows.scores[2], 3u);
   std::vector<uint64_t> keys3 = {5, 9, 5, 9, 7};
-  auto d_keys3 = up(keys3);
+  auto d_keys3 = upload_raw(keys3);
   auto d_found = poisoned<uint8_t>(5);
   table.assign(d_keys3.get(), d_values.get(), 5, stream, d_found.get());
   EXPECT_EQ(d_found.download_raw(), (std::vector<uint8_t>{1, 1, 1, 1, 1}));
@@ -334,7 +324,7 @@ TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
     last[keys[i]] = i;
   }
   cuda::Stream stream;
-  auto d_keys = up(keys);
+  auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(n * dim);
   auto d_stored = poisoned<uint8_t>(n);
   table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
@@ -354,7 +344,7 @@ TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
   // insert_or_assign of the same occurrences: each key keeps its last occurrence's row.
   std::vector<float> values(n * dim);
   for (int64_t i = 0; i < n; ++i) std::fill_n(values.begin() + i * dim, dim, static_cast<float>(i));
-  auto d_values = up(values);
+  auto d_values = upload_raw(values);
   table.insert_or_assign(d_keys.get(), d_values.get(), n, stream);
   rows = table.export_rows(0, stream);
   ASSERT_EQ(rows.size(), 240);
@@ -398,9 +388,9 @@ void run_duplicate_writes(int64_t dim, EvictionPolicy policy) {
     const auto scores = custom_scores(keys, custom, rng);
     std::vector<float> values(n * dim);
     for (int64_t x = 0; x < n * dim; ++x) values[x] = static_cast<float>(x + round);
-    auto d_keys = up(keys);
-    auto d_values = up(values);
-    auto d_scores = up(scores);
+    auto d_keys = upload_raw(keys);
+    auto d_values = upload_raw(values);
+    auto d_scores = upload_raw(scores);
     auto d_flags = poisoned<uint8_t>(n);
     const uint64_t* sc = custom ? d_scores.get() : nullptr;
     if (insert) {
@@ -457,18 +447,18 @@ TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
       auto r = row_values(k, version);
       v.insert(v.end(), r.begin(), r.end());
     }
-    return up(v);
+    return upload_raw(v);
   };
   // 128 rows at step 1, then the odd-indexed half rewritten at step 2.
   std::vector<uint64_t> old_keys(128), odd;
   for (int i = 0; i < 128; ++i) old_keys[i] = 200 + i;
   for (int i = 1; i < 128; i += 2) odd.push_back(old_keys[i]);
   table.set_step(1);
-  auto d_old = up(old_keys);
+  auto d_old = upload_raw(old_keys);
   auto d_old_values = upload_values(old_keys, 0);
   table.insert_or_assign(d_old.get(), d_old_values.get(), 128, stream);
   table.set_step(2);
-  auto d_odd = up(odd);
+  auto d_odd = upload_raw(odd);
   auto d_odd_values = upload_values(odd, 1);
   table.assign(d_odd.get(), d_odd_values.get(), 64, stream);
   // 40 new keys, each twice (version 2, then 3): they evict the 40 lowest keys of step 1.
@@ -482,13 +472,13 @@ TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
     auto r = row_values(keys[i], i < 40 ? 2 : 3);
     values.insert(values.end(), r.begin(), r.end());
   }
-  auto d_keys = up(keys);
-  auto d_values = up(values);
+  auto d_keys = upload_raw(keys);
+  auto d_values = upload_raw(values);
   auto d_stored = poisoned<uint8_t>(n);
   auto ev_keys = poisoned<uint64_t>(n);
   auto ev_scores = poisoned<uint64_t>(n);
   auto ev_rows = poisoned<float>(n * row_dim);
-  auto ev_count = up(std::vector<int64_t>{0});
+  auto ev_count = upload_raw(std::vector<int64_t>{0});
   cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
   table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_stored.get(), nullptr, &ev);
   for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
@@ -561,13 +551,13 @@ void run_eviction_against_cpu(EvictionPolicy policy) {
     for (int i = 0; i < 4; ++i) keys.push_back(keys[rng.below(keys.size())]);
     const int64_t n = static_cast<int64_t>(keys.size());
     const auto scores = custom_scores(keys, custom, rng);
-    auto d_keys = up(keys);
-    auto d_scores = up(scores);
+    auto d_keys = upload_raw(keys);
+    auto d_scores = upload_raw(scores);
     auto d_out = poisoned<float>(n * dim);
     auto d_stored = poisoned<uint8_t>(n);
     DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
     DeviceArray<float> ev_rows(n * dim);
-    auto ev_count = up(std::vector<int64_t>{0});
+    auto ev_count = upload_raw(std::vector<int64_t>{0});
     cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
     gpu.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream,
                        custom ? d_scores.get() : nullptr, &ev);
@@ -617,8 +607,8 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   std::vector<uint64_t> old_keys(128);
   for (int i = 0; i < 128; ++i) old_keys[i] = 10 + i;
   std::vector<float> values(128 * dim, 1.0f);
-  auto d_old = up(old_keys);
-  auto d_values = up(values);
+  auto d_old = upload_raw(old_keys);
+  auto d_values = upload_raw(values);
   table.set_step(1);
   table.insert_or_assign(d_old.get(), d_values.get(), 128, stream);
   ASSERT_EQ(table.size(stream), 128);
@@ -629,11 +619,11 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);
   for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);  // duplicates of the new keys
   const int64_t n = static_cast<int64_t>(keys.size());
-  auto d_keys = up(keys);
+  auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(n * dim);
   auto d_stored = poisoned<uint8_t>(n);
   DeviceArray<uint64_t> ev_keys(n);
-  auto ev_count = up(std::vector<int64_t>{0});
+  auto ev_count = upload_raw(std::vector<int64_t>{0});
   cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
   table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
   auto stored = d_stored.download_raw();
@@ -665,8 +655,8 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   std::vector<uint64_t> fresh(200);
   for (int i = 0; i < 200; ++i) fresh[i] = 90000 + i;
   std::vector<float> fresh_values(200 * dim, 2.0f);
-  auto d_fresh = up(fresh);
-  auto d_fresh_values = up(fresh_values);
+  auto d_fresh = upload_raw(fresh);
+  auto d_fresh_values = upload_raw(fresh_values);
   auto d_flags = poisoned<uint8_t>(200);
   table.insert_or_assign(d_fresh.get(), d_fresh_values.get(), 200, stream, d_flags.get());
   int stored_count = 0;
@@ -696,8 +686,8 @@ TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   for (int i = 0; i < 100; ++i) old_keys[i] = 10 + i;
   for (int g = 0; g < 10; ++g) {
     table.set_step(1 + g);
-    auto d_group =
-        up(std::vector<uint64_t>(old_keys.begin() + g * 10, old_keys.begin() + g * 10 + 10));
+    auto d_group = upload_raw(
+        std::vector<uint64_t>(old_keys.begin() + g * 10, old_keys.begin() + g * 10 + 10));
     auto d_out = poisoned<float>(10 * dim);
     table.find_or_insert(d_group.get(), 10, d_out.get(), nullptr, stream);
   }
@@ -715,15 +705,15 @@ TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   for (auto& s : scores) s = rng.below(100);
   std::vector<uint64_t> pinned = {10, 11, 12, 13};
   const TableRows before = table.export_rows(0, stream);
-  auto d_keys = up(keys);
-  auto d_values = up(values);
-  auto d_states = up(states);
-  auto d_scores = up(scores);
-  auto d_pinned = up(pinned);
+  auto d_keys = upload_raw(keys);
+  auto d_values = upload_raw(values);
+  auto d_states = upload_raw(states);
+  auto d_scores = upload_raw(scores);
+  auto d_pinned = upload_raw(pinned);
   auto d_stored = poisoned<uint8_t>(n);
   DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
   DeviceArray<float> ev_rows(n * row_dim);
-  auto ev_count = up(std::vector<int64_t>{0});
+  auto ev_count = upload_raw(std::vector<int64_t>{0});
   cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
   table.set_step(20);
   table.insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), n, stream,
@@ -759,10 +749,10 @@ TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   EXPECT_EQ(d_out_scores.download_raw(), scores);
   // Every row pinned: a new row finds no place and nothing is evicted.
   const TableRows all = table.export_rows(0, stream);
-  auto d_all = up(all.keys);
-  auto d_new = up(std::vector<uint64_t>{5000});
+  auto d_all = upload_raw(all.keys);
+  auto d_new = upload_raw(std::vector<uint64_t>{5000});
   auto d_one_stored = poisoned<uint8_t>(1);
-  ev_count = up(std::vector<int64_t>{0});
+  ev_count = upload_raw(std::vector<int64_t>{0});
   ev.count = ev_count.get();
   table.insert_rows(d_new.get(), d_values.get(), d_states.get(), d_scores.get(), 1, stream,
                     d_one_stored.get(), &ev, d_all.get(), all.size());
@@ -789,8 +779,8 @@ TEST(CudaDynamicTable, ExportByScoreThreshold) {
       keys[i] = step * 1000 + i;
       std::fill_n(values.begin() + i * dim, dim, static_cast<float>(keys[i]));
     }
-    auto d_keys = up(keys);
-    auto d_values = up(values);
+    auto d_keys = upload_raw(keys);
+    auto d_values = upload_raw(values);
     table.insert_or_assign(d_keys.get(), d_values.get(), 100, stream);
   }
   TableRows rows = table.export_rows(3, stream);
@@ -806,7 +796,7 @@ TEST(CudaDynamicTable, ExportByScoreThreshold) {
   const int64_t cap = table.capacity();
   DeviceArray<uint64_t> keys_out(cap);
   DeviceArray<float> values_out(cap * dim);
-  auto count = up(std::vector<int64_t>{0});
+  auto count = upload_raw(std::vector<int64_t>{0});
   table.export_batch(0, cap / 2, keys_out.get(), values_out.get(), count.get(), stream);
   table.export_batch(cap / 2, cap, keys_out.get(), values_out.get(), count.get(), stream);
   ASSERT_EQ(count.download_raw()[0], 500);
@@ -828,7 +818,7 @@ TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
   Philox rng(77);
   std::vector<uint64_t> keys(600);
   for (auto& k : keys) k = rng.next_u64() >> 2;
-  auto d_keys = up(keys);
+  auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(600 * dim);
   table.find_or_insert(d_keys.get(), 600, d_out.get(), nullptr, stream);
   table.find_or_insert(d_keys.get(), 300, d_out.get(), nullptr, stream);
@@ -846,7 +836,7 @@ TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
   EXPECT_EQ(table.capacity(), 131072);
   std::vector<uint64_t> more(20000);
   for (auto& k : more) k = rng.next_u64() >> 2;
-  auto d_more = up(more);
+  auto d_more = upload_raw(more);
   auto d_more_out = poisoned<float>(20000 * dim);
   auto d_stored = poisoned<uint8_t>(20000);
   table.find_or_insert(d_more.get(), 20000, d_more_out.get(), d_stored.get(), stream);
@@ -870,7 +860,7 @@ TEST(CudaDynamicTable, EmptyBatchesAndReservedKey) {
   EXPECT_EQ(table.export_rows(0, stream).size(), 0);
   // kEmptyKey is never stored; the other keys of its batch are.
   std::vector<uint64_t> keys = {kEmptyKey, 3};
-  auto d_keys = up(keys);
+  auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(8);
   auto d_stored = poisoned<uint8_t>(2);
   table.find_or_insert(d_keys.get(), 2, d_out.get(), d_stored.get(), stream);
@@ -878,7 +868,7 @@ TEST(CudaDynamicTable, EmptyBatchesAndReservedKey) {
   for (float v : d_out.download_raw()) EXPECT_FALSE(is_poison(v));
   EXPECT_EQ(table.size(stream), 1);
   EXPECT_THROW(table.find_or_insert(d_keys.get(), -1, d_out.get(), nullptr, stream), Error);
-  auto d_scores = up(std::vector<uint64_t>{1, 2});
+  auto d_scores = upload_raw(std::vector<uint64_t>{1, 2});
   EXPECT_THROW(table.find_or_insert(d_keys.get(), 2, d_out.get(), nullptr, stream, d_scores.get()),
                Error);
 }
@@ -904,8 +894,8 @@ TEST(CudaDynamicTable, ConcurrentBatchesFromThreads) {
           keys[i] = (static_cast<uint64_t>(t) << 32) | (b * kPerBatch + i);
           std::fill_n(values.begin() + i * dim, dim, static_cast<float>(keys[i] % 1000003));
         }
-        auto d_keys = up(keys);
-        auto d_values = up(values);
+        auto d_keys = upload_raw(keys);
+        auto d_values = upload_raw(values);
         table.insert_or_assign(d_keys.get(), d_values.get(), kPerBatch, stream);
         auto d_out = poisoned<float>(kPerBatch * dim);
         auto d_found = poisoned<uint8_t>(kPerBatch);
@@ -944,7 +934,7 @@ TEST(CudaDynamicTable, InitialRowsMatchCpuTable) {
     cuda::Stream stream;
     std::vector<uint64_t> keys(1000);
     for (int i = 0; i < 1000; ++i) keys[i] = i * 7919ull;
-    auto d_keys = up(keys);
+    auto d_keys = upload_raw(keys);
     auto d_out = poisoned<float>(1000 * dim);
     gpu.find_or_insert(d_keys.get(), 1000, d_out.get(), nullptr, stream);
     std::vector<float> want(1000 * dim);

@@ -23,18 +23,8 @@ namespace {
 using cuda::CudaTableOptions;
 using cuda::CudaTieredTable;
 using test::DeviceArray;
-
-template <typename T>
-DeviceArray<T> up(const std::vector<T>& v) {
-  return DeviceArray<T>::from_raw(v);
-}
-
-template <typename T>
-DeviceArray<T> poisoned(int64_t n) {
-  DeviceArray<T> a(std::max<int64_t>(n, 1));
-  a.poison();
-  return a;
-}
+using test::poisoned;
+using test::upload_raw;
 
 struct Row {
   std::vector<float> value, state;
@@ -117,7 +107,7 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
     for (int64_t i = 0; i < n; ++i) {
       keys[i] = i > 0 && rng.below(5) == 0 ? keys[rng.below(i)] : universe[rng.below(1500)];
     }
-    auto d_keys = up(keys);
+    auto d_keys = upload_raw(keys);
     if (round % 4 == 0) {  // read-only: nothing moves, nothing is counted
       const int64_t hot_before = t.hot().size(stream);
       const TierStats before = t.stats();
@@ -171,10 +161,10 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
     for (auto& v : values) v = rng.uniform();
     for (auto& v : states) v = rng.uniform();
     for (auto& s : scores) s = rng.below(round + 1);
-    auto d_w = up(distinct);
-    auto d_values = up(values);
-    auto d_states = up(states);
-    auto d_scores = up(scores);
+    auto d_w = upload_raw(distinct);
+    auto d_values = upload_raw(values);
+    auto d_states = upload_raw(states);
+    auto d_scores = upload_raw(scores);
     t.hot().insert_rows(d_w.get(), d_values.get(), d_states.get(), d_scores.get(), w, stream);
     for (int64_t r = 0; r < w; ++r) {
       Row& row = model[distinct[r]];
@@ -227,7 +217,7 @@ void run_against_cpu(EvictionPolicy policy) {
       keys.insert(keys.begin() + rng.below(keys.size() + 1), distinct[rng.below(want)]);
     }
     const int64_t n = static_cast<int64_t>(keys.size());
-    auto d_keys = up(keys);
+    auto d_keys = upload_raw(keys);
     auto d_out = poisoned<float>(n * dim);
     auto d_stored = poisoned<uint8_t>(n);
     gpu.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
@@ -274,7 +264,7 @@ TEST(CudaTieredTable, OverflowingBucketKeepsHostRows) {
   cuda::Stream stream;
   auto lookup = [&](const std::vector<uint64_t>& keys, std::vector<uint8_t>* stored) {
     const int64_t n = static_cast<int64_t>(keys.size());
-    auto d_keys = up(keys);
+    auto d_keys = upload_raw(keys);
     auto d_out = poisoned<float>(n * dim);
     auto d_stored = poisoned<uint8_t>(n);
     t.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
@@ -292,8 +282,8 @@ TEST(CudaTieredTable, OverflowingBucketKeepsHostRows) {
   // Give a's rows values of their own, then push them all down to host with b.
   std::vector<float> a_values(128 * dim);
   for (int i = 0; i < 128 * dim; ++i) a_values[i] = static_cast<float>(i);
-  auto d_a = up(a);
-  auto d_a_values = up(a_values);
+  auto d_a = upload_raw(a);
+  auto d_a_values = upload_raw(a_values);
   t.hot().assign(d_a.get(), d_a_values.get(), 128, stream);
   t.set_step(2);
   lookup(b, &stored);
@@ -365,7 +355,7 @@ TEST(CudaTieredTable, EmptyBatchesAndRefusedTiers) {
   t.find(nullptr, 0, nullptr, nullptr, stream);
   EXPECT_EQ(t.size(stream), 0);
   EXPECT_EQ(t.stats().misses, 0);
-  auto d_keys = up(std::vector<uint64_t>{3});
+  auto d_keys = upload_raw(std::vector<uint64_t>{3});
   auto d_out = poisoned<float>(4);
   EXPECT_THROW(t.find_or_insert(d_keys.get(), -1, d_out.get(), nullptr, stream), Error);
   EXPECT_THROW(t.find(d_keys.get(), 1, d_out.get(), nullptr, stream), Error);

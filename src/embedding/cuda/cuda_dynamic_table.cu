@@ -174,6 +174,25 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs
   });
 }
 
+// Appends an evicting insert's victim (key, score, row) to `ev`, when the call asked for them,
+// before the new row overwrites it. The whole tile calls it, under the bucket lock.
+__device__ __forceinline__ void write_out_victim(const Tile& tile, const EvictedRows& ev,
+                                                 const float* row, int64_t row_dim, uint64_t key,
+                                                 uint64_t score) {
+  if (ev.count == nullptr) return;
+  unsigned long long pos = 0;
+  if (tile.thread_rank() == 0) {
+    pos = atomicAdd(reinterpret_cast<unsigned long long*>(ev.count), 1ull);
+  }
+  pos = tile.shfl(pos, 0);
+  if (tile.thread_rank() == 0) {
+    ev.keys[pos] = key;
+    if (ev.scores != nullptr) ev.scores[pos] = score;
+  }
+  if (ev.rows != nullptr) tile_copy<true>(tile, ev.rows + pos * row_dim, row, row_dim);
+  tile.sync();  // the victim's row is read before the new row overwrites it
+}
+
 // The slot for a new key in bucket `base`: a free one (lowest index, from the lanes' digests
 // `word`), else the unmarked one with the lowest (score, key), else -1. Called under the
 // bucket lock. *evicting says whether the slot holds a row (victim_key, victim_score).
@@ -246,21 +265,7 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
         if (slot >= 0) {
           inserted = true;
           float* row = row_ptr(t, base + slot);
-          if (evicting && a.evicted.count != nullptr) {
-            unsigned long long pos = 0;
-            if (lane == 0) {
-              pos = atomicAdd(reinterpret_cast<unsigned long long*>(a.evicted.count), 1ull);
-            }
-            pos = tile.shfl(pos, 0);
-            if (lane == 0) {
-              a.evicted.keys[pos] = victim_key;
-              if (a.evicted.scores != nullptr) a.evicted.scores[pos] = victim_score;
-            }
-            if (a.evicted.rows != nullptr) {
-              tile_copy<true>(tile, a.evicted.rows + pos * row_dim, row, row_dim);
-            }
-            tile.sync();  // the victim's row is read before the new row overwrites it
-          }
+          if (evicting) write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score);
           // The values: the initializer's (find_or_insert) or this occurrence's; the state is
           // initial either way. The mark names this occurrence, so later ones rewrite the row.
           tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
@@ -795,21 +800,7 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
       if (slot >= 0) {
         stored = true;
         float* row = row_ptr(t, base + slot);
-        if (evicting && a.evicted.count != nullptr) {
-          unsigned long long pos = 0;
-          if (lane == 0) {
-            pos = atomicAdd(reinterpret_cast<unsigned long long*>(a.evicted.count), 1ull);
-          }
-          pos = tile.shfl(pos, 0);
-          if (lane == 0) {
-            a.evicted.keys[pos] = victim_key;
-            if (a.evicted.scores != nullptr) a.evicted.scores[pos] = victim_score;
-          }
-          if (a.evicted.rows != nullptr) {
-            tile_copy<true>(tile, a.evicted.rows + pos * row_dim, row, row_dim);
-          }
-          tile.sync();  // the victim's row is read before the new row overwrites it
-        }
+        if (evicting) write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score);
         tile_copy<false>(tile, row, a.values + i * a.dim, a.dim);
         if (a.state_dim > 0) {
           tile_copy<false>(tile, row + a.dim, a.states + i * a.state_dim, a.state_dim);
