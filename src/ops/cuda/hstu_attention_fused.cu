@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(kThreads)
       // Scores -> P (forward) or dZ (dq); only tiles that cross the diagonal, the end of the
       // sequence or a mask boundary test each element.
       auto activate = [&](auto masked, auto diagonal_bias) {
-        constexpr bool kDiagonal = decltype(diagonal_bias)::value;
+        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int i = i_first + row, j = j0 + col;
           float z = p.alpha * sc[n][e];
@@ -682,11 +682,11 @@ __global__ void __launch_bounds__(kThreads)
       product_abt<D>(sc, tq, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_k, kk); });
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
       auto activate = [&](auto masked, auto diagonal_bias) {
-        constexpr bool kDiagonal = decltype(diagonal_bias)::value;
+        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int j = j0 + row, i = i0 + col;
           float z = p.alpha * sc[n][e];
-          int time_bucket = 0;
+          [[maybe_unused]] int time_bucket = 0;
           if constexpr (kBias) {
             if (p.pos != nullptr) {
               z += position_bias<kDiagonal>(p, s, bs->diagonal + (col - row + kCols - 1), i, j);
