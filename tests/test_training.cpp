@@ -11,6 +11,7 @@
 #include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
 #include "model/recommender.h"
+#include "small_run.h"
 #include "train/pipeline.h"
 #include "train/run_config.h"
 
@@ -24,23 +25,9 @@ std::string temp_dir(const std::string& name) {
   return dir.string();
 }
 
+// The CPU path is the bit-exact reference these tests pin down.
 RunConfig small_run(const std::string& out, int64_t epochs) {
-  RunConfig config;
-  config.data.synthetic = true;
-  config.data.synthetic_config.num_users = 600;
-  config.data.synthetic_config.num_items = 300;
-  config.data.synthetic_config.seed = 3;
-  config.model.dim = config.model.dim_qk = config.model.dim_v = 32;
-  config.model.max_len = 30;
-  config.model.num_negatives = 64;
-  config.model.dropout = 0.1f;
-  config.train.epochs = epochs;
-  config.train.eval_every = 2;
-  config.train.batch_size = 64;
-  config.train.progress = false;
-  config.device = "cpu";  // the CPU path is the bit-exact reference these tests pin down
-  config.output_dir = config.train.checkpoint_dir = out;
-  return config;
+  return test::small_run(out, epochs, "cpu");
 }
 
 TEST(TrainingSynthetic, BeatsPopularityByAWideMargin) {

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../small_run.h"
 #include "core/philox.h"
 #include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
@@ -331,23 +332,10 @@ TEST(CudaModelDynamicItems, CheckpointsMoveBetweenDevices) {
 // A small synthetic run on the GPU through the trainer: best-epoch copies, checkpoints and
 // resuming all go through the table's host copy (download, upload).
 RunConfig gpu_run(const std::string& name, int64_t epochs) {
-  RunConfig config;
-  config.data.synthetic = true;
-  config.data.synthetic_config.num_users = 600;
-  config.data.synthetic_config.num_items = 300;
-  config.data.synthetic_config.seed = 3;
-  config.model.dim = config.model.dim_qk = config.model.dim_v = 32;
-  config.model.max_len = 30;
-  config.model.num_negatives = 64;
-  config.model.dropout = 0.1f;
+  RunConfig config = test::small_run(
+      (std::filesystem::path(testing::TempDir()) / ("genrec_cuda_dynamic_" + name)).string(),
+      epochs, "cuda");
   config.model.item_embeddings = ItemStore::kDynamic;
-  config.train.epochs = epochs;
-  config.train.eval_every = 2;
-  config.train.batch_size = 64;
-  config.train.progress = false;
-  config.device = "cuda";
-  config.output_dir = config.train.checkpoint_dir =
-      (std::filesystem::path(testing::TempDir()) / ("genrec_cuda_dynamic_" + name)).string();
   return config;
 }
 
