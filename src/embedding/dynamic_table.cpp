@@ -246,6 +246,10 @@ void DynamicTable::check_keys(const uint64_t* keys, int64_t n, const char* op) c
 
 void DynamicTable::init_row(uint64_t key, float* value, float* state) const {
   options_.initializer.fill(key, value, options_.dim);
+  init_state(state);
+}
+
+void DynamicTable::init_state(float* state) const {
   const float s0 = options_.optimizer == OptimizerState::kAdagrad ? options_.initial_state : 0.0f;
   std::fill(state, state + state_dim_, s0);
 }
@@ -317,7 +321,9 @@ void DynamicTable::process_shard(int s, const std::vector<int64_t>& idx, Batch& 
             break;
           }
           slot = claim(key);
-          init_row(key, &shard.rows[slot * stride], &shard.rows[slot * stride + dim]);
+          // The values come from the call; only the state starts at its initial value (rows
+          // get theirs below).
+          if (b.op == Op::kInsertOrAssign) init_state(&shard.rows[slot * stride + dim]);
           ++count;
         }
         float* row = &shard.rows[slot * stride];

@@ -177,6 +177,7 @@ class DynamicTable {
   void check_scores(const uint64_t* scores, const char* op) const;
   void check_keys(const uint64_t* keys, int64_t n, const char* op) const;
   void init_row(uint64_t key, float* value, float* state) const;
+  void init_state(float* state) const;  // the optimizer state of a new row
 
   TableOptions options_;
   int64_t state_dim_ = 0;
