@@ -11,43 +11,35 @@
 #include <numeric>
 #include <vector>
 
+#include "../op_test_util.h"
 #include "../small_run.h"
 #include "core/philox.h"
 #include "embedding/dynamic_table.h"
 #include "model/checkpoint.h"
 #include "model/item_embeddings.h"
 #include "model/retrieval_model.h"
+#include "model_step_tolerances.h"
 #include "train/pipeline.h"
 #include "train/run_config.h"
 
 namespace genrec {
 namespace {
 
-// As in test_cuda_model.cpp: bf16 activations keep the loss within 1e-2 and gradients within a
-// few 1e-2. After one Adam step from zero moments m = (1 - β1) g and v = (1 - β2) g², so the
-// rows' m carries the gradient error and v twice it.
-constexpr double kLossTolerance = 1e-2;
-constexpr double kGradTolerance = 5e-2;
-// The first update is ±lr wherever |g| is well above the bf16 noise. Item rows are read at the
-// input, so their gradients pass the whole bf16 backward: a little more room for sign flips
-// near the decisive threshold than test_cuda_model.cpp's 1e-3 over all parameters.
-constexpr double kDecisiveGradient = 0.1;  // |g| >= 0.1 x rms(g) of the rows
-constexpr double kDecisiveSignFlips = 3e-3;
-constexpr double kUpdateTolerance = 0.2;
+using test::kDecisiveGradient;
+using test::kGradTolerance;
+using test::kLossTolerance;
+using test::kUpdateTolerance;
+using test::rel_l2;
+
+// After one Adam step from zero moments m = (1 - β1) g and v = (1 - β2) g², so the rows' m
+// carries the gradient error (kGradTolerance) and v twice it. Item rows are read at the input,
+// so their gradients pass the whole bf16 backward: a little more room for sign flips near the
+// decisive threshold than test::kDecisiveSignFlips over all parameters.
+constexpr double kRowSignFlips = 3e-3;
 // fp32 on both sides: item vectors normalised from the same rows (initial rows of absent ids
 // may differ in the last bits of logf/cosf).
 constexpr double kF32Tolerance = 1e-5;
 constexpr uint64_t kSeed = 17;
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 RetrievalConfig training_config() {
   RetrievalConfig config;
@@ -164,7 +156,7 @@ void expect_step_matches_cpu(int accumulated) {
   }
   const double update_error = rel_l2(update_gpu, update_cpu);
   EXPECT_GT(decisive, static_cast<int64_t>(c.values.size() / 4));
-  EXPECT_LT(double(flips) / double(decisive), kDecisiveSignFlips) << flips << " of " << decisive;
+  EXPECT_LT(double(flips) / double(decisive), kRowSignFlips) << flips << " of " << decisive;
   EXPECT_LT(update_error, kUpdateTolerance);
 
   // The dense side of the same step: its moments carry the shared clipping scale.

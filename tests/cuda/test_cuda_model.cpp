@@ -6,32 +6,20 @@
 #include <cstdio>
 #include <vector>
 
+#include "../op_test_util.h"
 #include "core/philox.h"
 #include "model/retrieval_model.h"
+#include "model_step_tolerances.h"
 
 namespace genrec {
 namespace {
 
-// bf16 keeps 8 mantissa bits (relative rounding 2^-9 ≈ 2e-3 per value); through two HSTU
-// layers with fp32 accumulation the loss stays within 1e-2 and the gradient vector within a
-// few 1e-2 (it sums many bf16-rounded products, mostly of small terms).
-constexpr double kLossTolerance = 1e-2;
-constexpr double kGradTolerance = 5e-2;
-// Adam's first update is lr * g / (|g| + eps) = ±lr wherever the gradient is not tiny, so the
-// update is a sign pattern: where |g| is far above the bf16 noise the signs must agree, and the
-// whole update may differ only in the few elements whose gradient is near zero.
-constexpr double kDecisiveGradient = 0.1;  // |g| >= 0.1 x rms(g) of its parameter
-constexpr double kDecisiveSignFlips = 1e-3;
-constexpr double kUpdateTolerance = 0.2;  // |Δgpu - Δcpu| / |Δcpu|: 2 sqrt(flipped fraction)
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using test::kDecisiveGradient;
+using test::kDecisiveSignFlips;
+using test::kGradTolerance;
+using test::kLossTolerance;
+using test::kUpdateTolerance;
+using test::rel_l2;
 
 TEST(CudaModel, TrainingStepMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
