@@ -18,7 +18,7 @@
 #include "model/checkpoint.h"
 #include "model/item_embeddings.h"
 #include "model/retrieval_model.h"
-#include "model_step_tolerances.h"
+#include "model_step_check.h"
 #include "train/pipeline.h"
 #include "train/run_config.h"
 
@@ -42,18 +42,7 @@ constexpr double kF32Tolerance = 1e-5;
 constexpr uint64_t kSeed = 17;
 
 RetrievalConfig training_config() {
-  RetrievalConfig config;
-  config.num_items = 500;
-  config.dim = 64;
-  config.num_layers = 2;
-  config.num_heads = 2;
-  config.dim_qk = 32;
-  config.dim_v = 32;
-  config.dropout = 0.2f;
-  config.max_len = 50;
-  config.time_bias = true;
-  config.num_negatives = 128;
-  config.in_batch_negatives = true;
+  RetrievalConfig config = test::step_check_config();
   config.item_embeddings = ItemStore::kDynamic;
   return config;
 }

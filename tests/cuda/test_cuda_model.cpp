@@ -9,7 +9,7 @@
 #include "../op_test_util.h"
 #include "core/philox.h"
 #include "model/retrieval_model.h"
-#include "model_step_tolerances.h"
+#include "model_step_check.h"
 
 namespace genrec {
 namespace {
@@ -23,18 +23,7 @@ using test::rel_l2;
 
 TEST(CudaModel, TrainingStepMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  RetrievalConfig config;
-  config.num_items = 500;
-  config.dim = 64;
-  config.num_layers = 2;
-  config.num_heads = 2;
-  config.dim_qk = 32;
-  config.dim_v = 32;
-  config.dropout = 0.2f;
-  config.max_len = 50;
-  config.time_bias = true;
-  config.num_negatives = 128;
-  config.in_batch_negatives = true;
+  const RetrievalConfig config = test::step_check_config();
   auto cpu_model = make_retrieval_model(config, Device::kCPU);
   auto gpu_model = make_retrieval_model(config, Device::kCUDA);
   cpu_model->params().initialize(3);

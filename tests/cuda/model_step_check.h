@@ -1,8 +1,27 @@
-// How far one bf16 training step of the CUDA model may be from the fp32 CPU model's, shared by
-// the tests that compare them (static and dynamic item tables).
+// One bf16 training step of the CUDA model against the fp32 CPU model's: the model both tests
+// of it use (static and dynamic item tables) and how far the two may be apart.
 #pragma once
 
+#include "model/retrieval_model.h"
+
 namespace genrec::test {
+
+// Two HSTU layers with position and time bias, dropout, sampled and in-batch negatives.
+inline RetrievalConfig step_check_config() {
+  RetrievalConfig config;
+  config.num_items = 500;
+  config.dim = 64;
+  config.num_layers = 2;
+  config.num_heads = 2;
+  config.dim_qk = 32;
+  config.dim_v = 32;
+  config.dropout = 0.2f;
+  config.max_len = 50;
+  config.time_bias = true;
+  config.num_negatives = 128;
+  config.in_batch_negatives = true;
+  return config;
+}
 
 // bf16 keeps 8 mantissa bits (relative rounding 2^-9 ≈ 2e-3 per value); through two HSTU
 // layers with fp32 accumulation the loss stays within 1e-2 and the gradient vector within a
