@@ -7,9 +7,11 @@
 // evicted rows written out), export_batch scans 1,048,576 slots and writes out their rows.
 // Each figure is the median over timed calls (CUDA events around the call only). A row that
 // does not fit in memory is skipped with a message (the run still succeeds).
-// A second table measures the tiered table (CudaTieredTable, see run_tiered) against
-// HierarchicalKV's HBM + host figures. Built as genrec_table_bench.
-//   genrec_table_bench [--quick] [--reps N]   (--quick: capacities / 16, for a smoke run)
+// A second table measures the host link (host_link_probe.cu: the roofline of the HBM + host
+// row), a third the tiered table (CudaTieredTable, see run_tiered) against HierarchicalKV's
+// HBM + host figures. Built as genrec_table_bench.
+//   genrec_table_bench [--quick] [--reps N] [--link-only]
+//   (--quick: capacities / 16, for a smoke run; --link-only: the host link table alone)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,6 +31,7 @@
 #include "core/tensor.h"
 #include "embedding/cuda/cuda_dynamic_table.h"
 #include "embedding/cuda/cuda_tiered_table.h"
+#include "host_link_probe.h"
 #include "zipf_sampler.h"
 
 using namespace genrec;
@@ -192,15 +195,17 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, link_only = false;
   int reps = 5;
   for (int a = 1; a < argc; ++a) {
     if (std::strcmp(argv[a], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[a], "--link-only") == 0) {
+      link_only = true;
     } else if (std::strcmp(argv[a], "--reps") == 0 && a + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++a]));
     } else {
-      std::fprintf(stderr, "usage: genrec_table_bench [--quick] [--reps N]\n");
+      std::fprintf(stderr, "usage: genrec_table_bench [--quick] [--reps N] [--link-only]\n");
       return 2;
     }
   }
@@ -224,6 +229,11 @@ int main(int argc, char** argv) {
   };
   const auto t_start = std::chrono::steady_clock::now();
   std::printf("device: %s\n", cuda::device_summary(cuda::current_device()).c_str());
+  if (link_only) {
+    cuda::Stream stream;
+    bench::print_host_link_probe(quick ? kGiB : 16 * kGiB, stream);
+    return 0;
+  }
   std::printf("%lld keys per call, median of %d calls, B-KV/s (ratio to HierarchicalKV)%s\n\n",
               static_cast<long long>(kKeys), reps, quick ? ", --quick: capacities / 16" : "");
   std::printf("| mode | dim | capacity | load |");
@@ -323,6 +333,7 @@ int main(int argc, char** argv) {
   std::printf(
       "\ninsert_and_evict: insert_or_assign of new keys with the evicted rows written out "
       "(the load grows by 1M keys per call); export_batch: slots scanned per second.\n");
+  bench::print_host_link_probe(quick ? kGiB : 16 * kGiB, stream);
   run_tiered(quick, reps, d_keys, d_values, d_flags, stream);
   std::printf("total %.1f s, %d rows skipped\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(),

@@ -22,9 +22,11 @@
 #include <algorithm>
 #include <bit>
 #include <numeric>
+#include <optional>
 
 #include "core/cuda/caching_allocator.h"
 #include "embedding/cuda/bucket_probe.cuh"
+#include "embedding/cuda/host_row_copies.h"
 #include "embedding/cuda/table_storage.h"
 
 namespace genrec::cuda {
@@ -49,6 +51,7 @@ struct BatchArgs {
   const uint64_t* custom = nullptr;
   uint8_t* pending = nullptr;   // inserting calls, per key: absent at lookup, to be inserted
   int64_t* rewrites = nullptr;  // room for n (slot, occurrence) pairs, see mark_and_write
+  HostRowQueue host_queue;      // lookup_kernel<., true>: host-row copies left to copy_host_rows
   EvictedRows evicted;
   InitParams init;
   int64_t dim = 0, state_dim = 0;
@@ -72,20 +75,27 @@ __device__ __forceinline__ void end_block_count(unsigned long long& count,
 
 // At most 32 registers, so 8 blocks (128 keys in flight) per SM: the kernel waits on 4 dependent
 // loads per key (key, digests, candidate keys, row), so its throughput follows the keys in flight.
+// kQueue: host rows are noted in q for copy_host_rows instead of copied.
+template <bool kQueue>
 __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     find_kernel(TableView t, const uint64_t* keys, int64_t n, float* values, uint8_t* found,
-                float* states, uint64_t* scores, int64_t dim, int64_t state_dim) {
+                float* states, uint64_t* scores, int64_t dim, int64_t state_dim, HostRowQueue q) {
   for_each_key(n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = keys[i];
     uint64_t b = 0;
     const int slot = locate<false>(tile, t, key, b);
     if (tile.thread_rank() == 0 && found != nullptr) found[i] = slot >= 0;
-    if (slot < 0) return;
     const uint64_t s = b * kBucketSlots + slot;
+    if (slot >= 0 && scores != nullptr && tile.thread_rank() == 0) scores[i] = t.scores[s];
+    if constexpr (kQueue) {
+      const uint64_t r = slot >= 0 && values != nullptr ? host_row_of(t, s) : kNoHostRow;
+      queue_host_row(tile, q, i, r);
+      if (r != kNoHostRow) return;
+    }
+    if (slot < 0) return;
     const float* row = row_ptr(t, s);
     if (values != nullptr) tile_copy<false>(tile, values + i * dim, row, dim);
     if (states != nullptr) tile_copy<false>(tile, states + i * state_dim, row + dim, state_dim);
-    if (scores != nullptr && tile.thread_rank() == 0) scores[i] = t.scores[s];
   });
 }
 
@@ -100,9 +110,11 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
 // (float4-aligned) are loaded into the lanes while the atomic is in flight, so the write does not
 // wait for a load after it (4 more registers: the insert kernel, where found keys are rare
 // duplicates, copies after the atomic instead).
+// queued: the row's write is left to copy_host_rows (a host row).
 template <bool kWrites, bool kHold>
 __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView& t,
-                                               const BatchArgs& a, int64_t i, uint64_t s) {
+                                               const BatchArgs& a, int64_t i, uint64_t s,
+                                               bool queued = false) {
   const int lane = static_cast<int>(tile.thread_rank());
   const uint64_t mine = mark_of(a.batch, i);
   auto* mark = reinterpret_cast<unsigned long long*>(t.marks + s);
@@ -113,7 +125,7 @@ __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView
     }
     return;
   }
-  const float* src = a.values_in != nullptr ? a.values_in + i * a.dim : nullptr;
+  const float* src = a.values_in != nullptr && !queued ? a.values_in + i * a.dim : nullptr;
   const bool held = kHold && src != nullptr && a.dim <= 4 * kTile && (a.dim & 3) == 0 &&
                     (reinterpret_cast<uintptr_t>(src) & 15) == 0;
   float4 v = {};
@@ -143,14 +155,21 @@ __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView
 }
 
 // Templated on whether the call writes, so that find_or_insert's lookup keeps its registers low.
-template <bool kWrites>
-__global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs a) {
+// Capped at 32 registers like find_kernel (8 blocks per SM instead of 6: more keys in flight).
+// kQueue: the copies of present keys' host rows (find_or_insert's reads, the writes of assign
+// and insert_or_assign) are noted in a.host_queue for copy_host_rows.
+template <bool kWrites, bool kQueue>
+__global__ void __launch_bounds__(kThreads, 2048 / kThreads)
+    lookup_kernel(TableView t, BatchArgs a) {
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
     const bool lead = tile.thread_rank() == 0;
     const bool inserting = a.op != BatchOp::kAssign;
     uint64_t b = 0;
     const int slot = locate<false>(tile, t, key, b);
+    const uint64_t s = b * kBucketSlots + slot;
+    const uint64_t host_row = kQueue && slot >= 0 ? host_row_of(t, s) : kNoHostRow;
+    if constexpr (kQueue) queue_host_row(tile, a.host_queue, i, host_row);
     if (slot < 0) {
       const bool pending = inserting && key != kEmptyKey;
       if (lead) {
@@ -162,13 +181,13 @@ __global__ void __launch_bounds__(kThreads) lookup_kernel(TableView t, BatchArgs
       }
       return;
     }
-    const uint64_t s = b * kBucketSlots + slot;
     if (lead) {
       if (inserting) a.pending[i] = 0;
       if (a.flags != nullptr) a.flags[i] = 1;
     }
-    mark_and_write<kWrites, true>(tile, t, a, i, s);
-    if (a.op == BatchOp::kFindOrInsert) {
+    const bool queued = host_row != kNoHostRow;
+    mark_and_write<kWrites, true>(tile, t, a, i, s, queued);
+    if (a.op == BatchOp::kFindOrInsert && !queued) {
       tile_copy<false>(tile, a.values_out + i * a.dim, row_ptr(t, s), a.dim);
     }
   });
@@ -236,10 +255,10 @@ __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t,
   return best;
 }
 
-// Insertion publishes a new row like a release: row, mark, score and digest are written, every
-// lane fences, and only then lane 0 stores the key. A lock-free probe that sees the key and
-// then fences (acquire) therefore sees the whole row, so duplicates of a key inserted earlier
-// in the call skip the lock (a hot new key would otherwise serialize its whole batch).
+// Insertion publishes a new row like a release: row, mark, score and digest are written, and
+// only then the key, with a release store (publish_key). A lock-free probe that sees the key
+// and then fences (acquire) therefore sees the whole row, so duplicates of a key inserted
+// earlier in the call skip the lock (a hot new key would otherwise serialize its whole batch).
 __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs a) {
   __shared__ unsigned long long added;
   begin_block_count(added);
@@ -253,7 +272,8 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
     int slot = probe<true>(tile, t, b, key, digest);
     bool inserted = false;
     if (slot >= 0) {
-      __threadfence();  // acquire: the row published with the key
+      acquire_fence();  // the row published with the key (publish_key)
+      tile.sync();      // by the lane that read the key, for all lanes
     } else {
       lock_bucket(tile, t.locks + b);
       const uint64_t word = lane_digests<true>(tile, t, b);
@@ -281,9 +301,7 @@ __global__ void __launch_bounds__(kThreads) insert_kernel(TableView t, BatchArgs
             t.digests[base + slot] = static_cast<uint8_t>(digest);
             if (!evicting) atomicAdd(&added, 1ull);
           }
-          __threadfence();  // release: everything above before the key
-          tile.sync();
-          if (lane == 0) store_relaxed(t.keys + base + slot, key);
+          publish_key(tile, t.keys + base + slot, key);
         }
       }
       unlock_bucket(tile, t.locks + b);
@@ -458,6 +476,12 @@ CudaDynamicTable::CudaDynamicTable(const CudaTableOptions& options) : options_(o
   state_dim_ = optimizer_state_dim(options.optimizer, options.dim);
   storage_ = std::make_unique<TableStorage>(buckets_for(options.capacity), (row_dim() + 3) / 4 * 4,
                                             options.max_hbm_row_bytes);
+  int device = 0, sms = 0, per_sm = 0;
+  GENREC_CUDA_CHECK(cudaGetDevice(&device));
+  GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  GENREC_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, insert_kernel, kThreads, 0));
+  insert_blocks_ = static_cast<unsigned>(std::max(1, sms * per_sm));
   GENREC_CUDA_CHECK(cudaEventCreateWithFlags(&last_, cudaEventDisableTiming));
 }
 
@@ -516,10 +540,24 @@ void CudaDynamicTable::find(const uint64_t* keys, int64_t n, float* values_out, 
   if (n == 0) return;
   GENREC_CHECK(keys != nullptr, "CUDA dynamic table find: null keys");
   auto lock = begin(stream);
-  find_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(
-      storage_->view(), keys, n, values_out, found, state_dim_ > 0 ? states_out : nullptr,
-      scores_out, dim(), state_dim_);
-  GENREC_CUDA_LAUNCH_CHECK("dynamic table find");
+  const TableView& t = storage_->view();
+  float* states = state_dim_ > 0 ? states_out : nullptr;
+  if (storage_->host_slots() > 0 && values_out != nullptr) {
+    HostRowCopies copies(n, stream);  // host rows in address order (host_row_copies.h)
+    find_kernel<true><<<grid_for_keys(n), kThreads, 0, stream>>>(
+        t, keys, n, values_out, found, states, scores_out, dim(), state_dim_, copies.queue());
+    GENREC_CUDA_LAUNCH_CHECK("dynamic table find");
+    HostRowCopy copy;
+    copy.values_out = values_out;
+    copy.states_out = states;
+    copy.dim = dim();
+    copy.state_dim = state_dim_;
+    copies.run(t, storage_->host_slots(), copy, stream);
+  } else {
+    find_kernel<false><<<grid_for_keys(n), kThreads, 0, stream>>>(
+        t, keys, n, values_out, found, states, scores_out, dim(), state_dim_, HostRowQueue{});
+    GENREC_CUDA_LAUNCH_CHECK("dynamic table find");
+  }
   end(stream);
 }
 
@@ -563,20 +601,43 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   a.rewrites = rewrites.data();
   const TableView& t = storage_->view();
   const unsigned grid = grid_for_keys(n);
+  // Host rows of present keys move in address order after the kernels (host_row_copies.h).
+  const bool queue = storage_->host_slots() > 0;
+  std::optional<HostRowCopies> copies;
+  if (queue) a.host_queue = copies.emplace(n, stream).queue();
   if (writing) {
-    lookup_kernel<true><<<grid, kThreads, 0, stream>>>(t, a);
+    if (queue) {
+      lookup_kernel<true, true><<<grid, kThreads, 0, stream>>>(t, a);
+    } else {
+      lookup_kernel<true, false><<<grid, kThreads, 0, stream>>>(t, a);
+    }
+  } else if (queue) {
+    lookup_kernel<false, true><<<grid, kThreads, 0, stream>>>(t, a);
   } else {
-    lookup_kernel<false><<<grid, kThreads, 0, stream>>>(t, a);
+    lookup_kernel<false, false><<<grid, kThreads, 0, stream>>>(t, a);
   }
   GENREC_CUDA_LAUNCH_CHECK("dynamic table lookup");
   if (inserting) {
-    insert_kernel<<<grid, kThreads, 0, stream>>>(t, a);
+    // Resident blocks striding over the batch: with a block per 16 keys, each block lasted as
+    // long as its slowest key (a lock wait), its other warps idle at the count's barrier.
+    insert_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
   }
   if (writing) {
     // Rewrites are rare (duplicates that raced): a small grid strides over the queue.
     rewrite_kernel<<<std::min(grid, kRewriteBlocks), kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table rewrite");
+  }
+  if (queue) {
+    HostRowCopy copy;
+    copy.dim = a.dim;
+    copy.batch = a.batch;
+    if (op == BatchOp::kFindOrInsert) {
+      copy.values_out = values_out;
+    } else {
+      copy.values_in = values_in;
+    }
+    copies->run(t, storage_->host_slots(), copy, stream);
   }
   end(stream);
 }
@@ -813,11 +874,7 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
             if (!evicting) atomicAdd(t.size, 1ull);
           }
         }
-        if (fresh) {
-          __threadfence();  // release: the row before its key, as in insert_kernel
-          tile.sync();
-          if (lane == 0) store_relaxed(t.keys + base + slot, key);
-        }
+        if (fresh) publish_key(tile, t.keys + base + slot, key);
       }
       unlock_bucket(tile, t.locks + b);
     }

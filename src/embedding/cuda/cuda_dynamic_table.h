@@ -37,8 +37,9 @@ struct CudaTableOptions {
   Initializer initializer;     // the same rows as the CPU table's for the same key
   int64_t capacity = 1 << 17;  // slots, rounded up to a power-of-two number of 128-slot buckets
   EvictionPolicy eviction = EvictionPolicy::kLru;
-  // Rows of the first slots up to this many bytes live in device memory, the rest in mapped
-  // pinned host memory; < 0: all in device memory.
+  // At most this many bytes of rows live in device memory, the same lowest slots of every
+  // bucket (inserts fill them first), the rest in mapped pinned host memory; < 0: all in
+  // device memory.
   int64_t max_hbm_row_bytes = -1;
 };
 
@@ -140,7 +141,8 @@ class CudaDynamicTable {
   std::unique_ptr<TableStorage> storage_;
   mutable std::mutex mutex_;
   cudaEvent_t last_ = nullptr;
-  uint32_t batch_ = 0;  // id of the last marking batch (see marks in the .cu)
+  uint32_t batch_ = 0;          // id of the last marking batch (see marks in the .cu)
+  unsigned insert_blocks_ = 1;  // blocks of the insert kernel resident on the device at once
   std::atomic<uint64_t> step_{0}, epoch_{0};
 };
 

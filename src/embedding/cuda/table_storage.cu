@@ -29,10 +29,10 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
   const int64_t n = slots();
   view_.stride = stride;
   view_.bucket_mask = static_cast<uint64_t>(num_buckets - 1);
-  view_.hbm_slots =
-      hbm_row_bytes < 0
-          ? n
-          : std::min<int64_t>(n, hbm_row_bytes / (stride * static_cast<int64_t>(sizeof(float))));
+  const int64_t row_bytes = stride * static_cast<int64_t>(sizeof(float));
+  view_.hbm_per_bucket =
+      hbm_row_bytes < 0 ? kBucketSlots
+                        : std::min<int64_t>(kBucketSlots, hbm_row_bytes / row_bytes / num_buckets);
   try {
     device_alloc(&view_.digests, n, "digests");
     device_alloc(&view_.keys, n, "keys");
@@ -41,7 +41,9 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
     device_alloc(&view_.locks, num_buckets, "bucket locks");
     device_alloc(&view_.size, 1, "the size counter");
     device_alloc(&view_.rewrites, 2, "the rewrite counters");
-    if (view_.hbm_slots > 0) device_alloc(&view_.hbm_rows, view_.hbm_slots * stride, "rows");
+    if (view_.hbm_per_bucket > 0) {
+      device_alloc(&view_.hbm_rows, num_buckets * view_.hbm_per_bucket * stride, "rows");
+    }
     if (host_slots() > 0) {
       const size_t bytes = sizeof(float) * host_slots() * stride;
       const cudaError_t err = cudaHostAlloc(reinterpret_cast<void**>(&host_alloc_), bytes,

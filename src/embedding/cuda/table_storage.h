@@ -1,8 +1,12 @@
 // Device memory of the CUDA dynamic table: buckets of 128 slots, each slot a one-byte digest, a
 // uint64 key, a uint64 eviction score and a uint64 batch mark, plus one lock word per bucket;
-// the rows (values then optimizer state, fp32) live in a separate row-major array indexed by
-// slot, so a row never moves while its key stays. Rows past a byte budget live in mapped
-// pinned host memory that the kernels read and write through the mapping.
+// the rows (values then optimizer state, fp32) live in separate row-major arrays indexed by
+// slot, so a row never moves while its key stays. With a byte budget for device rows, the first
+// hbm_per_bucket slots of every bucket have their rows in device memory and the others in
+// mapped pinned host memory that the kernels read and write through the mapping. Inserts take
+// a bucket's lowest free slot, so device rows fill first and only a bucket's overflow past its
+// device slots crosses the bus (at load 0.75 with half the rows in host memory: 1/3 of the
+// keys, where splitting the slots by bucket would put half of them there).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,11 +28,20 @@ struct TableView {
   // 2 words: rows queued for a rewrite by the current call, blocks of its rewrite kernel done
   // (both 0 between calls, see the .cu)
   unsigned long long* rewrites = nullptr;
-  float* hbm_rows = nullptr;   // rows of slots [0, hbm_slots)
-  float* host_rows = nullptr;  // rows of slots [hbm_slots, slots), device-mapped
-  int64_t hbm_slots = 0;
+  float* hbm_rows = nullptr;   // buckets x hbm_per_bucket rows
+  float* host_rows = nullptr;  // buckets x (kBucketSlots - hbm_per_bucket) rows, device-mapped
+  int64_t hbm_per_bucket = kBucketSlots;
   int64_t stride = 0;  // floats per row: dim + state_dim rounded up to 4 (16-byte rows)
   uint64_t bucket_mask = 0;
+};
+
+// Where lookups of a table with host rows note the host-row copies they leave to
+// copy_host_rows (host_row_copies.h): for occurrence i, rows[i] = the host row to copy, or
+// kNoHostRow, and occurrences[i] = i.
+constexpr uint64_t kNoHostRow = ~0ull;
+struct HostRowQueue {
+  uint64_t* rows = nullptr;
+  uint32_t* occurrences = nullptr;
 };
 
 // Owns the arrays of one table layout; every allocation is checked, and a failed constructor
@@ -36,7 +49,7 @@ struct TableView {
 class TableStorage {
  public:
   // hbm_row_bytes < 0: all rows in device memory; else at most that many bytes of rows there
-  // and the rest in host memory.
+  // (the same number of slots from every bucket) and the rest in host memory.
   TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_bytes);
   ~TableStorage();
   TableStorage(const TableStorage&) = delete;
@@ -45,7 +58,7 @@ class TableStorage {
   const TableView& view() const { return view_; }
   int64_t num_buckets() const { return num_buckets_; }
   int64_t slots() const { return num_buckets_ * kBucketSlots; }
-  int64_t host_slots() const { return slots() - view_.hbm_slots; }
+  int64_t host_slots() const { return num_buckets_ * (kBucketSlots - view_.hbm_per_bucket); }
   // Frees every slot (keys to kEmptyKey, digests to 0, size 0), queued on `stream`.
   void clear(cudaStream_t stream);
   void clear_marks(cudaStream_t stream);
