@@ -25,6 +25,7 @@
 
 #include "core/cuda/caching_allocator.h"
 #include "embedding/cuda/bucket_probe.cuh"
+#include "embedding/cuda/table_admission.cuh"
 #include "embedding/cuda/table_storage.h"
 
 namespace genrec::cuda {
@@ -569,6 +570,10 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
     lookup_kernel<false><<<grid, kThreads, 0, stream>>>(t, a);
   }
   GENREC_CUDA_LAUNCH_CHECK("dynamic table lookup");
+  if (op == BatchOp::kFindOrInsert && options_.admission != nullptr) {
+    admit_pending(*options_.admission, keys, n, a.pending, flags, values_out, a.dim, a.init,
+                  stream);
+  }
   if (inserting) {
     insert_kernel<<<grid, kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
