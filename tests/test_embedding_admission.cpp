@@ -2,11 +2,13 @@
 // row and a 0 flag.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "core/error.h"
 #include "embedding/admission.h"
+#include "embedding/count_min_index.h"
 #include "embedding/dynamic_table.h"
 
 namespace genrec {
@@ -91,6 +93,39 @@ TEST(EmbeddingAdmission, CountMinNeverUndercounts) {
   EXPECT_EQ(f.estimate(3), 0u);
   a.threshold = 0;
   EXPECT_THROW(CountingFilter{a}, Error);
+}
+
+TEST(EmbeddingAdmission, CountersRoundTripAndUseTheSharedIndex) {
+  AdmissionOptions a;
+  a.threshold = 4;
+  a.num_hashes = 3;
+  a.width = 100;  // rounded up to 128
+  a.seed = 5;
+  CountingFilter f(a);
+  ASSERT_EQ(f.options().width, 128);
+  ASSERT_EQ(f.num_counters(), 3 * 128);
+  for (uint64_t k = 0; k < 40; ++k) {
+    for (uint64_t s = 0; s < k % 5; ++s) f.record(k);
+  }
+  const std::vector<uint8_t> saved = f.counters();
+  ASSERT_EQ(static_cast<int64_t>(saved.size()), f.num_counters());
+  // The estimate is the minimum of the key's counters at count_min_index.
+  for (uint64_t k = 0; k < 40; ++k) {
+    uint32_t m = 255;
+    for (int r = 0; r < 3; ++r) m = std::min<uint32_t>(m, saved[count_min_index(k, r, 127, 5)]);
+    EXPECT_EQ(f.estimate(k), m) << "key " << k;
+  }
+  CountingFilter g(a);
+  g.load_counters(saved);
+  EXPECT_EQ(g.counters(), saved);
+  for (uint64_t k = 0; k < 40; ++k) EXPECT_EQ(g.estimate(k), f.estimate(k)) << "key " << k;
+  f.decay();
+  std::vector<uint8_t> halved = saved;
+  for (auto& c : halved) c >>= 1;
+  EXPECT_EQ(f.counters(), halved);
+  f.clear();
+  EXPECT_EQ(f.counters(), std::vector<uint8_t>(saved.size(), 0));
+  EXPECT_THROW(g.load_counters(std::vector<uint8_t>(10)), Error);
 }
 
 }  // namespace

@@ -6,27 +6,27 @@
 #include <bit>
 
 #include "core/error.h"
-#include "core/hash.h"
+#include "embedding/count_min_index.h"
 
 namespace genrec {
-CountingFilter::CountingFilter(const AdmissionOptions& options) : options_(options) {
+
+AdmissionOptions checked_admission_options(const AdmissionOptions& options) {
   GENREC_CHECK(options.threshold >= 1 && options.threshold <= 255,
                "admission: threshold must be in [1, 255], got {}", options.threshold);
   GENREC_CHECK(options.num_hashes >= 1 && options.num_hashes <= 16,
                "admission: num_hashes must be in [1, 16], got {}", options.num_hashes);
   GENREC_CHECK(options.width >= 1 && options.width <= (int64_t{1} << 32),
                "admission: width must be in [1, 2^32], got {}", options.width);
-  const uint64_t width = std::bit_ceil(static_cast<uint64_t>(options.width));
-  options_.width = static_cast<int64_t>(width);
-  mask_ = width - 1;
-  const uint64_t total = width * static_cast<uint64_t>(options.num_hashes);
-  counters_ = std::make_unique<std::atomic<uint8_t>[]>(total);
-  clear();
+  AdmissionOptions checked = options;
+  checked.width = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(options.width)));
+  return checked;
 }
 
-uint64_t CountingFilter::index(uint64_t key, int row) const {
-  const uint64_t h = mix64(key ^ mix64(options_.seed + 0x9E3779B97F4A7C15ull * (row + 1)));
-  return static_cast<uint64_t>(row) * (mask_ + 1) + (h & mask_);
+CountingFilter::CountingFilter(const AdmissionOptions& options)
+    : options_(checked_admission_options(options)) {
+  mask_ = static_cast<uint64_t>(options_.width) - 1;
+  counters_ = std::make_unique<std::atomic<uint8_t>[]>(num_counters());
+  clear();
 }
 
 bool CountingFilter::record(uint64_t key) {
@@ -34,7 +34,7 @@ bool CountingFilter::record(uint64_t key) {
   uint64_t idx[16];
   uint32_t current = 255;
   for (int r = 0; r < options_.num_hashes; ++r) {
-    idx[r] = index(key, r);
+    idx[r] = count_min_index(key, r, mask_, options_.seed);
     current = std::min<uint32_t>(current, counters_[idx[r]].load(std::memory_order_relaxed));
   }
   if (current < 255) {
@@ -53,22 +53,38 @@ bool CountingFilter::record(uint64_t key) {
 uint32_t CountingFilter::estimate(uint64_t key) const {
   uint32_t current = 255;
   for (int r = 0; r < options_.num_hashes; ++r) {
-    current = std::min<uint32_t>(current, counters_[index(key, r)].load(std::memory_order_relaxed));
+    const uint64_t i = count_min_index(key, r, mask_, options_.seed);
+    current = std::min<uint32_t>(current, counters_[i].load(std::memory_order_relaxed));
   }
   return current;
 }
 
 void CountingFilter::decay() {
-  const uint64_t total = (mask_ + 1) * static_cast<uint64_t>(options_.num_hashes);
-  for (uint64_t i = 0; i < total; ++i) {
+  for (int64_t i = 0; i < num_counters(); ++i) {
     counters_[i].store(counters_[i].load(std::memory_order_relaxed) >> 1,
                        std::memory_order_relaxed);
   }
 }
 
 void CountingFilter::clear() {
-  const uint64_t total = (mask_ + 1) * static_cast<uint64_t>(options_.num_hashes);
-  for (uint64_t i = 0; i < total; ++i) counters_[i].store(0, std::memory_order_relaxed);
+  for (int64_t i = 0; i < num_counters(); ++i) counters_[i].store(0, std::memory_order_relaxed);
+}
+
+std::vector<uint8_t> CountingFilter::counters() const {
+  std::vector<uint8_t> out(num_counters());
+  for (int64_t i = 0; i < num_counters(); ++i) {
+    out[i] = counters_[i].load(std::memory_order_relaxed);
+  }
+  return out;
+}
+
+void CountingFilter::load_counters(const std::vector<uint8_t>& counters) {
+  GENREC_CHECK(static_cast<int64_t>(counters.size()) == num_counters(),
+               "admission: {} counters loaded into a sketch of {} x {} = {}", counters.size(),
+               options_.num_hashes, options_.width, num_counters());
+  for (int64_t i = 0; i < num_counters(); ++i) {
+    counters_[i].store(counters[i], std::memory_order_relaxed);
+  }
 }
 
 }  // namespace genrec

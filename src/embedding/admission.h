@@ -18,6 +18,10 @@ struct AdmissionOptions {
   uint64_t seed = 0;
 };
 
+// The options checked (each field in range, else an Error naming it) with width rounded up to a
+// power of two: what the CPU and the CUDA filter are built from.
+AdmissionOptions checked_admission_options(const AdmissionOptions& options);
+
 class CountingFilter {
  public:
   explicit CountingFilter(const AdmissionOptions& options);
@@ -30,13 +34,18 @@ class CountingFilter {
   // Halves every counter (ages old sightings); clear() zeroes them. Not concurrent with record.
   void decay();
   void clear();
+  // The counters, num_hashes x width row-major as count_min_index addresses them: for
+  // checkpoints, and the bytes a CudaCountingFilter holds after the same sightings (exactly so
+  // when no two keys share a counter: conservative update depends on the order of colliding
+  // keys). load_counters replaces them (the size must match). Not concurrent with record.
+  std::vector<uint8_t> counters() const;
+  void load_counters(const std::vector<uint8_t>& counters);
 
   int threshold() const { return options_.threshold; }
-  const AdmissionOptions& options() const { return options_; }
+  const AdmissionOptions& options() const { return options_; }  // width rounded up
+  int64_t num_counters() const { return options_.num_hashes * options_.width; }
 
  private:
-  uint64_t index(uint64_t key, int row) const;
-
   AdmissionOptions options_;
   uint64_t mask_ = 0;
   std::unique_ptr<std::atomic<uint8_t>[]> counters_;  // num_hashes x width

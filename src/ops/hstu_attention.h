@@ -9,13 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef GENREC_HOST_DEVICE
-#if defined(__CUDACC__)
-#define GENREC_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define GENREC_HOST_DEVICE inline
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace genrec::cpu {
 

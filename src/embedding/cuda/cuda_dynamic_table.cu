@@ -27,6 +27,7 @@
 #include "core/cuda/caching_allocator.h"
 #include "embedding/cuda/bucket_probe.cuh"
 #include "embedding/cuda/host_row_copies.h"
+#include "embedding/cuda/table_admission.cuh"
 #include "embedding/cuda/table_storage.h"
 
 namespace genrec::cuda {
@@ -617,6 +618,10 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
     lookup_kernel<false, false><<<grid, kThreads, 0, stream>>>(t, a);
   }
   GENREC_CUDA_LAUNCH_CHECK("dynamic table lookup");
+  if (op == BatchOp::kFindOrInsert && options_.admission != nullptr) {
+    admit_pending(*options_.admission, keys, n, a.pending, flags, values_out, a.dim, a.init,
+                  stream);
+  }
   if (inserting) {
     // Resident blocks striding over the batch: with a block per 16 keys, each block lasted as
     // long as its slowest key (a lock wait), its other warps idle at the count's barrier.

@@ -11,6 +11,14 @@
 //   other row to give up, the new key is not stored (stored[i] = 0 for all its occurrences).
 // - calls are serialized in the order they are issued, whatever their streams: each call waits
 //   for the previous one's end (an event), so host threads may share a table.
+// - admission (options.admission; find_or_insert only, as on the CPU): the occurrences of absent
+//   keys are sightings, counted as DynamicTable counts them (CudaCountingFilter::
+//   record_until_admitted). A key is admitted in a batch when its estimate after all of the
+//   batch's sightings reaches the threshold K, and then all its occurrences of the batch are;
+//   the CPU table refuses the first of them and inserts on the K-th sighting. Rows, values and
+//   (for keys that share no sketch counter) the filter's counters therefore end as the CPU's;
+//   only those early occurrences' stored flags differ (1 here, 0 there) and, with (epoch-)LFU,
+//   the new row counts them as accesses.
 // Batch calls queue work on `stream` and do not synchronize; size(), export_rows(), reserve()
 // synchronize. Keys equal to kEmptyKey are never found nor stored.
 #pragma once
@@ -22,6 +30,7 @@
 #include <memory>
 #include <mutex>
 
+#include "embedding/cuda/cuda_counting_filter.h"
 #include "embedding/dynamic_table.h"
 #include "embedding/eviction.h"
 
@@ -41,6 +50,7 @@ struct CudaTableOptions {
   // bucket (inserts fill them first), the rest in mapped pinned host memory; < 0: all in
   // device memory.
   int64_t max_hbm_row_bytes = -1;
+  std::shared_ptr<CudaCountingFilter> admission;  // null: every new key is admitted
 };
 
 // Where an inserting call writes the rows it evicts (device pointers, room for n rows each):
@@ -83,12 +93,14 @@ class CudaDynamicTable {
 
   // Finds each key, inserting absent ones with the initializer (state set to its initial
   // value), and copies the rows to values_out. stored[i] = 0 when the key was not stored
-  // (kEmptyKey, or its bucket held only keys of this batch); values_out then holds the
-  // initializer's row. scores: per-key scores, required by kCustom and refused otherwise.
+  // (kEmptyKey, refused by admission, or its bucket held only keys of this batch); values_out
+  // then holds the initializer's row. scores: per-key scores, required by kCustom and refused
+  // otherwise.
   void find_or_insert(const uint64_t* keys, int64_t n, float* values_out, uint8_t* stored,
                       cudaStream_t stream, const uint64_t* scores = nullptr,
                       const EvictedRows* evicted = nullptr);
-  // Inserts or overwrites the values (dim floats per key); new rows get the initial state.
+  // Inserts or overwrites the values (dim floats per key); new rows get the initial state. Not
+  // subject to admission, as on the CPU (the values come from the caller).
   void insert_or_assign(const uint64_t* keys, const float* values, int64_t n, cudaStream_t stream,
                         uint8_t* stored = nullptr, const uint64_t* scores = nullptr,
                         const EvictedRows* evicted = nullptr);
@@ -97,10 +109,10 @@ class CudaDynamicTable {
               uint8_t* found = nullptr, const uint64_t* scores = nullptr);
   // Inserts or overwrites whole rows exactly, as DynamicTable::insert_rows does for the tiers:
   // keys[i] gets values row i (dim floats), states row i (state_dim floats; null without state)
-  // and scores[i], with no policy update. Keys must be distinct. Neither the call's keys nor the
-  // `pinned` ones (device, num_pinned) are evicted by it; rows evicted to make room go to
-  // `evicted`. stored[i] (optional) = 0 when the key's bucket held only such keys (or the key
-  // is kEmptyKey).
+  // and scores[i], with no policy update and no admission. Keys must be distinct. Neither the
+  // call's keys nor the `pinned` ones (device, num_pinned) are evicted by it; rows evicted to make
+  // room go to `evicted`. stored[i] (optional) = 0 when the key's bucket held only such keys (or
+  // the key is kEmptyKey).
   void insert_rows(const uint64_t* keys, const float* values, const float* states,
                    const uint64_t* scores, int64_t n, cudaStream_t stream,
                    uint8_t* stored = nullptr, const EvictedRows* evicted = nullptr,
