@@ -10,8 +10,9 @@
 // A second table measures the host link (host_link_probe.cu: the roofline of the HBM + host
 // row), a third the tiered table (CudaTieredTable, see run_tiered) against HierarchicalKV's
 // HBM + host figures. Built as genrec_table_bench.
-//   genrec_table_bench [--quick] [--reps N] [--link-only]
-//   (--quick: capacities / 16, for a smoke run; --link-only: the host link table alone)
+//   genrec_table_bench [--quick] [--reps N] [--link-only | --row R]
+//   (--quick: capacities / 16, for a smoke run; --link-only: the host link table alone;
+//   --row R: row R of the first table alone, e.g. to profile it)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -196,16 +197,19 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
 
 int main(int argc, char** argv) {
   bool quick = false, link_only = false;
-  int reps = 5;
+  int reps = 5, only_row = -1;
   for (int a = 1; a < argc; ++a) {
     if (std::strcmp(argv[a], "--quick") == 0) {
       quick = true;
     } else if (std::strcmp(argv[a], "--link-only") == 0) {
       link_only = true;
+    } else if (std::strcmp(argv[a], "--row") == 0 && a + 1 < argc) {
+      only_row = std::atoi(argv[++a]);
     } else if (std::strcmp(argv[a], "--reps") == 0 && a + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++a]));
     } else {
-      std::fprintf(stderr, "usage: genrec_table_bench [--quick] [--reps N] [--link-only]\n");
+      std::fprintf(stderr,
+                   "usage: genrec_table_bench [--quick] [--reps N] [--link-only | --row R]\n");
       return 2;
     }
   }
@@ -255,7 +259,9 @@ int main(int argc, char** argv) {
   cuda::Event start(true), stop(true);
   int skipped = 0;
 
-  for (const BenchRow& row : rows) {
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (only_row >= 0 && static_cast<size_t>(only_row) != r) continue;
+    const BenchRow& row = rows[r];
     const int64_t capacity = quick ? row.capacity / 16 : row.capacity;
     const int64_t hbm_bytes =
         row.hbm_row_bytes < 0 || !quick ? row.hbm_row_bytes : row.hbm_row_bytes / 16;
@@ -333,8 +339,10 @@ int main(int argc, char** argv) {
   std::printf(
       "\ninsert_and_evict: insert_or_assign of new keys with the evicted rows written out "
       "(the load grows by 1M keys per call); export_batch: slots scanned per second.\n");
-  bench::print_host_link_probe(quick ? kGiB : 16 * kGiB, stream);
-  run_tiered(quick, reps, d_keys, d_values, d_flags, stream);
+  if (only_row < 0) {
+    bench::print_host_link_probe(quick ? kGiB : 16 * kGiB, stream);
+    run_tiered(quick, reps, d_keys, d_values, d_flags, stream);
+  }
   std::printf("total %.1f s, %d rows skipped\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(),
               skipped);
