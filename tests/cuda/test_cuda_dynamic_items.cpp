@@ -116,6 +116,7 @@ void expect_step_matches_cpu(int accumulated) {
   ASSERT_GT(c.size(), 0);
   ASSERT_EQ(g.keys, c.keys) << "the lookups inserted different items";
   EXPECT_EQ(g.scores, c.scores);
+  EXPECT_EQ(g.stamps, c.stamps) << "rows stamped by the optimizer step";
   EXPECT_EQ(models.gpu->item_table()->step(), models.cpu->item_table()->step());
   EXPECT_EQ(state_part(g, D, 2 * D, 1), state_part(c, D, 2 * D, 1)) << "per-row update counts";
   for (float count : state_part(c, D, 2 * D, 1)) ASSERT_EQ(count, 1.0f);
@@ -235,6 +236,7 @@ void expect_same_rows(const TableRows& a, const TableRows& b, const char* what) 
   EXPECT_EQ(a.values, b.values) << what;
   EXPECT_EQ(a.states, b.states) << what;
   EXPECT_EQ(a.scores, b.scores) << what;
+  EXPECT_EQ(a.stamps, b.stamps) << what;
 }
 
 TEST(CudaModelDynamicItems, CheckpointsMoveBetweenDevices) {
@@ -283,8 +285,8 @@ TEST(CudaModelDynamicItems, CheckpointsMoveBetweenDevices) {
   on_cpu.model->item_embeddings(cpu_items);
   EXPECT_LT(rel_l2(cpu_items, saved_items), kF32Tolerance);
 
-  // CPU -> GPU: the CPU's rows (the CUDA table keeps no write stamps), and training goes on
-  // from them as on the CPU, per-row update counts included.
+  // CPU -> GPU: the CPU's rows, and training goes on from them as on the CPU, per-row update
+  // counts and stamps included.
   LoadedCheckpoint from_cpu = load_checkpoint(cpu_path, Device::kCUDA);
   from_cpu.model->download();
   expect_same_rows(from_cpu.model->item_table()->export_rows(), cpu_rows, "CPU -> GPU");
@@ -308,6 +310,7 @@ TEST(CudaModelDynamicItems, CheckpointsMoveBetweenDevices) {
   EXPECT_EQ(state_part(g, config.dim, 2 * config.dim, 1),
             state_part(c, config.dim, 2 * config.dim, 1));
   EXPECT_EQ(g.scores, c.scores);
+  EXPECT_EQ(g.stamps, c.stamps);
 }
 
 // A small synthetic run on the GPU through the trainer: best-epoch copies, checkpoints and

@@ -1,7 +1,8 @@
-// CudaDynamicTable against a std::unordered_map model (keys, values, states, scores) under
-// random batches with duplicates, and against the CPU DynamicTable where the two coincide
-// (eviction order in a one-bucket table, initial rows). Every output is poisoned (all bytes
-// 0xFF: NaN rows, flag 255) before each call, so an unwritten output fails.
+// CudaDynamicTable against a std::unordered_map model (keys, values, states, scores, stamps)
+// under random batches with duplicates, and against the CPU DynamicTable where the two coincide
+// (the same random batches on an unbounded table, eviction order in a one-bucket table, initial
+// rows). Every output is poisoned (all bytes 0xFF: NaN rows, flag 255) before each call, so an
+// unwritten output fails.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -39,6 +41,7 @@ bool is_poison(float x) {
 struct ModelRow {
   std::vector<float> value, state;
   uint64_t score = 0;
+  uint64_t stamp = 0;  // the step of the last write
 };
 
 // The CPU table's documented semantics, one key at a time in batch order, without eviction.
@@ -59,6 +62,7 @@ struct Model {
     init.fill(key, r.value.data(), dim);
     r.state.assign(state_dim, state0);
     r.score = score(true, 0, custom);
+    r.stamp = step;
     return rows.emplace(key, r).first->second;
   }
 };
@@ -84,6 +88,7 @@ void expect_rows_equal(const TableRows& got, const Model& m) {
     auto it = m.rows.find(key);
     ASSERT_NE(it, m.rows.end()) << "unexpected key " << key;
     EXPECT_EQ(got.scores[r], it->second.score) << "key " << key;
+    EXPECT_EQ(got.stamps[r], it->second.stamp) << "key " << key;
     for (int64_t j = 0; j < m.dim; ++j) {
       ASSERT_EQ(got.values[r * m.dim + j], it->second.value[j]) << "key " << key << " j " << j;
     }
@@ -93,8 +98,18 @@ void expect_rows_equal(const TableRows& got, const Model& m) {
   }
 }
 
+// Whole rows equal: keys, values, states, scores and stamps.
+void expect_same_rows(const TableRows& g, const TableRows& c) {
+  ASSERT_EQ(g.keys, c.keys);
+  EXPECT_EQ(g.values, c.values);
+  EXPECT_EQ(g.states, c.states);
+  EXPECT_EQ(g.scores, c.scores);
+  EXPECT_EQ(g.stamps, c.stamps);
+}
+
 // Random batches of every operation (duplicates included) on a table large enough that no
-// bucket fills, checked call by call against the model and by full exports.
+// bucket fills, checked call by call against the model and by full exports against the model and
+// against the CPU table given the same calls.
 void run_random_ops(const Config& cfg) {
   CudaTableOptions opt;
   opt.dim = cfg.dim;
@@ -117,6 +132,13 @@ void run_random_ops(const Config& cfg) {
   m.state0 = cfg.optimizer == OptimizerState::kAdagrad ? opt.initial_state : 0.0f;
   m.init = opt.initializer;
   m.policy = cfg.policy;
+  TableOptions copt;
+  copt.dim = cfg.dim;
+  copt.optimizer = cfg.optimizer;
+  copt.initial_state = opt.initial_state;
+  copt.initializer = opt.initializer;
+  copt.eviction = cfg.policy;
+  DynamicTable cpu(copt);
   const bool custom = cfg.policy == EvictionPolicy::kCustom;
   const int64_t dim = cfg.dim;
   cuda::Stream stream;
@@ -128,7 +150,11 @@ void run_random_ops(const Config& cfg) {
     SCOPED_TRACE(testing::Message() << "round " << round);
     m.step = round + 1;
     table.set_step(m.step);
-    if (round % 20 == 0) table.set_epoch(m.epoch = round / 20);
+    cpu.set_step(m.step);
+    if (round % 20 == 0) {
+      table.set_epoch(m.epoch = round / 20);
+      cpu.set_epoch(m.epoch);
+    }
     const int64_t n = 1 + static_cast<int64_t>(rng.below(700));
     std::vector<uint64_t> keys(n);
     for (int64_t i = 0; i < n; ++i) {
@@ -141,13 +167,17 @@ void run_random_ops(const Config& cfg) {
     auto d_keys = upload_raw(keys);
     auto d_scores = upload_raw(scores);
     const uint64_t* sc = custom ? d_scores.get() : nullptr;
+    const uint64_t* cpu_sc = custom ? scores.data() : nullptr;
+    std::vector<float> cpu_out(n * dim);
     const int op = static_cast<int>(rng.below(5));
     if (op == 0) {  // find_or_insert
       auto d_out = poisoned<float>(n * dim);
       auto d_stored = poisoned<uint8_t>(n);
       table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, sc);
+      cpu.find_or_insert(keys.data(), n, cpu_out.data(), nullptr, cpu_sc);
       auto out = d_out.download_raw();
       auto stored = d_stored.download_raw();
+      ASSERT_EQ(out, cpu_out);
       for (int64_t i = 0; i < n; ++i) {
         auto it = m.rows.find(keys[i]);
         if (it == m.rows.end()) {
@@ -164,8 +194,10 @@ void run_random_ops(const Config& cfg) {
       auto d_flags = poisoned<uint8_t>(n);
       if (op == 1) {
         table.insert_or_assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+        cpu.insert_or_assign(keys.data(), values.data(), n, cpu_sc);
       } else {
         table.assign(d_keys.get(), d_values.get(), n, stream, d_flags.get(), sc);
+        cpu.assign(keys.data(), values.data(), n, cpu_sc);
       }
       auto flags = d_flags.download_raw();
       for (int64_t i = 0; i < n; ++i) {
@@ -176,10 +208,12 @@ void run_random_ops(const Config& cfg) {
         ModelRow& r = present ? it->second : m.insert(keys[i], custom ? scores[i] : 0);
         if (present) r.score = m.score(false, r.score, custom ? scores[i] : 0);
         r.value.assign(values.begin() + i * dim, values.begin() + (i + 1) * dim);
+        r.stamp = m.step;
       }
     } else if (op == 3) {  // erase
       auto d_erased = poisoned<uint8_t>(n);
       table.erase(d_keys.get(), n, stream, d_erased.get());
+      cpu.erase(keys.data(), n);
       auto erased = d_erased.download_raw();
       std::map<uint64_t, int> count;
       for (int64_t i = 0; i < n; ++i) {
@@ -192,19 +226,29 @@ void run_random_ops(const Config& cfg) {
       auto d_found = poisoned<uint8_t>(n);
       auto d_states = poisoned<float>(n * std::max<int64_t>(1, m.state_dim));
       auto d_sc = poisoned<uint64_t>(n);
-      table.find(d_keys.get(), n, d_out.get(), d_found.get(), stream, d_states.get(), d_sc.get());
+      auto d_stamps = poisoned<uint64_t>(n);
+      table.find(d_keys.get(), n, d_out.get(), d_found.get(), stream, d_states.get(), d_sc.get(),
+                 d_stamps.get());
+      std::vector<uint8_t> cpu_found(n);
+      std::vector<uint64_t> cpu_stamps(n);
+      cpu.find(keys.data(), n, cpu_out.data(), cpu_found.data(), nullptr, nullptr,
+               cpu_stamps.data());
       auto out = d_out.download_raw();
       auto found = d_found.download_raw();
       auto states = d_states.download_raw();
       auto got_scores = d_sc.download_raw();
+      auto got_stamps = d_stamps.download_raw();
       for (int64_t i = 0; i < n; ++i) {
         auto it = m.rows.find(keys[i]);
         ASSERT_EQ(found[i], it != m.rows.end() ? 1 : 0) << i;
+        ASSERT_EQ(found[i], cpu_found[i]) << i;
         if (it == m.rows.end()) {
           for (int64_t j = 0; j < dim; ++j) ASSERT_TRUE(is_poison(out[i * dim + j]));
           continue;
         }
         ASSERT_EQ(got_scores[i], it->second.score) << i;
+        ASSERT_EQ(got_stamps[i], it->second.stamp) << i;
+        ASSERT_EQ(got_stamps[i], cpu_stamps[i]) << i;
         for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], it->second.value[j]);
         for (int64_t j = 0; j < m.state_dim; ++j) {
           ASSERT_EQ(states[i * m.state_dim + j], it->second.state[j]);
@@ -213,7 +257,9 @@ void run_random_ops(const Config& cfg) {
     }
     if (round % 10 == 9) {
       ASSERT_EQ(table.size(stream), static_cast<int64_t>(m.rows.size()));
-      expect_rows_equal(table.export_rows(0, stream), m);
+      const TableRows rows = table.export_rows(0, stream);
+      expect_rows_equal(rows, m);
+      expect_same_rows(rows, cpu.export_rows());
     }
   }
 }
@@ -409,6 +455,7 @@ void run_duplicate_writes(int64_t dim, EvictionPolicy policy) {
       ModelRow& r = present ? it->second : m.insert(keys[i], custom ? scores[i] : 0);
       if (present) r.score = m.score(false, r.score, custom ? scores[i] : 0);
       r.value.assign(values.begin() + i * dim, values.begin() + (i + 1) * dim);
+      r.stamp = m.step;
     }
     ASSERT_EQ(table.size(stream), static_cast<int64_t>(m.rows.size()));
     expect_rows_equal(table.export_rows(0, stream), m);
@@ -514,7 +561,8 @@ TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
   }
 }
 
-// A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows.
+// A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows, and the
+// evicted rows carry the same scores, stamps and values.
 void run_eviction_against_cpu(EvictionPolicy policy) {
   SCOPED_TRACE(eviction_policy_name(policy));
   const int64_t dim = 4;
@@ -558,9 +606,11 @@ void run_eviction_against_cpu(EvictionPolicy policy) {
     auto d_out = poisoned<float>(n * dim);
     auto d_stored = poisoned<uint8_t>(n);
     DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
+    auto ev_stamps = poisoned<uint64_t>(n);
     DeviceArray<float> ev_rows(n * dim);
     auto ev_count = upload_raw(std::vector<int64_t>{0});
-    cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
+    cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get(),
+                         ev_stamps.get()};
     gpu.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream,
                        custom ? d_scores.get() : nullptr, &ev);
     std::vector<float> cpu_out(n * dim);
@@ -572,12 +622,14 @@ void run_eviction_against_cpu(EvictionPolicy policy) {
     EXPECT_EQ(d_stored.download_raw(), cpu_stored);
     const int64_t evicted = ev_count.download_raw()[0];
     ASSERT_EQ(evicted, cpu_evicted.size());
-    std::map<uint64_t, std::pair<uint64_t, std::vector<float>>> got, want;
+    std::map<uint64_t, std::tuple<uint64_t, uint64_t, std::vector<float>>> got, want;
     auto gk = ev_keys.download_raw(), gs = ev_scores.download_raw();
+    auto gt = ev_stamps.download_raw();
     auto gr = ev_rows.download_raw();
     for (int64_t e = 0; e < evicted; ++e) {
-      got[gk[e]] = {gs[e], std::vector<float>(gr.begin() + e * dim, gr.begin() + (e + 1) * dim)};
-      want[cpu_evicted.keys[e]] = {cpu_evicted.scores[e],
+      got[gk[e]] = {gs[e], gt[e],
+                    std::vector<float>(gr.begin() + e * dim, gr.begin() + (e + 1) * dim)};
+      want[cpu_evicted.keys[e]] = {cpu_evicted.scores[e], cpu_evicted.stamps[e],
                                    std::vector<float>(cpu_evicted.values.begin() + e * dim,
                                                       cpu_evicted.values.begin() + (e + 1) * dim)};
     }
@@ -585,6 +637,7 @@ void run_eviction_against_cpu(EvictionPolicy policy) {
     TableRows g = gpu.export_rows(0, stream), c = cpu.export_rows();
     EXPECT_EQ(g.keys, c.keys);
     EXPECT_EQ(g.scores, c.scores);
+    EXPECT_EQ(g.stamps, c.stamps);
     EXPECT_EQ(g.values, c.values);
   }
 }
@@ -668,9 +721,10 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   for (float v : table.export_rows(0, stream).values) ASSERT_EQ(v, 2.0f);
 }
 
-// insert_rows writes values, state and score exactly, overwrites present keys, evicts the
-// lowest (score, key) rows other than the call's and the pinned keys, and reports a row it
-// cannot place (a bucket of pinned keys only) as not stored.
+// insert_rows writes values, state, score and stamp exactly, overwrites present keys, evicts the
+// lowest (score, key) rows other than the call's and the pinned keys (with their stamps), and
+// reports a row it cannot place (a bucket of pinned keys only) as not stored. Without stamps it
+// stamps the rows with the current step.
 TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 6;
@@ -701,54 +755,62 @@ TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   const int64_t n = static_cast<int64_t>(keys.size());
   Philox rng(3);
   std::vector<float> values(n * dim), states(n * sd);
-  std::vector<uint64_t> scores(n);
+  std::vector<uint64_t> scores(n), stamps(n);
   for (auto& v : values) v = rng.uniform();
   for (auto& v : states) v = rng.uniform();
   for (auto& s : scores) s = rng.below(100);
+  for (auto& s : stamps) s = 1000 + rng.below(100);
   std::vector<uint64_t> pinned = {10, 11, 12, 13};
   const TableRows before = table.export_rows(0, stream);
   auto d_keys = upload_raw(keys);
   auto d_values = upload_raw(values);
   auto d_states = upload_raw(states);
   auto d_scores = upload_raw(scores);
+  auto d_stamps = upload_raw(stamps);
   auto d_pinned = upload_raw(pinned);
   auto d_stored = poisoned<uint8_t>(n);
   DeviceArray<uint64_t> ev_keys(n), ev_scores(n);
+  auto ev_stamps = poisoned<uint64_t>(n);
   DeviceArray<float> ev_rows(n * row_dim);
   auto ev_count = upload_raw(std::vector<int64_t>{0});
-  cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get()};
+  cuda::EvictedRows ev{ev_keys.get(), ev_rows.get(), ev_scores.get(), ev_count.get(),
+                       ev_stamps.get()};
   table.set_step(20);
   table.insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), n, stream,
-                    d_stored.get(), &ev, d_pinned.get(), 4);
+                    d_stored.get(), &ev, d_pinned.get(), 4, d_stamps.get());
   for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
   ASSERT_EQ(ev_count.download_raw()[0], 2);
   auto gk = ev_keys.download_raw();
   auto gs = ev_scores.download_raw();
+  auto gt = ev_stamps.download_raw();
   auto gr = ev_rows.download_raw();
-  std::map<uint64_t, std::pair<uint64_t, std::vector<float>>> got, want;
+  std::map<uint64_t, std::tuple<uint64_t, uint64_t, std::vector<float>>> got, want;
   for (int e = 0; e < 2; ++e) {
-    got[gk[e]] = {gs[e],
+    got[gk[e]] = {gs[e], gt[e],
                   std::vector<float>(gr.begin() + e * row_dim, gr.begin() + (e + 1) * row_dim)};
   }
   for (int64_t r = 0; r < before.size(); ++r) {
     if (before.keys[r] != 14 && before.keys[r] != 15) continue;
     std::vector<float> row(before.values.begin() + r * dim, before.values.begin() + (r + 1) * dim);
     row.insert(row.end(), before.states.begin() + r * sd, before.states.begin() + (r + 1) * sd);
-    want[before.keys[r]] = {before.scores[r], row};
+    EXPECT_EQ(before.stamps[r], 1u);  // inserted by find_or_insert at step 1
+    want[before.keys[r]] = {before.scores[r], before.stamps[r], row};
   }
   EXPECT_EQ(got, want);
   EXPECT_EQ(table.size(stream), 128);
-  // The inserted rows are exact: values, state, score (no policy update).
+  // The inserted rows are exact: values, state, score (no policy update), stamp.
   auto d_out = poisoned<float>(n * dim);
   auto d_out_states = poisoned<float>(n * sd);
   auto d_out_scores = poisoned<uint64_t>(n);
+  auto d_out_stamps = poisoned<uint64_t>(n);
   auto d_found = poisoned<uint8_t>(n);
   table.find(d_keys.get(), n, d_out.get(), d_found.get(), stream, d_out_states.get(),
-             d_out_scores.get());
+             d_out_scores.get(), d_out_stamps.get());
   for (uint8_t f : d_found.download_raw()) ASSERT_EQ(f, 1);
   EXPECT_EQ(d_out.download_raw(), values);
   EXPECT_EQ(d_out_states.download_raw(), states);
   EXPECT_EQ(d_out_scores.download_raw(), scores);
+  EXPECT_EQ(d_out_stamps.download_raw(), stamps);
   // Every row pinned: a new row finds no place and nothing is evicted.
   const TableRows all = table.export_rows(0, stream);
   auto d_all = upload_raw(all.keys);
@@ -761,9 +823,15 @@ TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   EXPECT_EQ(d_one_stored.download_raw()[0], 0);
   EXPECT_EQ(ev_count.download_raw()[0], 0);
   EXPECT_EQ(table.export_rows(0, stream).keys, all.keys);
+  // Without stamps: the current step.
+  table.set_step(21);
+  table.insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), 5, stream);
+  auto d_five_stamps = poisoned<uint64_t>(5);
+  table.find(d_keys.get(), 5, nullptr, nullptr, stream, nullptr, nullptr, d_five_stamps.get());
+  EXPECT_EQ(d_five_stamps.download_raw(), std::vector<uint64_t>(5, 21));
 }
 
-TEST(CudaDynamicTable, ExportByScoreThreshold) {
+TEST(CudaDynamicTable, ExportByScoreAndStampThresholds) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 6;
   CudaTableOptions opt;
@@ -804,6 +872,34 @@ TEST(CudaDynamicTable, ExportByScoreThreshold) {
   ASSERT_EQ(count.download_raw()[0], 500);
   auto got = keys_out.download_raw();
   EXPECT_EQ(std::set<uint64_t>(got.begin(), got.begin() + 500).size(), 500u);
+  // Stamps: step 9 assigns keys 1000..1009, so stamps >= 5 are step 5's rows and those ten.
+  table.set_step(9);
+  std::vector<uint64_t> early(10);
+  for (int i = 0; i < 10; ++i) early[i] = 1000 + i;
+  auto d_early = upload_raw(early);
+  auto d_early_values = upload_raw(std::vector<float>(10 * dim, -1.0f));
+  table.assign(d_early.get(), d_early_values.get(), 10, stream);
+  rows = table.export_rows(0, stream, 5);
+  ASSERT_EQ(rows.size(), 110);
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    const bool assigned = rows.keys[r] < 2000;
+    ASSERT_TRUE(assigned || rows.keys[r] >= 5000) << rows.keys[r];
+    ASSERT_EQ(rows.stamps[r], assigned ? 9u : 5u) << rows.keys[r];
+    ASSERT_EQ(rows.values[r * dim], assigned ? -1.0f : static_cast<float>(rows.keys[r]));
+  }
+  EXPECT_EQ(table.export_rows(6, stream, 5).keys, early);  // both thresholds
+  // The device call with stamps out, over the whole table at once.
+  auto stamps_out = poisoned<uint64_t>(cap);
+  count = upload_raw(std::vector<int64_t>{0});
+  table.export_batch(0, cap, keys_out.get(), values_out.get(), count.get(), stream, nullptr,
+                     nullptr, 0, stamps_out.get(), 9);
+  ASSERT_EQ(count.download_raw()[0], 10);
+  got = keys_out.download_raw();
+  EXPECT_EQ(std::set<uint64_t>(got.begin(), got.begin() + 10),
+            std::set<uint64_t>(early.begin(), early.end()));
+  auto got_stamps = stamps_out.download_raw();
+  EXPECT_EQ(std::vector<uint64_t>(got_stamps.begin(), got_stamps.begin() + 10),
+            std::vector<uint64_t>(10, 9));
 }
 
 TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
@@ -822,8 +918,12 @@ TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
   for (auto& k : keys) k = rng.next_u64() >> 2;
   auto d_keys = upload_raw(keys);
   auto d_out = poisoned<float>(600 * dim);
+  table.set_step(3);
   table.find_or_insert(d_keys.get(), 600, d_out.get(), nullptr, stream);
+  table.set_step(4);
   table.find_or_insert(d_keys.get(), 300, d_out.get(), nullptr, stream);
+  table.set_step(5);
+  table.assign(d_keys.get(), d_out.get(), 100, stream);  // stamps 5 and 3
   ASSERT_EQ(table.size(stream), 600);
   const TableRows before = table.export_rows(0, stream);
   table.reserve(100000, stream);
@@ -834,6 +934,8 @@ TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
   EXPECT_EQ(after.values, before.values);
   EXPECT_EQ(after.states, before.states);
   EXPECT_EQ(after.scores, before.scores);
+  EXPECT_EQ(after.stamps, before.stamps);
+  EXPECT_EQ(std::count(after.stamps.begin(), after.stamps.end(), 5u), 100);
   table.reserve(10, stream);  // never shrinks
   EXPECT_EQ(table.capacity(), 131072);
   std::vector<uint64_t> more(20000);

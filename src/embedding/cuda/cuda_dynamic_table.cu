@@ -4,13 +4,13 @@
 // 1. lookup (lock-free, no slot changes): present keys get their slot, mark it as this batch's
 //    (atomicMax of batch << 32 | (i + 1): the high half protects the row from eviction for the
 //    rest of the call, the low half ends up naming the key's last occurrence), update scores,
-//    write their values and custom scores (see mark_and_write), and find_or_insert copies their
-//    rows out. Absent keys are left pending.
+//    write their values, stamps and custom scores (see mark_and_write), and find_or_insert
+//    copies their rows out. Absent keys are left pending.
 // 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile;
 //    lock-free, see the publication order at the kernel), else under the bucket lock probe once
 //    more, then take a free slot, else evict the unmarked slot with the lowest (score, key);
-//    the new row is written and marked before its key is stored, and duplicates that find it
-//    mark and write like the lookup.
+//    the new row is written, stamped and marked before its key is stored, and duplicates that
+//    find it mark and write like the lookup.
 // 3. rewrite: the few rows that several occurrences may have written get the values (and
 //    custom score) of the occurrence their mark names, the last one, as on the CPU.
 // Because every present key of the batch is marked before any eviction can happen, no row of
@@ -80,7 +80,8 @@ __device__ __forceinline__ void end_block_count(unsigned long long& count,
 template <bool kQueue>
 __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     find_kernel(TableView t, const uint64_t* keys, int64_t n, float* values, uint8_t* found,
-                float* states, uint64_t* scores, int64_t dim, int64_t state_dim, HostRowQueue q) {
+                float* states, uint64_t* scores, uint64_t* stamps, int64_t dim, int64_t state_dim,
+                HostRowQueue q) {
   for_each_key(n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = keys[i];
     uint64_t b = 0;
@@ -88,6 +89,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     if (tile.thread_rank() == 0 && found != nullptr) found[i] = slot >= 0;
     const uint64_t s = b * kBucketSlots + slot;
     if (slot >= 0 && scores != nullptr && tile.thread_rank() == 0) scores[i] = t.scores[s];
+    if (slot >= 0 && stamps != nullptr && tile.thread_rank() == 0) stamps[i] = t.stamps[s];
     if constexpr (kQueue) {
       const uint64_t r = slot >= 0 && values != nullptr ? host_row_of(t, s) : kNoHostRow;
       queue_host_row(tile, q, i, r);
@@ -185,6 +187,9 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     if (lead) {
       if (inserting) a.pending[i] = 0;
       if (a.flags != nullptr) a.flags[i] = 1;
+      // A call that writes values stamps the row. Every occurrence may: they all store this
+      // call's step. The stamps are in device memory, so host rows are stamped here too.
+      if (kWrites && a.values_in != nullptr) store_relaxed(t.stamps + s, a.step);
     }
     const bool queued = host_row != kNoHostRow;
     mark_and_write<kWrites, true>(tile, t, a, i, s, queued);
@@ -194,11 +199,11 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
   });
 }
 
-// Appends an evicting insert's victim (key, score, row) to `ev`, when the call asked for them,
-// before the new row overwrites it. The whole tile calls it, under the bucket lock.
+// Appends an evicting insert's victim (key, score, row, stamp) to `ev`, when the call asked for
+// them, before the new row overwrites it. The whole tile calls it, under the bucket lock.
 __device__ __forceinline__ void write_out_victim(const Tile& tile, const EvictedRows& ev,
                                                  const float* row, int64_t row_dim, uint64_t key,
-                                                 uint64_t score) {
+                                                 uint64_t score, const uint64_t* stamp) {
   if (ev.count == nullptr) return;
   unsigned long long pos = 0;
   if (tile.thread_rank() == 0) {
@@ -208,6 +213,7 @@ __device__ __forceinline__ void write_out_victim(const Tile& tile, const Evicted
   if (tile.thread_rank() == 0) {
     ev.keys[pos] = key;
     if (ev.scores != nullptr) ev.scores[pos] = score;
+    if (ev.stamps != nullptr) ev.stamps[pos] = load_relaxed(stamp);
   }
   if (ev.rows != nullptr) tile_copy<true>(tile, ev.rows + pos * row_dim, row, row_dim);
   tile.sync();  // the victim's row is read before the new row overwrites it
@@ -289,7 +295,10 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
         if (slot >= 0) {
           inserted = true;
           float* row = row_ptr(t, base + slot);
-          if (evicting) write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score);
+          if (evicting) {
+            write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score,
+                             t.stamps + base + slot);
+          }
           // The values: the initializer's (find_or_insert) or this occurrence's; the state is
           // initial either way. The mark names this occurrence, so later ones rewrite the row.
           tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
@@ -302,6 +311,8 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
             } else {
               touch_score(t.scores + base + slot, a.policy, true, a.step, a.epoch);
             }
+            // Duplicates that find this row later in the call need not stamp it again.
+            t.stamps[base + slot] = a.step;
             t.digests[base + slot] = static_cast<uint8_t>(digest);
             if (!evicting) atomicAdd(&added, 1ull);
           }
@@ -380,9 +391,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    export_kernel(TableView t, int64_t offset, int64_t end, uint64_t min_score, uint64_t* keys_out,
-                  float* values_out, float* states_out, uint64_t* scores_out,
-                  unsigned long long* count, int64_t dim, int64_t state_dim) {
+    export_kernel(TableView t, int64_t offset, int64_t end, uint64_t min_score, uint64_t min_stamp,
+                  uint64_t* keys_out, float* values_out, float* states_out, uint64_t* scores_out,
+                  uint64_t* stamps_out, unsigned long long* count, int64_t dim, int64_t state_dim) {
   const Tile tile = cg::tiled_partition<kTile>(cg::this_thread_block());
   const int lane = static_cast<int>(tile.thread_rank());
   const int64_t tiles = static_cast<int64_t>(gridDim.x) * kTilesPerBlock;
@@ -391,13 +402,14 @@ __global__ void __launch_bounds__(kThreads)
            (static_cast<int64_t>(blockIdx.x) * kTilesPerBlock + tile.meta_group_rank()) * kTile;
        first < end; first += tiles * kTile) {
     const int64_t s = first + lane;
-    uint64_t key = kEmptyKey, score = 0;
+    uint64_t key = kEmptyKey, score = 0, stamp = 0;
     bool take = false;
     if (s < end) {
       key = t.keys[s];
       if (key != kEmptyKey) {
         score = t.scores[s];
-        take = score >= min_score;
+        if (stamps_out != nullptr || min_stamp > 0) stamp = t.stamps[s];
+        take = score >= min_score && stamp >= min_stamp;
       }
     }
     const unsigned taken = tile.ballot(take);
@@ -409,6 +421,7 @@ __global__ void __launch_bounds__(kThreads)
       const unsigned long long out = at + __popc(taken & ((1u << lane) - 1));
       keys_out[out] = key;
       if (scores_out != nullptr) scores_out[out] = score;
+      if (stamps_out != nullptr) stamps_out[out] = stamp;
     }
     for (unsigned rest = taken; rest != 0; rest &= rest - 1) {
       const int j = __ffs(rest) - 1;
@@ -440,13 +453,15 @@ __global__ void __launch_bounds__(kThreads)
     const unsigned frees = tile.ballot(free_slot >= 0);
     if (frees != 0) {
       const int slot = tile.shfl(free_slot, __ffs(frees) - 1);
-      tile_copy<false>(tile, row_ptr(to, base + slot), row_ptr(from, s), row_dim);
-      if (lane == 0) {
-        store_relaxed(to.keys + base + slot, key);
-        to.digests[base + slot] = static_cast<uint8_t>(digest_of(h));
-        to.scores[base + slot] = from.scores[s];
+      const uint64_t at = base + slot;
+      if (lane == 0) {  // before the row copy, which then holds fewer registers (no spill)
+        store_relaxed(to.keys + at, key);
+        to.digests[at] = static_cast<uint8_t>(digest_of(h));
+        to.scores[at] = from.scores[s];
+        to.stamps[at] = from.stamps[s];
         atomicAdd(to.size, 1ull);
       }
+      tile_copy<false>(tile, row_ptr(to, at), row_ptr(from, s), row_dim);
     } else if (lane == 0) {
       atomicAdd(failures, 1ull);
     }
@@ -539,7 +554,8 @@ void CudaDynamicTable::check_batch(const uint64_t* keys, int64_t n, const uint64
 }
 
 void CudaDynamicTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found,
-                            cudaStream_t stream, float* states_out, uint64_t* scores_out) const {
+                            cudaStream_t stream, float* states_out, uint64_t* scores_out,
+                            uint64_t* stamps_out) const {
   GENREC_CHECK(n >= 0, "CUDA dynamic table find: negative batch size {}", n);
   if (n == 0) return;
   GENREC_CHECK(keys != nullptr, "CUDA dynamic table find: null keys");
@@ -548,8 +564,9 @@ void CudaDynamicTable::find(const uint64_t* keys, int64_t n, float* values_out, 
   float* states = state_dim_ > 0 ? states_out : nullptr;
   if (storage_->host_slots() > 0 && values_out != nullptr) {
     HostRowCopies copies(n, stream);  // host rows in address order (host_row_copies.h)
-    find_kernel<true><<<grid_for_keys(n), kThreads, 0, stream>>>(
-        t, keys, n, values_out, found, states, scores_out, dim(), state_dim_, copies.queue());
+    find_kernel<true><<<grid_for_keys(n), kThreads, 0, stream>>>(t, keys, n, values_out, found,
+                                                                 states, scores_out, stamps_out,
+                                                                 dim(), state_dim_, copies.queue());
     GENREC_CUDA_LAUNCH_CHECK("dynamic table find");
     HostRowCopy copy;
     copy.values_out = values_out;
@@ -559,7 +576,8 @@ void CudaDynamicTable::find(const uint64_t* keys, int64_t n, float* values_out, 
     copies.run(t, storage_->host_slots(), copy, stream);
   } else {
     find_kernel<false><<<grid_for_keys(n), kThreads, 0, stream>>>(
-        t, keys, n, values_out, found, states, scores_out, dim(), state_dim_, HostRowQueue{});
+        t, keys, n, values_out, found, states, scores_out, stamps_out, dim(), state_dim_,
+        HostRowQueue{});
     GENREC_CUDA_LAUNCH_CHECK("dynamic table find");
   }
   end(stream);
@@ -570,16 +588,20 @@ void CudaDynamicTable::contains(const uint64_t* keys, int64_t n, uint8_t* out,
   find(keys, n, nullptr, out, stream);
 }
 
+uint32_t CudaDynamicTable::next_batch(cudaStream_t stream) {
+  if (batch_ == 0xFFFFFFFFu) {  // marks of old batches would alias new ids
+    storage_->clear_marks(stream);
+    batch_ = 0;
+  }
+  return ++batch_;
+}
+
 void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
                                  const float* values_in, float* values_out, uint8_t* flags,
                                  const uint64_t* scores, const EvictedRows* evicted,
                                  cudaStream_t stream) {
   if (n == 0) return;
   auto lock = begin(stream);
-  if (batch_ == 0xFFFFFFFFu) {  // marks of old batches would alias new ids
-    storage_->clear_marks(stream);
-    batch_ = 0;
-  }
   BatchArgs a;
   a.keys = keys;
   a.n = n;
@@ -594,7 +616,7 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   a.state_dim = state_dim_;
   a.step = step_.load();
   a.epoch = epoch_.load();
-  a.batch = ++batch_;
+  a.batch = next_batch(stream);
   a.policy = options_.eviction;
   a.op = op;
   const bool inserting = op != BatchOp::kAssign;
@@ -687,22 +709,22 @@ void CudaDynamicTable::erase(const uint64_t* keys, int64_t n, cudaStream_t strea
 
 void CudaDynamicTable::launch_export(int64_t offset, int64_t num_slots, uint64_t* keys_out,
                                      float* values_out, int64_t* count, cudaStream_t stream,
-                                     float* states_out, uint64_t* scores_out,
-                                     uint64_t min_score) const {
+                                     float* states_out, uint64_t* scores_out, uint64_t min_score,
+                                     uint64_t* stamps_out, uint64_t min_stamp) const {
   const int64_t end = std::min(offset + num_slots, capacity());
   if (offset >= end) return;
   const unsigned grid = grid_for_keys((end - offset + kTile - 1) / kTile);
   export_kernel<<<grid, kThreads, 0, stream>>>(
-      storage_->view(), offset, end, min_score, keys_out, values_out,
-      state_dim_ > 0 ? states_out : nullptr, scores_out,
+      storage_->view(), offset, end, min_score, min_stamp, keys_out, values_out,
+      state_dim_ > 0 ? states_out : nullptr, scores_out, stamps_out,
       reinterpret_cast<unsigned long long*>(count), dim(), state_dim_);
   GENREC_CUDA_LAUNCH_CHECK("dynamic table export");
 }
 
 void CudaDynamicTable::export_batch(int64_t offset, int64_t num_slots, uint64_t* keys_out,
                                     float* values_out, int64_t* count, cudaStream_t stream,
-                                    float* states_out, uint64_t* scores_out,
-                                    uint64_t min_score) const {
+                                    float* states_out, uint64_t* scores_out, uint64_t min_score,
+                                    uint64_t* stamps_out, uint64_t min_stamp) const {
   GENREC_CHECK(offset >= 0 && num_slots >= 0,
                "CUDA dynamic table export_batch: negative offset {} or slot count {}", offset,
                num_slots);
@@ -710,14 +732,15 @@ void CudaDynamicTable::export_batch(int64_t offset, int64_t num_slots, uint64_t*
                "CUDA dynamic table export_batch: null output");
   auto lock = begin(stream);
   launch_export(offset, num_slots, keys_out, values_out, count, stream, states_out, scores_out,
-                min_score);
+                min_score, stamps_out, min_stamp);
   end(stream);
 }
 
-TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream) const {
+TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream,
+                                        uint64_t min_stamp) const {
   const int64_t chunk = std::min<int64_t>(capacity(), int64_t{1} << 20);
   const int64_t d = dim(), sd = state_dim_;
-  DeviceBuffer<uint64_t> keys(chunk, stream), scores(chunk, stream);
+  DeviceBuffer<uint64_t> keys(chunk, stream), scores(chunk, stream), stamps(chunk, stream);
   DeviceBuffer<float> values(chunk * d, stream), states(chunk * sd, stream);
   DeviceBuffer<int64_t> count(1, stream);
   TableRows rows;
@@ -726,7 +749,7 @@ TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream)
     for (int64_t offset = 0; offset < capacity(); offset += chunk) {
       GENREC_CUDA_CHECK(cudaMemsetAsync(count.data(), 0, sizeof(int64_t), stream));
       launch_export(offset, chunk, keys.data(), values.data(), count.data(), stream, states.data(),
-                    scores.data(), min_score);
+                    scores.data(), min_score, stamps.data(), min_stamp);
       int64_t got = 0;
       GENREC_CUDA_CHECK(
           cudaMemcpyAsync(&got, count.data(), sizeof(got), cudaMemcpyDeviceToHost, stream));
@@ -735,6 +758,7 @@ TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream)
       const size_t at = rows.keys.size();
       rows.keys.resize(at + got);
       rows.scores.resize(at + got);
+      rows.stamps.resize(at + got);
       rows.values.resize((at + got) * d);
       rows.states.resize((at + got) * sd);
       auto download = [&](void* dst, const void* src, size_t bytes) {
@@ -744,6 +768,7 @@ TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream)
       };
       download(rows.keys.data() + at, keys.data(), sizeof(uint64_t) * got);
       download(rows.scores.data() + at, scores.data(), sizeof(uint64_t) * got);
+      download(rows.stamps.data() + at, stamps.data(), sizeof(uint64_t) * got);
       download(rows.values.data() + at * d, values.data(), sizeof(float) * got * d);
       download(rows.states.data() + at * sd, states.data(), sizeof(float) * got * sd);
       GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -759,13 +784,14 @@ TableRows CudaDynamicTable::export_rows(uint64_t min_score, cudaStream_t stream)
   TableRows sorted;
   sorted.keys.resize(n);
   sorted.scores.resize(n);
-  sorted.stamps.assign(n, 0);
+  sorted.stamps.resize(n);
   sorted.values.resize(n * d);
   sorted.states.resize(n * sd);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t o = order[r];
     sorted.keys[r] = rows.keys[o];
     sorted.scores[r] = rows.scores[o];
+    sorted.stamps[r] = rows.stamps[o];
     std::copy_n(rows.values.begin() + o * d, d, sorted.values.begin() + r * d);
     std::copy_n(rows.states.begin() + o * sd, sd, sorted.states.begin() + r * sd);
   }
@@ -809,8 +835,8 @@ void CudaDynamicTable::clear(cudaStream_t stream) {
 }  // namespace genrec::cuda
 
 // ---------------------------------------------------------------------------------------------
-// insert_rows: whole rows (values, optimizer state, score) inserted or overwritten exactly, as
-// the tiers move them. Kept apart from the kernels above: it only reuses their helpers.
+// insert_rows: whole rows (values, optimizer state, score, stamp) inserted or overwritten
+// exactly, as the tiers move them. Kept apart from the kernels above: it only reuses their helpers.
 // ---------------------------------------------------------------------------------------------
 
 namespace genrec::cuda {
@@ -822,10 +848,12 @@ struct RowsArgs {
   const float* values = nullptr;
   const float* states = nullptr;
   const uint64_t* scores = nullptr;
+  const uint64_t* stamps = nullptr;  // null: every row gets `step`
   int64_t n = 0;
   uint8_t* stored = nullptr;
   EvictedRows evicted;
   int64_t dim = 0, state_dim = 0;
+  uint64_t step = 0;
   uint32_t batch = 0;
 };
 
@@ -869,13 +897,17 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
       if (slot >= 0) {
         stored = true;
         float* row = row_ptr(t, base + slot);
-        if (evicting) write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score);
+        if (evicting) {
+          write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score,
+                           t.stamps + base + slot);
+        }
         tile_copy<false>(tile, row, a.values + i * a.dim, a.dim);
         if (a.state_dim > 0) {
           tile_copy<false>(tile, row + a.dim, a.states + i * a.state_dim, a.state_dim);
         }
         if (lane == 0) {
           store_relaxed(t.scores + base + slot, a.scores[i]);
+          store_relaxed(t.stamps + base + slot, a.stamps != nullptr ? a.stamps[i] : a.step);
           if (fresh) {
             store_relaxed(t.marks + base + slot, static_cast<uint64_t>(a.batch) << 32);
             t.digests[base + slot] = static_cast<uint8_t>(digest);
@@ -893,10 +925,37 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
 }  // namespace
 }  // namespace table
 
+void CudaDynamicTable::launch_insert_rows(const uint64_t* keys, const float* values,
+                                          const float* states, const uint64_t* scores,
+                                          const uint64_t* stamps, int64_t n, uint8_t* stored,
+                                          const EvictedRows* evicted, const uint64_t* pinned,
+                                          int64_t num_pinned, uint32_t batch, cudaStream_t stream) {
+  table::RowsArgs a;
+  a.keys = keys;
+  a.values = values;
+  a.states = states;
+  a.scores = scores;
+  a.stamps = stamps;
+  a.n = n;
+  a.stored = stored;
+  if (evicted != nullptr) a.evicted = *evicted;
+  a.dim = dim();
+  a.state_dim = state_dim_;
+  a.step = step_.load();
+  a.batch = batch;
+  const TableView& t = storage_->view();
+  table::pin_kernel<<<grid_for_keys(n + num_pinned), kThreads, 0, stream>>>(t, keys, n, pinned,
+                                                                            num_pinned, a.batch);
+  GENREC_CUDA_LAUNCH_CHECK("dynamic table pin");
+  table::insert_rows_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(t, a);
+  GENREC_CUDA_LAUNCH_CHECK("dynamic table insert_rows");
+}
+
 void CudaDynamicTable::insert_rows(const uint64_t* keys, const float* values, const float* states,
                                    const uint64_t* scores, int64_t n, cudaStream_t stream,
                                    uint8_t* stored, const EvictedRows* evicted,
-                                   const uint64_t* pinned, int64_t num_pinned) {
+                                   const uint64_t* pinned, int64_t num_pinned,
+                                   const uint64_t* stamps) {
   GENREC_CHECK(n >= 0 && n < int64_t{0xFFFFFFFF},
                "CUDA dynamic table insert_rows: batch size {} outside [0, 2^32 - 1)", n);
   GENREC_CHECK(num_pinned >= 0 && (num_pinned == 0 || pinned != nullptr),
@@ -907,28 +966,53 @@ void CudaDynamicTable::insert_rows(const uint64_t* keys, const float* values, co
                    (state_dim_ == 0 || states != nullptr),
                "CUDA dynamic table insert_rows: null keys, values, scores or states");
   auto lock = begin(stream);
-  if (batch_ == 0xFFFFFFFFu) {  // marks of old batches would alias new ids
-    storage_->clear_marks(stream);
-    batch_ = 0;
-  }
-  table::RowsArgs a;
-  a.keys = keys;
-  a.values = values;
-  a.states = states;
-  a.scores = scores;
-  a.n = n;
-  a.stored = stored;
-  if (evicted != nullptr) a.evicted = *evicted;
-  a.dim = dim();
-  a.state_dim = state_dim_;
-  a.batch = ++batch_;
-  const TableView& t = storage_->view();
-  table::pin_kernel<<<grid_for_keys(n + num_pinned), kThreads, 0, stream>>>(t, keys, n, pinned,
-                                                                            num_pinned, a.batch);
-  GENREC_CUDA_LAUNCH_CHECK("dynamic table pin");
-  table::insert_rows_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(t, a);
-  GENREC_CUDA_LAUNCH_CHECK("dynamic table insert_rows");
+  launch_insert_rows(keys, values, states, scores, stamps, n, stored, evicted, pinned, num_pinned,
+                     next_batch(stream), stream);
   end(stream);
+}
+
+int64_t CudaDynamicTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
+  const int64_t n = rows.size(), d = dim(), sd = state_dim_;
+  GENREC_CHECK(static_cast<int64_t>(rows.values.size()) == n * d &&
+                   static_cast<int64_t>(rows.states.size()) == n * sd &&
+                   static_cast<int64_t>(rows.scores.size()) == n &&
+                   static_cast<int64_t>(rows.stamps.size()) == n,
+               "CUDA dynamic table insert_rows: {} keys need {} values, {} states, {} scores and "
+               "stamps; got {}, {}, {}, {}",
+               n, n * d, n * sd, n, rows.values.size(), rows.states.size(), rows.scores.size(),
+               rows.stamps.size());
+  if (n == 0) return 0;
+  const int64_t chunk = std::min<int64_t>(n, int64_t{1} << 20);
+  DeviceBuffer<uint64_t> keys(chunk, stream), scores(chunk, stream), stamps(chunk, stream);
+  DeviceBuffer<float> values(chunk * d, stream), states(chunk * sd, stream);
+  DeviceBuffer<uint8_t> stored(chunk, stream);
+  std::vector<uint8_t> h_stored(chunk);
+  auto upload = [&](void* dst, const void* src, size_t bytes) {
+    if (bytes > 0) {
+      GENREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+    }
+  };
+  int64_t total = 0;
+  auto lock = begin(stream);
+  // One batch id for every chunk: the rows of earlier chunks carry its mark, so later chunks
+  // never evict them.
+  const uint32_t batch = next_batch(stream);
+  for (int64_t at = 0; at < n; at += chunk) {
+    const int64_t m = std::min(chunk, n - at);
+    upload(keys.data(), rows.keys.data() + at, sizeof(uint64_t) * m);
+    upload(scores.data(), rows.scores.data() + at, sizeof(uint64_t) * m);
+    upload(stamps.data(), rows.stamps.data() + at, sizeof(uint64_t) * m);
+    upload(values.data(), rows.values.data() + at * d, sizeof(float) * m * d);
+    upload(states.data(), rows.states.data() + at * sd, sizeof(float) * m * sd);
+    launch_insert_rows(keys.data(), values.data(), states.data(), scores.data(), stamps.data(), m,
+                       stored.data(), nullptr, nullptr, 0, batch, stream);
+    GENREC_CUDA_CHECK(
+        cudaMemcpyAsync(h_stored.data(), stored.data(), m, cudaMemcpyDeviceToHost, stream));
+    GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    total += std::count(h_stored.begin(), h_stored.begin() + m, uint8_t{1});
+  }
+  end(stream);
+  return total;
 }
 
 }  // namespace genrec::cuda

@@ -7,6 +7,9 @@
 //   observable at the end of the call: find_or_insert inserts a key once and every occurrence
 //   sees the same row; insert_or_assign and assign keep the value (and custom score) of the
 //   last occurrence; every occurrence counts as one access for LFU.
+// - write stamps as on the CPU: a row's stamp is the table step of the call that last wrote its
+//   values (find_or_insert's new rows, insert_or_assign, assign; insert_rows writes given ones),
+//   so incremental dumps (cuda_table_dump.h) hold the rows written since a step.
 // - an inserting batch never evicts a row whose key occurs in the batch; when a bucket has no
 //   other row to give up, the new key is not stored (stored[i] = 0 for all its occurrences).
 // - calls are serialized in the order they are issued, whatever their streams: each call waits
@@ -54,13 +57,14 @@ struct CudaTableOptions {
 };
 
 // Where an inserting call writes the rows it evicts (device pointers, room for n rows each):
-// keys, rows (row_dim() floats: values then state), scores. The call adds the number of rows it
-// wrote to *count (device); the caller zeroes it. Order is unspecified.
+// keys, rows (row_dim() floats: values then state), scores, stamps (optional). The call adds the
+// number of rows it wrote to *count (device); the caller zeroes it. Order is unspecified.
 struct EvictedRows {
   uint64_t* keys = nullptr;
   float* rows = nullptr;
   uint64_t* scores = nullptr;
   int64_t* count = nullptr;
+  uint64_t* stamps = nullptr;
 };
 
 class CudaDynamicTable {
@@ -78,17 +82,19 @@ class CudaDynamicTable {
   int64_t host_slots() const;                         // slots whose rows live in host memory
   int64_t size(cudaStream_t stream = nullptr) const;  // synchronizes
 
-  // The clock of scores, as DynamicTable::set_step / set_epoch: read when a call is issued.
+  // The clock of scores and stamps, as DynamicTable::set_step / set_epoch: read when a call is
+  // issued.
   void set_step(uint64_t step) { step_.store(step); }
   uint64_t step() const { return step_.load(); }
   void set_epoch(uint64_t epoch) { epoch_.store(epoch); }
   uint64_t epoch() const { return epoch_.load(); }
 
   // found[i] = 1 and values_out row i (dim floats) = the row when present; else found[i] = 0
-  // and the row is left untouched. Optional: states_out (n x state_dim), scores_out. Scores
-  // are not changed. values_out may be null (contains).
+  // and the row is left untouched. Optional: states_out (n x state_dim), scores_out,
+  // stamps_out. Scores are not changed. values_out may be null (contains).
   void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found, cudaStream_t stream,
-            float* states_out = nullptr, uint64_t* scores_out = nullptr) const;
+            float* states_out = nullptr, uint64_t* scores_out = nullptr,
+            uint64_t* stamps_out = nullptr) const;
   void contains(const uint64_t* keys, int64_t n, uint8_t* out, cudaStream_t stream) const;
 
   // Finds each key, inserting absent ones with the initializer (state set to its initial
@@ -108,28 +114,37 @@ class CudaDynamicTable {
   void assign(const uint64_t* keys, const float* values, int64_t n, cudaStream_t stream,
               uint8_t* found = nullptr, const uint64_t* scores = nullptr);
   // Inserts or overwrites whole rows exactly, as DynamicTable::insert_rows does for the tiers:
-  // keys[i] gets values row i (dim floats), states row i (state_dim floats; null without state)
-  // and scores[i], with no policy update and no admission. Keys must be distinct. Neither the
-  // call's keys nor the `pinned` ones (device, num_pinned) are evicted by it; rows evicted to make
-  // room go to `evicted`. stored[i] (optional) = 0 when the key's bucket held only such keys (or
-  // the key is kEmptyKey).
+  // keys[i] gets values row i (dim floats), states row i (state_dim floats; null without state),
+  // scores[i] and stamps[i], with no policy update and no admission. Without stamps the rows are
+  // stamped with the current step (they are written now: an optimizer step writing rows back
+  // stamps them as DynamicTable::update_rows does). Keys must be distinct. Neither the call's
+  // keys nor the `pinned` ones (device, num_pinned) are evicted by it; rows evicted to make room
+  // go to `evicted`. stored[i] (optional) = 0 when the key's bucket held only such keys (or the
+  // key is kEmptyKey).
   void insert_rows(const uint64_t* keys, const float* values, const float* states,
                    const uint64_t* scores, int64_t n, cudaStream_t stream,
                    uint8_t* stored = nullptr, const EvictedRows* evicted = nullptr,
-                   const uint64_t* pinned = nullptr, int64_t num_pinned = 0);
+                   const uint64_t* pinned = nullptr, int64_t num_pinned = 0,
+                   const uint64_t* stamps = nullptr);
+  // The same for host rows (distinct keys; stamps included), uploaded in chunks that all count
+  // as one call, so no row of it evicts another; rows evicted to make room are dropped. Returns
+  // how many rows were stored. Synchronizes.
+  int64_t insert_rows(const TableRows& rows, cudaStream_t stream = nullptr);
   // Removes present keys; erased[i] (optional) = 1 for the occurrence that removed a row.
   void erase(const uint64_t* keys, int64_t n, cudaStream_t stream, uint8_t* erased = nullptr);
 
-  // Scans slots [offset, offset + num_slots) and appends the rows with score >= min_score:
-  // keys, values (dim), states (state_dim, optional), scores (optional), in unspecified order,
-  // at *count (device, caller-zeroed), which the call advances. Outputs need room for
-  // num_slots rows.
+  // Scans slots [offset, offset + num_slots) and appends the rows with score >= min_score and
+  // stamp >= min_stamp: keys, values (dim), states (state_dim, optional), scores (optional),
+  // stamps (optional), in unspecified order, at *count (device, caller-zeroed), which the call
+  // advances. Outputs need room for num_slots rows.
   void export_batch(int64_t offset, int64_t num_slots, uint64_t* keys_out, float* values_out,
                     int64_t* count, cudaStream_t stream, float* states_out = nullptr,
-                    uint64_t* scores_out = nullptr, uint64_t min_score = 0) const;
-  // All rows with score >= min_score on the host, sorted by key (stamps: zeros, the CUDA
-  // table keeps none). Synchronizes.
-  TableRows export_rows(uint64_t min_score = 0, cudaStream_t stream = nullptr) const;
+                    uint64_t* scores_out = nullptr, uint64_t min_score = 0,
+                    uint64_t* stamps_out = nullptr, uint64_t min_stamp = 0) const;
+  // All rows with score >= min_score and stamp >= min_stamp on the host, sorted by key (an
+  // incremental dump since stamp s takes min_stamp s + 1). Synchronizes.
+  TableRows export_rows(uint64_t min_score = 0, cudaStream_t stream = nullptr,
+                        uint64_t min_stamp = 0) const;
 
   // Grows to at least `capacity` slots (never shrinks), keeping every row; synchronizes. The
   // HBM budget stays max_hbm_row_bytes: with one, the added rows live in host memory.
@@ -144,9 +159,16 @@ class CudaDynamicTable {
   std::unique_lock<std::mutex> begin(cudaStream_t stream) const;
   void end(cudaStream_t stream) const;  // the next call waits for this point of `stream`
   void check_batch(const uint64_t* keys, int64_t n, const uint64_t* scores, const char* op) const;
+  // The id of a new marking batch (marks are cleared when the ids wrap); called between begin
+  // and end.
+  uint32_t next_batch(cudaStream_t stream);
+  void launch_insert_rows(const uint64_t* keys, const float* values, const float* states,
+                          const uint64_t* scores, const uint64_t* stamps, int64_t n,
+                          uint8_t* stored, const EvictedRows* evicted, const uint64_t* pinned,
+                          int64_t num_pinned, uint32_t batch, cudaStream_t stream);
   void launch_export(int64_t offset, int64_t num_slots, uint64_t* keys_out, float* values_out,
                      int64_t* count, cudaStream_t stream, float* states_out, uint64_t* scores_out,
-                     uint64_t min_score) const;
+                     uint64_t min_score, uint64_t* stamps_out, uint64_t min_stamp) const;
 
   CudaTableOptions options_;
   int64_t state_dim_ = 0;

@@ -37,6 +37,7 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
     device_alloc(&view_.digests, n, "digests");
     device_alloc(&view_.keys, n, "keys");
     device_alloc(&view_.scores, n, "scores");
+    device_alloc(&view_.stamps, n, "stamps");
     device_alloc(&view_.marks, n, "batch marks");
     device_alloc(&view_.locks, num_buckets, "bucket locks");
     device_alloc(&view_.size, 1, "the size counter");
@@ -58,6 +59,7 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
           cudaHostGetDevicePointer(reinterpret_cast<void**>(&view_.host_rows), host_alloc_, 0));
     }
     GENREC_CUDA_CHECK(cudaMemset(view_.scores, 0, sizeof(uint64_t) * n));
+    GENREC_CUDA_CHECK(cudaMemset(view_.stamps, 0, sizeof(uint64_t) * n));
     GENREC_CUDA_CHECK(cudaMemset(view_.locks, 0, sizeof(uint32_t) * num_buckets));
     GENREC_CUDA_CHECK(cudaMemset(view_.rewrites, 0, sizeof(unsigned long long) * 2));
     clear_marks(nullptr);
@@ -78,6 +80,7 @@ void TableStorage::release() {
   cudaFree(view_.digests);
   cudaFree(view_.keys);
   cudaFree(view_.scores);
+  cudaFree(view_.stamps);
   cudaFree(view_.marks);
   cudaFree(view_.locks);
   cudaFree(view_.size);

@@ -1,12 +1,12 @@
 // Device memory of the CUDA dynamic table: buckets of 128 slots, each slot a one-byte digest, a
-// uint64 key, a uint64 eviction score and a uint64 batch mark, plus one lock word per bucket;
-// the rows (values then optimizer state, fp32) live in separate row-major arrays indexed by
-// slot, so a row never moves while its key stays. With a byte budget for device rows, the first
-// hbm_per_bucket slots of every bucket have their rows in device memory and the others in
-// mapped pinned host memory that the kernels read and write through the mapping. Inserts take
-// a bucket's lowest free slot, so device rows fill first and only a bucket's overflow past its
-// device slots crosses the bus (at load 0.75 with half the rows in host memory: 1/3 of the
-// keys, where splitting the slots by bucket would put half of them there).
+// uint64 key, a uint64 eviction score, a uint64 write stamp and a uint64 batch mark, plus one lock
+// word per bucket; the rows (values then optimizer state, fp32) live in separate row-major arrays
+// indexed by slot, so a row never moves while its key stays. With a byte budget for device rows,
+// the first hbm_per_bucket slots of every bucket have their rows in device memory and the others in
+// mapped pinned host memory that the kernels read and write through the mapping. Inserts take a
+// bucket's lowest free slot, so device rows fill first and only a bucket's overflow past its device
+// slots crosses the bus (at load 0.75 with half the rows in host memory: 1/3 of the keys, where
+// splitting the slots by bucket would put half of them there).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +22,7 @@ struct TableView {
   uint8_t* digests = nullptr;          // slots; 0 marks a free slot
   uint64_t* keys = nullptr;            // slots; kEmptyKey marks a free slot
   uint64_t* scores = nullptr;          // slots
+  uint64_t* stamps = nullptr;          // slots: table step of the row's last write
   uint64_t* marks = nullptr;           // slots: batch << 32 | (last occurrence + 1), see the .cu
   uint32_t* locks = nullptr;           // buckets
   unsigned long long* size = nullptr;  // occupied slots

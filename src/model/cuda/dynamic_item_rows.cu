@@ -9,7 +9,6 @@
 #include <bit>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "embedding/cuda/bucket_probe.cuh"
 #include "model/item_embeddings.h"
@@ -184,32 +183,13 @@ void DynamicItemRows::download() {
 
 void DynamicItemRows::upload() {
   const TableRows rows = host_->export_rows();
-  const int64_t n = rows.size(), D = config_.dim, sd = table_->state_dim();
   table_->clear(stream_);
   table_->set_step(host_->step());
-  std::vector<uint8_t> stored(n);
-  if (n > 0) {
-    DeviceBuffer<uint64_t> keys(n, stream_), scores(n, stream_);
-    DeviceBuffer<float> values(n * D, stream_), states(n * sd, stream_);
-    DeviceBuffer<uint8_t> flags(n, stream_);
-    auto put = [&](void* dst, const void* src, size_t bytes) {
-      GENREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    };
-    put(keys.data(), rows.keys.data(), keys.bytes());
-    put(scores.data(), rows.scores.data(), scores.bytes());
-    put(values.data(), rows.values.data(), values.bytes());
-    put(states.data(), rows.states.data(), states.bytes());
-    table_->insert_rows(keys.data(), values.data(), states.data(), scores.data(), n, stream_,
-                        flags.data());
-    GENREC_CUDA_CHECK(
-        cudaMemcpyAsync(stored.data(), flags.data(), n, cudaMemcpyDeviceToHost, stream_));
-  }
-  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `rows` and `stored` outlive the copies
-  const int64_t dropped = std::count(stored.begin(), stored.end(), uint8_t{0});
-  GENREC_CHECK(dropped == 0,
+  const int64_t stored = table_->insert_rows(rows, stream_);
+  GENREC_CHECK(stored == rows.size(),
                "dynamic item table: {} of {} rows did not fit the CUDA table ({} slots for {} "
                "items): a 128-slot bucket is full",
-               dropped, n, table_->capacity(), config_.num_items);
+               rows.size() - stored, rows.size(), table_->capacity(), config_.num_items);
 }
 
 void DynamicItemRows::gather(const int64_t* ids, int64_t n, float* out, bool training) {
@@ -331,7 +311,8 @@ void DynamicItemRows::step(const cpu::AdamConfig& adam, float lr, int64_t global
       values.data(), states.data(), grads_.data(), m, D,
       RowAdam{lr, adam.beta1, adam.beta2, adam.eps});
   GENREC_CUDA_LAUNCH_CHECK("dynamic item rows: row adam");
-  // The found scores go back unchanged: an update is no access (update_rows on the CPU).
+  // The found scores go back unchanged: an update is no access (update_rows on the CPU); without
+  // stamps insert_rows stamps the rows with the step, as update_rows does.
   table_->insert_rows(keys_.data(), values.data(), states.data(), scores.data(), m, stream_);
 }
 
