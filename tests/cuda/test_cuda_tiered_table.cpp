@@ -1,10 +1,11 @@
-// CudaTieredTable against a row model (key -> values, state, score) under random batches with
-// duplicates, against the CPU TieredTable where the two coincide (a one-bucket hot tier), and
+// CudaTieredTable against a row model (key -> values, state, score, stamp) under random batches
+// with duplicates, against the CPU TieredTable where the two coincide (a one-bucket hot tier), and
 // on a batch whose keys overflow a hot bucket. After every batch: each key is in exactly one
 // tier, the tiers together hold exactly the model's rows, and the statistics add up.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -29,6 +30,7 @@ using test::upload_raw;
 struct Row {
   std::vector<float> value, state;
   uint64_t score = 0;
+  uint64_t stamp = 0;
 };
 using RowModel = std::unordered_map<uint64_t, Row>;
 
@@ -53,7 +55,8 @@ Tiers make_tiers(int64_t dim, OptimizerState optimizer, EvictionPolicy policy, i
   return t;
 }
 
-// Each key in one tier, the union equal to the model, every row (values, state, score) exact.
+// Each key in one tier, the union equal to the model, every row (values, state, score, stamp)
+// exact.
 void expect_tiers_match(CudaTieredTable& t, const RowModel& model, cudaStream_t stream) {
   const TableRows hot = t.hot().export_rows(0, stream), host = t.host().export_rows();
   std::set<uint64_t> hot_keys(hot.keys.begin(), hot.keys.end());
@@ -69,6 +72,7 @@ void expect_tiers_match(CudaTieredTable& t, const RowModel& model, cudaStream_t 
     auto it = model.find(all.keys[r]);
     ASSERT_NE(it, model.end()) << "unexpected key " << all.keys[r];
     EXPECT_EQ(all.scores[r], it->second.score) << "key " << all.keys[r];
+    EXPECT_EQ(all.stamps[r], it->second.stamp) << "key " << all.keys[r];
     for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(all.values[r * dim + j], it->second.value[j]);
     for (int64_t j = 0; j < sd; ++j) ASSERT_EQ(all.states[r * sd + j], it->second.state[j]);
   }
@@ -85,7 +89,7 @@ void expect_stats_consistent(CudaTieredTable& t, int64_t occurrences, cudaStream
 
 // Random find_or_insert batches (duplicates, hits in both tiers, new keys) and read-only finds
 // on a hot tier of 8 buckets over 1500 keys, so rows keep moving both ways. The test rewrites
-// whole rows of the batch in hot (values, state, score) so that moves are visible.
+// whole rows of the batch in hot (values, state, score, stamp) so that moves are visible.
 TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 8;
@@ -140,6 +144,7 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
         r.value.resize(dim);
         cfg.hot.initializer.fill(keys[i], r.value.data(), dim);
         r.state.assign(sd, cfg.hot.initial_state);
+        r.stamp = round;
         it = model.emplace(keys[i], r).first;
       }
       it->second.score = round;  // LRU: the step of the last access
@@ -157,20 +162,24 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
     distinct.resize((distinct.size() + 1) / 2);
     const int64_t w = static_cast<int64_t>(distinct.size());
     std::vector<float> values(w * dim), states(w * sd);
-    std::vector<uint64_t> scores(w);
+    std::vector<uint64_t> scores(w), stamps(w);
     for (auto& v : values) v = rng.uniform();
     for (auto& v : states) v = rng.uniform();
     for (auto& s : scores) s = rng.below(round + 1);
+    for (auto& s : stamps) s = 100 + rng.below(1000);
     auto d_w = upload_raw(distinct);
     auto d_values = upload_raw(values);
     auto d_states = upload_raw(states);
     auto d_scores = upload_raw(scores);
-    t.hot().insert_rows(d_w.get(), d_values.get(), d_states.get(), d_scores.get(), w, stream);
+    auto d_stamps = upload_raw(stamps);
+    t.hot().insert_rows(d_w.get(), d_values.get(), d_states.get(), d_scores.get(), w, stream,
+                        nullptr, nullptr, nullptr, 0, d_stamps.get());
     for (int64_t r = 0; r < w; ++r) {
       Row& row = model[distinct[r]];
       row.value.assign(values.begin() + r * dim, values.begin() + (r + 1) * dim);
       row.state.assign(states.begin() + r * sd, states.begin() + (r + 1) * sd);
       row.score = scores[r];
+      row.stamp = stamps[r];
     }
     expect_tiers_match(t, model, stream);
     expect_stats_consistent(t, occurrences, stream);
@@ -183,7 +192,7 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
 }
 
 // A one-bucket hot tier (128 slots) evicts exactly as the CPU TieredTable with a hot tier of
-// 128 rows: same values, flags, statistics, and the same rows in each tier.
+// 128 rows: same values, flags, statistics, and the same rows (stamps included) in each tier.
 void run_against_cpu(EvictionPolicy policy) {
   SCOPED_TRACE(eviction_policy_name(policy));
   const int64_t dim = 4;
@@ -237,11 +246,13 @@ void run_against_cpu(EvictionPolicy policy) {
     EXPECT_EQ(gh.values, ch.values);
     EXPECT_EQ(gh.states, ch.states);
     EXPECT_EQ(gh.scores, ch.scores);
+    EXPECT_EQ(gh.stamps, ch.stamps);
     const TableRows gl = gpu.host().export_rows(), cl = cpu.host().export_rows();
     EXPECT_EQ(gl.keys, cl.keys);
     EXPECT_EQ(gl.values, cl.values);
     EXPECT_EQ(gl.states, cl.states);
     EXPECT_EQ(gl.scores, cl.scores);
+    EXPECT_EQ(gl.stamps, cl.stamps);
   }
   EXPECT_GT(gpu.stats().host_hits, 0);
 }
@@ -318,6 +329,59 @@ TEST(CudaTieredTable, OverflowingBucketKeepsHostRows) {
   const TableRows host = t.host().export_rows();
   EXPECT_EQ(host.keys, a);
   EXPECT_EQ(host.values, a_values);
+}
+
+// A row's stamp is the step of its last write wherever the row goes: demoted to host by a later
+// batch and promoted back by another, it keeps it (lookups are no writes).
+TEST(CudaTieredTable, StampsSurvivePromotionAndDemotion) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 4;
+  Tiers cfg = make_tiers(dim, OptimizerState::kAdagrad, EvictionPolicy::kLru, 128);
+  CudaTieredTable t(cfg.hot, cfg.host);
+  cuda::Stream stream;
+  auto lookup = [&](const std::vector<uint64_t>& keys) {
+    const int64_t n = static_cast<int64_t>(keys.size());
+    auto d_keys = upload_raw(keys);
+    auto d_out = poisoned<float>(n * dim);
+    auto d_stored = poisoned<uint8_t>(n);
+    t.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
+    for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
+  };
+  auto stamps_of = [](const TableRows& rows) {
+    std::map<uint64_t, uint64_t> m;
+    for (int64_t r = 0; r < rows.size(); ++r) m[rows.keys[r]] = rows.stamps[r];
+    return m;
+  };
+  std::vector<uint64_t> a(128), b(128), odd;
+  for (int i = 0; i < 128; ++i) {
+    a[i] = 1000 + i;
+    b[i] = 5000 + i;
+    if (i % 2 == 1) odd.push_back(a[i]);
+  }
+  std::map<uint64_t, uint64_t> want_a;  // a: new at step 1, the odd half written at step 2
+  for (int i = 0; i < 128; ++i) want_a[a[i]] = i % 2 == 1 ? 2 : 1;
+  t.set_step(1);
+  lookup(a);
+  t.set_step(2);
+  auto d_odd = upload_raw(odd);
+  auto d_odd_values = upload_raw(std::vector<float>(odd.size() * dim, 3.0f));
+  t.hot().assign(d_odd.get(), d_odd_values.get(), static_cast<int64_t>(odd.size()), stream);
+  EXPECT_EQ(stamps_of(t.hot().export_rows(0, stream)), want_a);
+  // b (new at step 3) demotes all of a.
+  t.set_step(3);
+  lookup(b);
+  ASSERT_EQ(t.stats().demoted, 128);
+  EXPECT_EQ(stamps_of(t.host().export_rows()), want_a);
+  // a (step 4) comes back and demotes b: no stamp changes.
+  t.set_step(4);
+  lookup(a);
+  ASSERT_EQ(t.stats().promoted, 128);
+  EXPECT_EQ(stamps_of(t.hot().export_rows(0, stream)), want_a);
+  std::map<uint64_t, uint64_t> want_b;
+  for (uint64_t k : b) want_b[k] = 3;
+  EXPECT_EQ(stamps_of(t.host().export_rows()), want_b);
+  want_b.insert(want_a.begin(), want_a.end());
+  EXPECT_EQ(stamps_of(t.export_rows(stream)), want_b);
 }
 
 TEST(CudaTieredTable, EmptyBatchesAndRefusedTiers) {

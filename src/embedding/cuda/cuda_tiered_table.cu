@@ -3,8 +3,8 @@
 //    radix sort orders them, and they come to the host in one copy, deduplicated there.
 // 2. host.find looks them up in one batch; the found rows (promoted) move to the front of the
 //    pinned staging and are erased from host; the rest are new keys.
-// 3. the promoted rows (keys, values, states, scores) go up in one copy each and into hot with
-//    insert_rows, the whole batch pinned; then hot.find_or_insert runs the batch, so the hits
+// 3. the promoted rows (keys, values, states, scores, stamps) go up in one copy each and into hot
+//    with insert_rows, the whole batch pinned; then hot.find_or_insert runs the batch, so the hits
 //    and promoted rows are found (one access each) and new keys get the initializer. Both hot
 //    calls write their evicted rows to one device list, which comes down in one copy and goes
 //    into host with one insert_rows. The host erase runs while the GPU inserts.
@@ -235,18 +235,20 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
   int64_t* ev_count = s.counts.data() + 2;
   GENREC_CUDA_CHECK(cudaMemsetAsync(ev_count, 0, sizeof(int64_t), stream));
   const EvictedRows evicted{grow(s.ev_keys, m), grow(s.ev_rows, m * row_dim), grow(s.ev_scores, m),
-                            ev_count};
+                            ev_count, grow(s.ev_stamps, m)};
   if (p > 0) {
     uint64_t* up_keys = grow(s.up_keys, p);
     float* up_values = grow(s.up_values, p * dim);
     float* up_states = grow(s.up_states, p * sd);
     uint64_t* up_scores = grow(s.up_scores, p);
+    uint64_t* up_stamps = grow(s.up_stamps, p);
     copy_async(up_keys, h_keys, sizeof(uint64_t) * p, cudaMemcpyHostToDevice, stream);
     copy_async(up_values, h_values, sizeof(float) * p * dim, cudaMemcpyHostToDevice, stream);
     copy_async(up_states, h_states, sizeof(float) * p * sd, cudaMemcpyHostToDevice, stream);
     copy_async(up_scores, h_scores, sizeof(uint64_t) * p, cudaMemcpyHostToDevice, stream);
+    copy_async(up_stamps, h_stamps, sizeof(uint64_t) * p, cudaMemcpyHostToDevice, stream);
     hot_.insert_rows(up_keys, up_values, up_states, up_scores, p, stream, grow(s.up_stored, p),
-                     &evicted, keys, n);
+                     &evicted, keys, n, up_stamps);
   }
   // Without misses nothing is inserted, so nothing can be evicted.
   hot_.find_or_insert(keys, n, values_out, stored, stream, nullptr, m > 0 ? &evicted : nullptr);
@@ -286,11 +288,14 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
   uint64_t* h_ev_keys = grow<uint64_t>(s.h_ev_keys, num_evicted);
   float* h_ev_rows = grow<float>(s.h_ev_rows, num_evicted * row_dim);
   uint64_t* h_ev_scores = grow<uint64_t>(s.h_ev_scores, num_evicted);
+  uint64_t* h_ev_stamps = grow<uint64_t>(s.h_ev_stamps, num_evicted);
   copy_async(h_ev_keys, evicted.keys, sizeof(uint64_t) * num_evicted, cudaMemcpyDeviceToHost,
              stream);
   copy_async(h_ev_rows, evicted.rows, sizeof(float) * num_evicted * row_dim, cudaMemcpyDeviceToHost,
              stream);
   copy_async(h_ev_scores, evicted.scores, sizeof(uint64_t) * num_evicted, cudaMemcpyDeviceToHost,
+             stream);
+  copy_async(h_ev_stamps, evicted.stamps, sizeof(uint64_t) * num_evicted, cudaMemcpyDeviceToHost,
              stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   const int64_t total = num_evicted + kept.size();
@@ -309,7 +314,7 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
         std::memcpy(rows.states.data() + r * sd, row + dim, sizeof(float) * sd);
         rows.keys[r] = h_ev_keys[r];
         rows.scores[r] = h_ev_scores[r];
-        rows.stamps[r] = 0;  // the CUDA table keeps no stamps
+        rows.stamps[r] = h_ev_stamps[r];
       }
     });
     std::copy(kept.keys.begin(), kept.keys.end(), rows.keys.begin() + num_evicted);

@@ -1,11 +1,12 @@
 // CudaTieredTable: a CudaDynamicTable in HBM (the hot tier) caching the most used rows of a
 // larger host DynamicTable, for batches of device keys. The tiers are exclusive, as in
 // TieredTable (embedding/tiered_table.h): a key's row lives in exactly one tier and moves
-// whole (values, optimizer state, score). A lookup moves the rows it needs in batches, never
-// one row at a time across PCIe: the keys that missed hot are gathered and deduplicated on the
-// device and copied to the host in one transfer, looked up and taken out of the host table in
-// one batch, their rows uploaded in one transfer and inserted into hot in one call; the rows
-// hot evicts for them come back in one transfer and go into the host table in one batch.
+// whole (values, optimizer state, score, write stamp). A lookup moves the rows it needs in
+// batches, never one row at a time across PCIe: the keys that missed hot are gathered and
+// deduplicated on the device and copied to the host in one transfer, looked up and taken out of
+// the host table in one batch, their rows uploaded in one transfer and inserted into hot in one
+// call; the rows hot evicts for them come back in one transfer and go into the host table in one
+// batch.
 // Calls are serialized by one mutex and synchronize `stream` (the host table is on the host).
 #pragma once
 
@@ -42,8 +43,7 @@ class CudaTieredTable {
   // no statistics are counted.
   void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found,
             cudaStream_t stream) const;
-  // Every row of both tiers, sorted by key. Stamps: those of host rows that never left host,
-  // zero for rows that went through hot (the CUDA table keeps none).
+  // Every row of both tiers, sorted by key.
   TableRows export_rows(cudaStream_t stream = nullptr) const;
 
   int64_t size(cudaStream_t stream = nullptr) const;  // both tiers; synchronizes
@@ -64,12 +64,13 @@ class CudaTieredTable {
   // Staging reused across calls, grown to the largest batch seen.
   struct Scratch {
     DeviceBuffer<uint8_t> flags, up_stored;
-    DeviceBuffer<uint64_t> miss, sorted, up_keys, up_scores, ev_keys, ev_scores;
+    DeviceBuffer<uint64_t> miss, sorted, up_keys, up_scores, up_stamps, ev_keys, ev_scores,
+        ev_stamps;
     DeviceBuffer<int64_t> counts, miss_index;
     DeviceBuffer<float> up_values, up_states, ev_rows;
     DeviceBuffer<uint8_t> sort_temp;
     PinnedBuffer h_counts, h_keys, h_values, h_states, h_scores, h_stamps, h_found, h_ev_keys,
-        h_ev_rows, h_ev_scores;
+        h_ev_rows, h_ev_scores, h_ev_stamps;
   };
   // Gathers the keys whose flag is 0 (not in hot), without kEmptyKey, on the device and copies
   // them to scratch h_keys; with `index`, their batch positions to scratch miss_index. Returns
