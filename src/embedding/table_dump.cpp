@@ -28,36 +28,47 @@ uint64_t row_bytes(uint64_t dim, uint64_t state_dim) {
   return 24 + 4 * (dim + state_dim);
 }
 
-// What a dump holds: rows sorted by key and the layout and step of the table they come from.
-struct DumpContent {
-  const TableOptions& options;
-  int64_t state_dim;
-  uint64_t step;
-  TableRows rows;
-};
+// The header of a dump of `table`'s rows: its layout and step.
+TableDumpInfo info_of(const DynamicTable& table, bool incremental, uint64_t since) {
+  const TableOptions& o = table.options();
+  return table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
+}
 
-DumpContent content_of(const DynamicTable& table, bool incremental, uint64_t since) {
-  return {table.options(), table.state_dim(), table.step(),
+// What a dump holds: rows sorted by key and the layout and step of the table they come from.
+TableDump content_of(const DynamicTable& table, bool incremental, uint64_t since) {
+  return {info_of(table, incremental, since),
           incremental ? table.export_rows(
                             [since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; })
                       : table.export_rows()};
 }
 
 // All tiers' rows (the hot tier's layout and step).
-DumpContent content_of(const TieredTable& table, bool incremental, uint64_t since) {
+TableDump content_of(const TieredTable& table, bool incremental, uint64_t since) {
   TableRows all = table.export_rows(), rows;
   for (int64_t i = 0; i < all.size(); ++i) {
     if (!incremental || all.stamps[i] > since) rows.append_row(all, i);
   }
-  return {table.hot().options(), table.hot().state_dim(), table.hot().step(), std::move(rows)};
+  return {info_of(table.hot(), incremental, since), std::move(rows)};
 }
 
 // Emits a dump in pieces (header, chunks of about 1 MB of rows, checksum) to `write`, so a
-// file is written without holding all its bytes.
-int64_t emit_dump(const DumpContent& content, bool incremental, uint64_t since,
-                  const std::function<void(const std::string&)>& write) {
-  const TableRows& rows = content.rows;
-  const int64_t n = rows.size(), dim = content.options.dim, sd = content.state_dim;
+// file is written without holding all its bytes. The header takes the layout, kind, since stamp
+// and step of dump.info and the count of dump.rows.
+int64_t emit_dump(const TableDump& dump, const std::function<void(const std::string&)>& write) {
+  const TableDumpInfo& info = dump.info;
+  const TableRows& rows = dump.rows;
+  const int64_t n = rows.size(), dim = info.dim, sd = info.state_dim;
+  GENREC_CHECK(dim > 0 && sd == optimizer_state_dim(info.optimizer, dim),
+               "table dump: inconsistent layout: dim {}, optimizer {}, state_dim {}", dim,
+               optimizer_state_name(info.optimizer), sd);
+  GENREC_CHECK(static_cast<int64_t>(rows.values.size()) == n * dim &&
+                   static_cast<int64_t>(rows.states.size()) == n * sd &&
+                   static_cast<int64_t>(rows.scores.size()) == n &&
+                   static_cast<int64_t>(rows.stamps.size()) == n,
+               "table dump: {} rows of dim {} and state_dim {} need {} values, {} states, {} "
+               "scores and stamps; got {}, {}, {}, {}",
+               n, dim, sd, n * dim, n * sd, n, rows.values.size(), rows.states.size(),
+               rows.scores.size(), rows.stamps.size());
   std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> hash(XXH64_createState(),
                                                                   &XXH64_freeState);
   XXH64_reset(hash.get(), 0);
@@ -68,14 +79,14 @@ int64_t emit_dump(const DumpContent& content, bool incremental, uint64_t since,
   std::string header;
   header.append(kMagic, sizeof(kMagic));
   put<uint32_t>(header, kTableDumpVersion);
-  put<uint32_t>(header, incremental ? 1 : 0);
+  put<uint32_t>(header, info.incremental ? 1 : 0);
   put<uint32_t>(header, static_cast<uint32_t>(dim));
-  put<uint32_t>(header, static_cast<uint32_t>(content.options.optimizer));
+  put<uint32_t>(header, static_cast<uint32_t>(info.optimizer));
   put<uint32_t>(header, static_cast<uint32_t>(sd));
-  put<uint32_t>(header, static_cast<uint32_t>(content.options.eviction));
-  put<uint64_t>(header, incremental ? since : 0);
+  put<uint32_t>(header, static_cast<uint32_t>(info.eviction));
+  put<uint64_t>(header, info.incremental ? info.since_stamp : 0);
   put<uint64_t>(header, static_cast<uint64_t>(n));
-  put<uint64_t>(header, content.step);
+  put<uint64_t>(header, info.step);
   put<uint64_t>(header, 0);  // reserved
   hashed(header);
   std::string chunk;
@@ -97,49 +108,62 @@ int64_t emit_dump(const DumpContent& content, bool incremental, uint64_t since,
   return n;
 }
 
-template <typename Table>
-int64_t write_dump(const Table& table, const std::string& path, bool incremental, uint64_t since) {
-  AtomicFile file(path, "table dump");
-  const int64_t n =
-      emit_dump(content_of(table, incremental, since), incremental, since,
-                [&](const std::string& bytes) { file.write(bytes.data(), bytes.size()); });
-  file.commit();
-  return n;
-}
-
-// The dump's layout must be the table's.
 void check_layout(const TableDumpInfo& info, const DynamicTable& table, const std::string& path) {
-  if (info.dim != table.dim() || info.optimizer != table.options().optimizer) {
-    fail(
-        "table dump {}: layout dim {} / optimizer {} does not match the table's dim {} / "
-        "optimizer {}",
-        path, info.dim, optimizer_state_name(info.optimizer), table.dim(),
-        optimizer_state_name(table.options().optimizer));
-  }
+  check_table_dump_layout(info, table.dim(), table.options().optimizer, path);
 }
 
 }  // namespace
 
+TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPolicy eviction,
+                              uint64_t step, bool incremental, uint64_t since_stamp) {
+  TableDumpInfo info;
+  info.incremental = incremental;
+  info.dim = dim;
+  info.optimizer = optimizer;
+  info.state_dim = optimizer_state_dim(optimizer, dim);
+  info.eviction = eviction;
+  info.since_stamp = incremental ? since_stamp : 0;
+  info.step = step;
+  return info;
+}
+
+int64_t write_table_dump(const TableDump& dump, const std::string& path) {
+  AtomicFile file(path, "table dump");
+  const int64_t n =
+      emit_dump(dump, [&](const std::string& bytes) { file.write(bytes.data(), bytes.size()); });
+  file.commit();
+  return n;
+}
+
+void check_table_dump_layout(const TableDumpInfo& info, int64_t dim, OptimizerState optimizer,
+                             const std::string& path) {
+  if (info.dim != dim || info.optimizer != optimizer) {
+    fail(
+        "table dump {}: layout dim {} / optimizer {} does not match the table's dim {} / "
+        "optimizer {}",
+        path, info.dim, optimizer_state_name(info.optimizer), dim, optimizer_state_name(optimizer));
+  }
+}
+
 int64_t dump_table(const DynamicTable& table, const std::string& path) {
-  return write_dump(table, path, false, 0);
+  return write_table_dump(content_of(table, false, 0), path);
 }
 
 int64_t dump_table_since(const DynamicTable& table, const std::string& path, uint64_t since_stamp) {
-  return write_dump(table, path, true, since_stamp);
+  return write_table_dump(content_of(table, true, since_stamp), path);
 }
 
 int64_t dump_table(const TieredTable& table, const std::string& path) {
-  return write_dump(table, path, false, 0);
+  return write_table_dump(content_of(table, false, 0), path);
 }
 
 int64_t dump_table_since(const TieredTable& table, const std::string& path, uint64_t since_stamp) {
-  return write_dump(table, path, true, since_stamp);
+  return write_table_dump(content_of(table, true, since_stamp), path);
 }
 
 std::string table_dump_bytes(const DynamicTable& table) {
   std::string bytes;
-  emit_dump(content_of(table, false, 0), false, 0,
-            [&](const std::string& piece) { bytes += piece; });
+  emit_dump(content_of(table, false, 0), [&](const std::string& piece) { bytes += piece; });
   return bytes;
 }
 

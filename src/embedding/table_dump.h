@@ -2,7 +2,9 @@
 // rows (key, score, stamp, values, optimizer state) and an XXH64 of everything before it, written
 // to a temporary file that is renamed over the target, so a reader sees either the old file or the
 // complete new one. An incremental dump holds the rows whose stamp is after a given stamp; erasures
-// are not recorded. docs/EMBEDDING.md specifies the format.
+// are not recorded. docs/EMBEDDING.md specifies the format. The CUDA table's dumps
+// (embedding/cuda/cuda_table_dump.h) write and read the same files through the row-level
+// functions at the end.
 #pragma once
 
 #include <cstdint>
@@ -56,5 +58,16 @@ TableDumpInfo load_table(TieredTable& table, const std::string& path);
 std::string table_dump_bytes(const DynamicTable& table);
 TableDump parse_table_dump(const std::string& bytes, const std::string& name);
 void restore_table(DynamicTable& table, const TableDump& dump, const std::string& name);
+
+// The format for tables defined elsewhere. The header of a dump of a table of this layout and
+// step (state_dim follows from optimizer and dim; since_stamp only for incremental dumps).
+TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPolicy eviction,
+                              uint64_t step, bool incremental, uint64_t since_stamp);
+// Writes dump.rows (sorted by key) under the header of dump.info (its count and version are
+// ignored: the rows' and this build's); returns the number of rows written.
+int64_t write_table_dump(const TableDump& dump, const std::string& path);
+// Errors, naming the file, unless the dump's dim and optimizer state are the table's.
+void check_table_dump_layout(const TableDumpInfo& info, int64_t dim, OptimizerState optimizer,
+                             const std::string& name);
 
 }  // namespace genrec

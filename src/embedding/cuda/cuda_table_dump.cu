@@ -1,0 +1,58 @@
+#include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
+
+#include "embedding/cuda/cuda_table_dump.h"
+
+#include <limits>
+
+#include "core/error.h"
+
+namespace genrec::cuda {
+namespace {
+
+TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t since,
+                     cudaStream_t stream) {
+  const CudaTableOptions& o = table.options();
+  TableDump dump;
+  dump.info = table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
+  // Rows with stamp > since are those with stamp >= since + 1; none is above the largest stamp.
+  if (!incremental) {
+    dump.rows = table.export_rows(0, stream);
+  } else if (since < std::numeric_limits<uint64_t>::max()) {
+    dump.rows = table.export_rows(0, stream, since + 1);
+  }
+  return dump;
+}
+
+}  // namespace
+
+int64_t dump_table(const CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
+  return write_table_dump(content_of(table, false, 0, stream), path);
+}
+
+int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
+                         uint64_t since_stamp, cudaStream_t stream) {
+  return write_table_dump(content_of(table, true, since_stamp, stream), path);
+}
+
+TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
+  const TableDump dump = read_table_dump(path);
+  check_table_dump_layout(dump.info, table.dim(), table.options().optimizer, path);
+  const TableRows& rows = dump.rows;
+  // The CUDA insert_rows needs distinct keys; a dump's are sorted.
+  for (int64_t i = 1; i < rows.size(); ++i) {
+    if (rows.keys[i] <= rows.keys[i - 1]) {
+      fail("table dump {}: row {} (key {}) is not above the previous key {}", path, i, rows.keys[i],
+           rows.keys[i - 1]);
+    }
+  }
+  const int64_t stored = table.insert_rows(rows, stream);
+  if (stored != rows.size()) {
+    fail(
+        "table dump {}: {} of {} rows did not fit the CUDA table ({} slots): their 128-slot "
+        "buckets filled with rows of the dump",
+        path, rows.size() - stored, rows.size(), table.capacity());
+  }
+  return dump.info;
+}
+
+}  // namespace genrec::cuda

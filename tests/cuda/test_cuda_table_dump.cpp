@@ -1,0 +1,336 @@
+// Dumps of a CudaDynamicTable in the CPU table's file format. The same writes go to a CUDA table
+// and a CPU DynamicTable, so their dumps must be the same bytes; a full dump loads into either
+// table with identical rows (values, optimizer states, scores, stamps), an incremental dump holds
+// exactly the rows written since its stamp and restores the final table on top of the full dump,
+// a CPU table's dumps load into a CUDA table, and bad files are refused.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/cuda/stream.h"
+#include "core/error.h"
+#include "core/philox.h"
+#include "cuda_test_util.h"
+#include "embedding/cuda/cuda_dynamic_table.h"
+#include "embedding/cuda/cuda_table_dump.h"
+#include "embedding/dynamic_table.h"
+#include "embedding/sparse_optimizer.h"
+#include "embedding/table_dump.h"
+
+namespace genrec {
+namespace {
+
+namespace fs = std::filesystem;
+using cuda::CudaDynamicTable;
+using cuda::CudaTableOptions;
+using test::poisoned;
+using test::upload_raw;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("genrec_cuda_dump_" + std::to_string(::getpid()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+constexpr int64_t kDim = 6;
+
+// Adam state (so rows carry 2 dim + 1 state floats), LFU scores, 32 buckets: the test's 300 keys
+// never fill one. max_hbm_row_bytes >= 0 puts part of the rows in host memory.
+CudaTableOptions gpu_options(int64_t dim = kDim, int64_t max_hbm_row_bytes = -1) {
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = OptimizerState::kAdam;
+  opt.initializer = {InitKind::kUniform, 0.3f, 5};
+  opt.capacity = 4096;
+  opt.eviction = EvictionPolicy::kLfu;
+  opt.max_hbm_row_bytes = max_hbm_row_bytes;
+  return opt;
+}
+
+TableOptions cpu_options(int64_t dim = kDim) {
+  const CudaTableOptions g = gpu_options(dim);
+  TableOptions opt;
+  opt.dim = dim;
+  opt.optimizer = g.optimizer;
+  opt.initializer = g.initializer;
+  opt.eviction = g.eviction;
+  opt.num_shards = 4;
+  return opt;
+}
+
+void expect_same_rows(const TableRows& a, const TableRows& b, const char* where) {
+  ASSERT_EQ(a.keys, b.keys) << where;
+  EXPECT_EQ(a.scores, b.scores) << where;
+  EXPECT_EQ(a.stamps, b.stamps) << where;
+  ASSERT_EQ(a.values.size(), b.values.size()) << where;
+  ASSERT_EQ(a.states.size(), b.states.size()) << where;
+  EXPECT_EQ(0, std::memcmp(a.values.data(), b.values.data(), 4 * a.values.size())) << where;
+  EXPECT_EQ(0, std::memcmp(a.states.data(), b.states.data(), 4 * a.states.size())) << where;
+}
+
+std::vector<uint64_t> draw_keys(int64_t n, Philox& rng) {
+  std::vector<uint64_t> keys(n);
+  for (auto& k : keys) k = 1 + rng.below(300) * 7919;
+  return keys;
+}
+
+// One step of writes, the same on both tables (on the CPU one alone without gpu):
+// find_or_insert (new and present keys, duplicates), insert_or_assign, assign (some keys absent)
+// and insert_rows of whole rows (Adam state of their own, scores, the step as stamp). Returns the
+// keys whose rows the step wrote.
+std::set<uint64_t> write_step(CudaDynamicTable* gpu, DynamicTable& cpu, uint64_t step, Philox& rng,
+                              cudaStream_t stream) {
+  if (gpu != nullptr) gpu->set_step(step);
+  cpu.set_step(step);
+  const int64_t dim = cpu.dim(), sd = cpu.state_dim();
+  std::set<uint64_t> written;
+  {
+    const auto keys = draw_keys(40, rng);
+    for (uint64_t k : keys) {
+      if (!cpu.contains(k)) written.insert(k);
+    }
+    std::vector<float> out(40 * dim);
+    cpu.find_or_insert(keys.data(), 40, out.data());
+    if (gpu != nullptr) {
+      auto d_keys = upload_raw(keys);
+      auto d_out = poisoned<float>(40 * dim);
+      gpu->find_or_insert(d_keys.get(), 40, d_out.get(), nullptr, stream);
+      EXPECT_EQ(d_out.download_raw(), out);
+    }
+  }
+  for (const bool insert : {true, false}) {
+    const auto keys = draw_keys(20, rng);
+    std::vector<float> values(20 * dim);
+    for (auto& v : values) v = rng.uniform();
+    if (insert) {
+      written.insert(keys.begin(), keys.end());
+    } else {
+      for (uint64_t k : keys) {
+        if (cpu.contains(k)) written.insert(k);
+      }
+    }
+    if (gpu != nullptr) {
+      auto d_keys = upload_raw(keys);
+      auto d_values = upload_raw(values);
+      if (insert) {
+        gpu->insert_or_assign(d_keys.get(), d_values.get(), 20, stream);
+      } else {
+        gpu->assign(d_keys.get(), d_values.get(), 20, stream);
+      }
+    }
+    if (insert) {
+      cpu.insert_or_assign(keys.data(), values.data(), 20);
+    } else {
+      cpu.assign(keys.data(), values.data(), 20);
+    }
+  }
+  std::set<uint64_t> distinct;
+  while (distinct.size() < 10) distinct.insert(draw_keys(1, rng)[0]);
+  TableRows rows;
+  rows.keys.assign(distinct.begin(), distinct.end());
+  rows.values.resize(10 * dim);
+  rows.states.resize(10 * sd);
+  rows.scores.resize(10);
+  rows.stamps.assign(10, step);
+  for (auto& v : rows.values) v = rng.uniform();
+  for (auto& v : rows.states) v = rng.uniform();
+  for (auto& s : rows.scores) s = rng.below(50);
+  written.insert(rows.keys.begin(), rows.keys.end());
+  if (gpu != nullptr) {
+    auto d_keys = upload_raw(rows.keys);
+    auto d_values = upload_raw(rows.values);
+    auto d_states = upload_raw(rows.states);
+    auto d_scores = upload_raw(rows.scores);
+    auto d_stamps = upload_raw(rows.stamps);
+    gpu->insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), 10, stream,
+                     nullptr, nullptr, nullptr, 0, d_stamps.get());
+  }
+  cpu.insert_rows(rows);
+  return written;
+}
+
+TEST(CudaTableDump, FullDumpLoadsIntoCpuAndCudaTables) {
+  GENREC_REQUIRE_CUDA();
+  TempDir dir;
+  CudaDynamicTable gpu(gpu_options());
+  DynamicTable cpu(cpu_options());
+  cuda::Stream stream;
+  Philox rng(3);
+  for (uint64_t step = 1; step <= 6; ++step) write_step(&gpu, cpu, step, rng, stream);
+  const TableRows want = gpu.export_rows(0, stream);
+  expect_same_rows(want, cpu.export_rows(), "the tables before the dump");
+  std::set<uint64_t> stamps(want.stamps.begin(), want.stamps.end());
+  ASSERT_GE(stamps.size(), 4u) << "rows of several steps";
+
+  const std::string path = dir.file("gpu.gre"), cpu_path = dir.file("cpu.gre");
+  EXPECT_EQ(cuda::dump_table(gpu, path, stream), want.size());
+  dump_table(cpu, cpu_path);
+  EXPECT_EQ(file_bytes(path), file_bytes(cpu_path)) << "one format, the same rows";
+  const TableDump dump = read_table_dump(path);
+  EXPECT_FALSE(dump.info.incremental);
+  EXPECT_EQ(dump.info.count, want.size());
+  EXPECT_EQ(dump.info.step, 6u);
+  EXPECT_EQ(dump.info.dim, kDim);
+  EXPECT_EQ(dump.info.state_dim, 2 * kDim + 1);
+  EXPECT_EQ(dump.info.eviction, EvictionPolicy::kLfu);
+
+  DynamicTable on_cpu(cpu_options());
+  load_table(on_cpu, path);
+  expect_same_rows(on_cpu.export_rows(), want, "CUDA dump -> CPU table");
+  CudaDynamicTable on_gpu(gpu_options());
+  const TableDumpInfo info = cuda::load_table(on_gpu, path, stream);
+  EXPECT_EQ(info.count, want.size());
+  EXPECT_EQ(on_gpu.step(), 0u) << "a load leaves the step alone";
+  expect_same_rows(on_gpu.export_rows(0, stream), want, "CUDA dump -> CUDA table");
+  // Part of the rows in host memory: 4 device rows per bucket.
+  const int64_t row_bytes = (kDim + 2 * kDim + 1 + 3) / 4 * 4 * 4;
+  CudaDynamicTable split(gpu_options(kDim, 32 * 4 * row_bytes));
+  ASSERT_GT(split.host_slots(), 0);
+  cuda::load_table(split, path, stream);
+  expect_same_rows(split.export_rows(0, stream), want, "CUDA dump -> CUDA table with host rows");
+}
+
+TEST(CudaTableDump, IncrementalDumpHoldsRowsWrittenSince) {
+  GENREC_REQUIRE_CUDA();
+  TempDir dir;
+  CudaDynamicTable gpu(gpu_options());
+  DynamicTable cpu(cpu_options());
+  cuda::Stream stream;
+  Philox rng(4);
+  for (uint64_t step = 1; step <= 4; ++step) write_step(&gpu, cpu, step, rng, stream);
+  const std::string full = dir.file("full.gre"), inc = dir.file("inc.gre");
+  cuda::dump_table(gpu, full, stream);
+  std::set<uint64_t> written;
+  for (uint64_t step = 5; step <= 7; ++step) {
+    const std::set<uint64_t> w = write_step(&gpu, cpu, step, rng, stream);
+    written.insert(w.begin(), w.end());
+  }
+  const TableRows final_rows = gpu.export_rows(0, stream);
+  ASSERT_LT(written.size(), static_cast<size_t>(final_rows.size())) << "older rows stay out";
+
+  EXPECT_EQ(cuda::dump_table_since(gpu, inc, 4, stream), static_cast<int64_t>(written.size()));
+  const TableDump d = read_table_dump(inc);
+  EXPECT_TRUE(d.info.incremental);
+  EXPECT_EQ(d.info.since_stamp, 4u);
+  EXPECT_EQ(d.info.step, 7u);
+  EXPECT_EQ(d.rows.keys, std::vector<uint64_t>(written.begin(), written.end()));
+  for (uint64_t s : d.rows.stamps) EXPECT_GT(s, 4u);
+  const std::string cpu_inc = dir.file("cpu_inc.gre");
+  dump_table_since(cpu, cpu_inc, 4);
+  EXPECT_EQ(file_bytes(inc), file_bytes(cpu_inc)) << "the CPU table's incremental dump";
+  EXPECT_EQ(cuda::dump_table_since(gpu, dir.file("none.gre"), 7, stream), 0);
+  EXPECT_EQ(cuda::dump_table_since(gpu, dir.file("none.gre"), std::numeric_limits<uint64_t>::max(),
+                                   stream),
+            0);
+
+  // Full + incremental restores the final table, into either table.
+  CudaDynamicTable on_gpu(gpu_options());
+  cuda::load_table(on_gpu, full, stream);
+  EXPECT_TRUE(cuda::load_table(on_gpu, inc, stream).incremental);
+  expect_same_rows(on_gpu.export_rows(0, stream), final_rows, "full + incremental -> CUDA");
+  DynamicTable on_cpu(cpu_options());
+  load_table(on_cpu, full);
+  load_table(on_cpu, inc);
+  expect_same_rows(on_cpu.export_rows(), final_rows, "full + incremental -> CPU");
+}
+
+// A CPU table's dumps (rows stamped by its writes and by optimizer updates) load into a CUDA
+// table: a full dump, and a full dump followed by an incremental one.
+TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
+  GENREC_REQUIRE_CUDA();
+  TempDir dir;
+  DynamicTable cpu(cpu_options());
+  cuda::Stream stream;
+  Philox rng(5);
+  SparseOptimizer optimizer(SparseOptimizerConfig{});
+  auto steps = [&](uint64_t first, uint64_t last) {
+    for (uint64_t step = first; step <= last; ++step) {
+      write_step(nullptr, cpu, step, rng, stream);
+      const auto keys = draw_keys(15, rng);
+      std::vector<float> grads(15 * kDim);
+      for (auto& g : grads) g = rng.uniform() - 0.5f;
+      optimizer.step(cpu, keys.data(), grads.data(), 15);  // stamps the rows with the step
+    }
+  };
+  steps(1, 3);
+  const std::string full = dir.file("full.gre"), inc = dir.file("inc.gre");
+  dump_table(cpu, full);
+  CudaDynamicTable from_full(gpu_options());
+  cuda::load_table(from_full, full, stream);
+  expect_same_rows(from_full.export_rows(0, stream), cpu.export_rows(), "CPU full dump");
+  steps(4, 5);
+  dump_table_since(cpu, inc, 3);
+  cuda::load_table(from_full, inc, stream);
+  expect_same_rows(from_full.export_rows(0, stream), cpu.export_rows(), "CPU full + incremental");
+}
+
+TEST(CudaTableDump, BadFilesAreRefused) {
+  GENREC_REQUIRE_CUDA();
+  TempDir dir;
+  auto error_of = [](auto&& load) -> std::string {
+    try {
+      load();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  cuda::Stream stream;
+  CudaDynamicTable gpu(gpu_options());
+  // Another dim.
+  DynamicTable other(cpu_options(kDim - 1));
+  std::vector<uint64_t> keys = {1, 2, 3};
+  std::vector<float> out(3 * (kDim - 1));
+  other.find_or_insert(keys.data(), 3, out.data());
+  const std::string other_path = dir.file("other.gre");
+  dump_table(other, other_path);
+  std::string e = error_of([&] { cuda::load_table(gpu, other_path, stream); });
+  EXPECT_NE(e.find("does not match"), std::string::npos) << e;
+  EXPECT_NE(e.find(other_path), std::string::npos) << "names the file: " << e;
+  EXPECT_EQ(gpu.size(stream), 0);
+  // A corrupt file.
+  DynamicTable cpu(cpu_options());
+  Philox rng(6);
+  write_step(nullptr, cpu, 1, rng, stream);
+  const std::string path = dir.file("t.gre"), bad = dir.file("bad.gre");
+  dump_table(cpu, path);
+  std::string bytes = file_bytes(path);
+  bytes[64 + 30] ^= 0x04;
+  std::ofstream(bad, std::ios::binary) << bytes;
+  e = error_of([&] { cuda::load_table(gpu, bad, stream); });
+  EXPECT_NE(e.find("checksum mismatch"), std::string::npos) << e;
+  EXPECT_EQ(gpu.size(stream), 0);
+  // More rows than one 128-slot bucket holds.
+  CudaTableOptions small = gpu_options();
+  small.capacity = 128;
+  CudaDynamicTable one_bucket(small);
+  DynamicTable many(cpu_options());
+  std::vector<uint64_t> ids(200);
+  for (int i = 0; i < 200; ++i) ids[i] = 100 + i;
+  std::vector<float> rows(200 * kDim);
+  many.find_or_insert(ids.data(), 200, rows.data());
+  const std::string many_path = dir.file("many.gre");
+  dump_table(many, many_path);
+  e = error_of([&] { cuda::load_table(one_bucket, many_path, stream); });
+  EXPECT_NE(e.find("72 of 200 rows did not fit"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace genrec
