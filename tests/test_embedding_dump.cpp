@@ -1,6 +1,5 @@
 // Dump and load: exact round trips, incremental dumps, and damaged files.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -12,21 +11,12 @@
 #include "core/philox.h"
 #include "embedding/sparse_optimizer.h"
 #include "embedding/table_dump.h"
+#include "temp_dir.h"
 
 namespace genrec {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("genrec_emb_dump_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 TableOptions adam_options() {
   TableOptions opt;
@@ -67,7 +57,7 @@ void expect_equal(const TableRows& a, const TableRows& b) {
 }
 
 TEST(EmbeddingDump, FullRoundTripIsExact) {
-  TempDir dir;
+  test::TempDir dir("genrec_emb_dump_");
   DynamicTable t(adam_options());
   fill(t);
   const std::string path = dir.file("table.gre");
@@ -89,7 +79,7 @@ TEST(EmbeddingDump, FullRoundTripIsExact) {
 }
 
 TEST(EmbeddingDump, IncrementalDumpHoldsRowsWrittenAfterStamp) {
-  TempDir dir;
+  test::TempDir dir("genrec_emb_dump_");
   DynamicTable t(adam_options());
   fill(t);
   const std::string full = dir.file("full.gre"), inc = dir.file("inc.gre");
@@ -118,7 +108,7 @@ TEST(EmbeddingDump, IncrementalDumpHoldsRowsWrittenAfterStamp) {
 }
 
 TEST(EmbeddingDump, CorruptionAndTruncationAreDetected) {
-  TempDir dir;
+  test::TempDir dir("genrec_emb_dump_");
   DynamicTable t(adam_options());
   fill(t);
   const std::string path = dir.file("t.gre");

@@ -4,10 +4,8 @@
 // exactly the rows written since its stamp and restores the final table on top of the full dump,
 // a CPU table's dumps load into a CUDA table, and bad files are refused.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -15,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../temp_dir.h"
 #include "core/cuda/stream.h"
 #include "core/error.h"
 #include "core/philox.h"
@@ -28,21 +27,10 @@
 namespace genrec {
 namespace {
 
-namespace fs = std::filesystem;
 using cuda::CudaDynamicTable;
 using cuda::CudaTableOptions;
 using test::poisoned;
 using test::upload_raw;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("genrec_cuda_dump_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -180,7 +168,7 @@ std::set<uint64_t> write_step(CudaDynamicTable* gpu, DynamicTable& cpu, uint64_t
 
 TEST(CudaTableDump, FullDumpLoadsIntoCpuAndCudaTables) {
   GENREC_REQUIRE_CUDA();
-  TempDir dir;
+  test::TempDir dir("genrec_cuda_dump_");
   CudaDynamicTable gpu(gpu_options());
   DynamicTable cpu(cpu_options());
   cuda::Stream stream;
@@ -221,7 +209,7 @@ TEST(CudaTableDump, FullDumpLoadsIntoCpuAndCudaTables) {
 
 TEST(CudaTableDump, IncrementalDumpHoldsRowsWrittenSince) {
   GENREC_REQUIRE_CUDA();
-  TempDir dir;
+  test::TempDir dir("genrec_cuda_dump_");
   CudaDynamicTable gpu(gpu_options());
   DynamicTable cpu(cpu_options());
   cuda::Stream stream;
@@ -268,7 +256,7 @@ TEST(CudaTableDump, IncrementalDumpHoldsRowsWrittenSince) {
 // table: a full dump, and a full dump followed by an incremental one.
 TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
   GENREC_REQUIRE_CUDA();
-  TempDir dir;
+  test::TempDir dir("genrec_cuda_dump_");
   DynamicTable cpu(cpu_options());
   cuda::Stream stream;
   Philox rng(5);
@@ -300,7 +288,7 @@ TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
 
 TEST(CudaTableDump, BadFilesAreRefused) {
   GENREC_REQUIRE_CUDA();
-  TempDir dir;
+  test::TempDir dir("genrec_cuda_dump_");
   auto error_of = [](auto&& load) -> std::string {
     try {
       load();
