@@ -721,6 +721,66 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   for (float v : table.export_rows(0, stream).values) ASSERT_EQ(v, 2.0f);
 }
 
+// 150 new keys, each 40 times in random order, race for a one-bucket table holding 64 old rows:
+// the occurrences claim the 64 free slots without a lock, the rest evict the 64 old rows under
+// it, and 22 keys find every slot taken by the batch. Every key must end up in one slot or in
+// none, with all its occurrences agreeing.
+TEST(CudaDynamicTable, NewKeysRaceForFreeAndEvictedSlots) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 4;
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, 17};
+  opt.capacity = 128;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  std::vector<uint64_t> old_keys(64);
+  for (int i = 0; i < 64; ++i) old_keys[i] = 100 + i;
+  auto d_old = upload_raw(old_keys);
+  auto d_old_values = upload_raw(std::vector<float>(64 * dim, 1.0f));
+  table.set_step(1);
+  table.insert_or_assign(d_old.get(), d_old_values.get(), 64, stream);
+  table.set_step(2);
+  std::vector<uint64_t> keys;
+  for (int r = 0; r < 40; ++r) {
+    for (uint64_t k = 0; k < 150; ++k) keys.push_back(7000 + k);
+  }
+  Philox rng(23);
+  for (size_t i = keys.size() - 1; i > 0; --i) std::swap(keys[i], keys[rng.below(i + 1)]);
+  const int64_t n = static_cast<int64_t>(keys.size());
+  auto d_keys = upload_raw(keys);
+  auto d_out = poisoned<float>(n * dim);
+  auto d_stored = poisoned<uint8_t>(n);
+  DeviceArray<uint64_t> ev_keys(n);
+  auto ev_count = upload_raw(std::vector<int64_t>{0});
+  cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
+  const auto stored = d_stored.download_raw();
+  const auto out = d_out.download_raw();
+  std::map<uint64_t, uint8_t> flag_of;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_LE(stored[i], 1) << i;
+    const auto [it, fresh] = flag_of.emplace(keys[i], stored[i]);
+    ASSERT_EQ(it->second, stored[i]) << "occurrences of key " << keys[i] << " disagree";
+    std::vector<float> init(dim);
+    opt.initializer.fill(keys[i], init.data(), dim);
+    for (int j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], init[j]) << i;
+  }
+  std::set<uint64_t> stored_keys;
+  for (const auto& [key, flag] : flag_of) {
+    if (flag == 1) stored_keys.insert(key);
+  }
+  EXPECT_EQ(stored_keys.size(), 128u);
+  EXPECT_EQ(table.size(stream), 128);
+  const TableRows rows = table.export_rows(0, stream);
+  EXPECT_EQ(std::set<uint64_t>(rows.keys.begin(), rows.keys.end()), stored_keys);
+  ASSERT_EQ(rows.size(), 128);  // no key twice
+  ASSERT_EQ(ev_count.download_raw()[0], 64);
+  const auto evicted = ev_keys.download_raw();
+  EXPECT_EQ(std::set<uint64_t>(evicted.begin(), evicted.begin() + 64),
+            std::set<uint64_t>(old_keys.begin(), old_keys.end()));
+}
+
 // insert_rows writes values, state, score and stamp exactly, overwrites present keys, evicts the
 // lowest (score, key) rows other than the call's and the pinned keys (with their stamps), and
 // reports a row it cannot place (a bucket of pinned keys only) as not stored. Without stamps it

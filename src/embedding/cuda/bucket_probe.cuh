@@ -2,12 +2,14 @@
 // serves one key: lane l owns slots 8l .. 8l+7 of the bucket, so one 8-byte load per lane reads
 // all 128 digests (one 128-byte line) and a ballot finds the candidate slots.
 //
-// Memory ordering: slots change only under their bucket's lock (insert kernels) or by a CAS
-// on the key (erase). Loads marked "racing" are relaxed device-scope atomics (served by L2, so
-// never stale L1 lines) and row loads in racing kernels bypass L1 (__ldcg). Lane 0 of a tile
-// takes the lock (relaxed CAS, then an acquire fence) and releases it (a release store) with a
-// tile barrier on the other side, which orders memory among the lanes: so everything a holder's
-// lanes wrote is visible to the next holder. Acquire/release fences (fence.acq_rel) instead of
+// Memory ordering: a free slot is claimed by a CAS on its digest (insert kernel) and its key
+// published last with a release store; full buckets change under their bucket's lock (evicting
+// inserts, insert_rows, rehash); erase frees a slot by a CAS on its key. Loads marked "racing" are
+// relaxed device-scope atomics (served by L2, so never stale L1 lines) and row loads in racing
+// kernels bypass L1 (__ldcg). Lane 0 of a tile takes the lock (relaxed CAS, then an acquire fence)
+// and releases it (a release store) with a tile barrier on the other side, which orders memory
+// among the lanes: so everything a holder's lanes wrote is visible to the next holder.
+// Acquire/release fences (fence.acq_rel) instead of
 // __threadfence (fence.sc) cost less on the insert path, which fences three times per key.
 #pragma once
 
@@ -94,25 +96,34 @@ __device__ __forceinline__ uint32_t digest_matches(uint64_t word, uint32_t d) {
   return ((lo * 0x01020408u) >> 24) | ((hi * 0x01020408u) >> 20);
 }
 
-// The slot (0..127) of `key` in bucket b given the lanes' digests, or -1; every lane gets the
-// answer. Relies on a key occupying at most one slot. A lane reads its candidates' keys one at
-// a time: it rarely has two (8 / 255 false candidates per full lane), and no predicated load
-// per slot keeps the kernels' registers, so their occupancy, down (find fits in 32).
+// find_in_bucket's answer when no slot holds the key but a candidate slot is claimed and its
+// key not yet published (only while the insert kernel runs, see there): the caller probes again.
+constexpr int kUnpublished = -2;
+
+// The slot (0..127) of `key` in bucket b given the lanes' digests, else kUnpublished (racing
+// probes only) or -1; every lane gets the answer. Relies on a key occupying at most one slot. A
+// lane reads its candidates' keys one at a time: it rarely has two (8 / 255 false candidates per
+// full lane), and no predicated load per slot keeps the kernels' registers, so their occupancy,
+// down (find fits in 32).
 template <bool kRacing>
 __device__ __forceinline__ int find_in_bucket(const Tile& tile, const TableView& t, uint64_t b,
                                               uint64_t word, uint64_t key, uint32_t digest) {
   const uint64_t base = b * kBucketSlots;
   const int lane = static_cast<int>(tile.thread_rank());
   int found = -1;
+  bool unpublished = false;
   for (uint32_t m = digest_matches(word, digest); m != 0; m &= m - 1) {
     const int s = lane * kSlotsPerLane + __ffs(m) - 1;
-    if (load<kRacing>(t.keys + base + s) == key) {
+    const uint64_t k = load<kRacing>(&t.slots[base + s].key);
+    if (k == key) {
       found = s;
       break;
     }
+    unpublished |= kRacing && k == kEmptyKey;
   }
   const unsigned hit = tile.ballot(found >= 0);
-  return hit == 0 ? -1 : tile.shfl(found, __ffs(hit) - 1);
+  if (hit != 0) return tile.shfl(found, __ffs(hit) - 1);
+  return kRacing && tile.any(unpublished) ? kUnpublished : -1;
 }
 
 template <bool kRacing>
@@ -121,8 +132,8 @@ __device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint6
   return find_in_bucket<kRacing>(tile, t, b, lane_digests<kRacing>(tile, t, b), key, digest);
 }
 
-// The slot of `key` within its bucket (`bucket` is set), or -1 when it is absent; the reserved
-// empty key is never present.
+// The slot of `key` within its bucket (`bucket` is set), or < 0 when it is absent (see
+// find_in_bucket); the reserved empty key is never present.
 template <bool kRacing>
 __device__ __forceinline__ int locate(const Tile& tile, const TableView& t, uint64_t key,
                                       uint64_t& bucket) {

@@ -6,11 +6,11 @@
 //    rest of the call, the low half ends up naming the key's last occurrence), update scores,
 //    write their values, stamps and custom scores (see mark_and_write), and find_or_insert
 //    copies their rows out. Absent keys are left pending.
-// 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile;
-//    lock-free, see the publication order at the kernel), else under the bucket lock probe once
-//    more, then take a free slot, else evict the unmarked slot with the lowest (score, key);
-//    the new row is written, stamped and marked before its key is stored, and duplicates that
-//    find it mark and write like the lookup.
+// 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile),
+//    else claim the bucket's lowest free slot without a lock (a CAS on its digest), else under
+//    the bucket lock evict the unmarked slot with the lowest (score, key); the new row is
+//    written, stamped and marked before its key is published, and duplicates that find it mark
+//    and write like the lookup (see the kernel).
 // 3. rewrite: the few rows that several occurrences may have written get the values (and
 //    custom score) of the occurrence their mark names, the last one, as on the CPU.
 // Because every present key of the batch is marked before any eviction can happen, no row of
@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     const int slot = locate<false>(tile, t, key, b);
     if (tile.thread_rank() == 0 && found != nullptr) found[i] = slot >= 0;
     const uint64_t s = b * kBucketSlots + slot;
-    if (slot >= 0 && scores != nullptr && tile.thread_rank() == 0) scores[i] = t.scores[s];
-    if (slot >= 0 && stamps != nullptr && tile.thread_rank() == 0) stamps[i] = t.stamps[s];
+    if (slot >= 0 && scores != nullptr && tile.thread_rank() == 0) scores[i] = t.slots[s].score;
+    if (slot >= 0 && stamps != nullptr && tile.thread_rank() == 0) stamps[i] = t.slots[s].stamp;
     if constexpr (kQueue) {
       const uint64_t r = slot >= 0 && values != nullptr ? host_row_of(t, s) : kNoHostRow;
       queue_host_row(tile, q, i, r);
@@ -120,11 +120,11 @@ __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView
                                                bool queued = false) {
   const int lane = static_cast<int>(tile.thread_rank());
   const uint64_t mine = mark_of(a.batch, i);
-  auto* mark = reinterpret_cast<unsigned long long*>(t.marks + s);
+  auto* mark = reinterpret_cast<unsigned long long*>(&t.slots[s].mark);
   if constexpr (!kWrites) {
     if (lane == 0) {
       atomicMax(mark, mine);
-      touch_score(t.scores + s, a.policy, false, a.step, a.epoch);
+      touch_score(&t.slots[s].score, a.policy, false, a.step, a.epoch);
     }
     return;
   }
@@ -138,7 +138,7 @@ __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView
   if (lane == 0) {
     if (a.custom != nullptr) custom = a.custom[i];
     old = atomicMax(mark, mine);
-    touch_score(t.scores + s, a.policy, false, a.step, a.epoch);
+    touch_score(&t.slots[s].score, a.policy, false, a.step, a.epoch);
   }
   old = tile.shfl(old, 0);
   if (old > mine) return;
@@ -148,7 +148,7 @@ __device__ __forceinline__ void mark_and_write(const Tile& tile, const TableView
     tile_copy<false>(tile, row_ptr(t, s), src, a.dim);
   }
   if (lane == 0) {
-    if (a.custom != nullptr) store_relaxed(t.scores + s, custom);
+    if (a.custom != nullptr) store_relaxed(&t.slots[s].score, custom);
     if ((old >> 32) == a.batch) {
       const unsigned long long at = atomicAdd(t.rewrites, 1ull);
       a.rewrites[2 * at] = static_cast<int64_t>(s);
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
       if (a.flags != nullptr) a.flags[i] = 1;
       // A call that writes values stamps the row. Every occurrence may: they all store this
       // call's step. The stamps are in device memory, so host rows are stamped here too.
-      if (kWrites && a.values_in != nullptr) store_relaxed(t.stamps + s, a.step);
+      if (kWrites && a.values_in != nullptr) store_relaxed(&t.slots[s].stamp, a.step);
     }
     const bool queued = host_row != kNoHostRow;
     mark_and_write<kWrites, true>(tile, t, a, i, s, queued);
@@ -219,30 +219,34 @@ __device__ __forceinline__ void write_out_victim(const Tile& tile, const Evicted
   tile.sync();  // the victim's row is read before the new row overwrites it
 }
 
-// The slot for a new key in bucket `base`: a free one (lowest index, from the lanes' digests
-// `word`), else the unmarked one with the lowest (score, key), else -1. Called under the
-// bucket lock. *evicting says whether the slot holds a row (victim_key, victim_score).
-__device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t, uint64_t base,
-                                           uint64_t word, uint32_t batch, bool* evicting,
-                                           uint64_t* victim_key, uint64_t* victim_score) {
+// The lowest free slot of a bucket given the lanes' digests `word`, or -1 when it is full.
+__device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word) {
+  const uint32_t free_mask = digest_matches(word, 0);
+  const unsigned frees = tile.ballot(free_mask != 0);
+  if (frees == 0) return -1;
+  const int lane = __ffs(frees) - 1;
+  return lane * kSlotsPerLane + __ffs(tile.shfl(free_mask, lane)) - 1;
+}
+
+// The slot to evict from the full bucket `base`: the unmarked one with the lowest (score, key),
+// or -1 when every slot holds a key of this batch. Called under the bucket lock. Slots claimed
+// but not yet published (key still kEmptyKey) belong to this batch: the key is read with acquire
+// so that a published key's mark is seen with it (the claimer marks before publishing).
+__device__ __forceinline__ int choose_victim(const Tile& tile, const TableView& t, uint64_t base,
+                                             uint32_t batch, uint64_t* victim_key,
+                                             uint64_t* victim_score) {
   const int lane = static_cast<int>(tile.thread_rank());
-  int free_slot = -1;
-  for (int j = kSlotsPerLane - 1; j >= 0; --j) {
-    if (((word >> (8 * j)) & 0xFF) == 0) free_slot = lane * kSlotsPerLane + j;
-  }
-  const unsigned frees = tile.ballot(free_slot >= 0);
-  *evicting = false;
-  if (frees != 0) return tile.shfl(free_slot, __ffs(frees) - 1);
-  // A full bucket: only now read its keys, marks and scores.
   int best = -1;
   uint64_t best_score = 0, best_key = 0;
   for (int j = 0; j < kSlotsPerLane; ++j) {
-    const int s = lane * kSlotsPerLane + j;
-    if ((load_relaxed(t.marks + base + s) >> 32) == batch) continue;  // a key of this batch
-    const uint64_t k = load_relaxed(t.keys + base + s);
-    const uint64_t sc = load_relaxed(t.scores + base + s);
+    const Slot& slot = t.slots[base + lane * kSlotsPerLane + j];
+    const uint64_t k =
+        ::cuda::atomic_ref<uint64_t, ::cuda::thread_scope_device>(const_cast<uint64_t&>(slot.key))
+            .load(::cuda::memory_order_acquire);
+    if (k == kEmptyKey || (load_relaxed(&slot.mark) >> 32) == batch) continue;
+    const uint64_t sc = load_relaxed(&slot.score);
     if (best < 0 || sc < best_score || (sc == best_score && k < best_key)) {
-      best = s;
+      best = lane * kSlotsPerLane + j;
       best_score = sc;
       best_key = k;
     }
@@ -256,91 +260,150 @@ __device__ __forceinline__ int choose_slot(const Tile& tile, const TableView& t,
       best_key = ok;
     }
   }
-  *evicting = best >= 0;
   *victim_key = best_key;
   *victim_score = best_score;
   return best;
 }
 
-// Insertion publishes a new row like a release: row, mark, score and digest are written, and
-// only then the key, with a release store (publish_key). A lock-free probe that sees the key
-// and then fences (acquire) therefore sees the whole row, so duplicates of a key inserted
-// earlier in the call skip the lock (a hot new key would otherwise serialize its whole batch).
-// Capped at 32 registers (a few spills): 8 blocks per SM instead of 6 took insert_and_evict from
-// 0.60-0.79x to 0.65-0.83x of HierarchicalKV, the kernel being bound by latency, not bandwidth.
+// Claims free slot `slot` of bucket `base` for a key with digest `digest`: a CAS of the 32-bit
+// digest word that holds it, from the lanes' snapshot `word` (the owning lane's 8 digests). Fails
+// when anything in that word changed since the snapshot; every lane gets the answer.
+__device__ __forceinline__ bool claim_slot(const Tile& tile, const TableView& t, uint64_t base,
+                                           uint64_t word, int slot, uint32_t digest) {
+  bool claimed = false;
+  if (static_cast<int>(tile.thread_rank()) == slot / kSlotsPerLane) {
+    const int byte = slot % kSlotsPerLane;
+    const uint32_t seen = static_cast<uint32_t>(word >> (byte & 4) * 8);
+    auto* half = reinterpret_cast<unsigned int*>(t.digests + base + slot - byte % 4);
+    claimed = atomicCAS(half, seen, seen | digest << (byte % 4) * 8) == seen;
+  }
+  return tile.any(claimed);
+}
+
+// Writes a new key's row (the initializer's values or occurrence i's, initial state), mark,
+// score and stamp into slot s, then publishes the key (publish_key). The whole tile calls it.
+__device__ __forceinline__ void write_new_row(const Tile& tile, const TableView& t,
+                                              const BatchArgs& a, int64_t i, uint64_t key,
+                                              uint64_t s) {
+  float* row = row_ptr(t, s);
+  tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
+                a.state_dim);
+  if (a.values_in != nullptr) tile_copy<false>(tile, row, a.values_in + i * a.dim, a.dim);
+  if (tile.thread_rank() == 0) {
+    Slot& slot = t.slots[s];
+    // The mark names this occurrence, so later ones rewrite the row.
+    store_relaxed(&slot.mark, mark_of(a.batch, i));
+    if (a.policy == EvictionPolicy::kCustom) {
+      store_relaxed(&slot.score, a.custom[i]);
+    } else {
+      touch_score(&slot.score, a.policy, true, a.step, a.epoch);
+    }
+    slot.stamp = a.step;  // duplicates that find this row later in the call need not stamp it
+  }
+  publish_key(tile, &t.slots[s].key, key);
+}
+
+// a.pending[i] after the insert kernel when key i's bucket was full: the evict kernel inserts it.
+constexpr uint8_t kBucketFull = 2;
+
+// What every inserting occurrence does last, with s the key's slot (-1: not stored): a row found
+// rather than inserted (an earlier duplicate's) is marked and written like the lookup does, the
+// stored flag is set, and find_or_insert copies the row out (or the initial values when the key
+// could not be stored). The row cannot change slots for the rest of the call: it carries this
+// batch's mark.
+__device__ __forceinline__ void finish_insert(const Tile& tile, const TableView& t,
+                                              const BatchArgs& a, int64_t i, uint64_t key,
+                                              int64_t s, bool inserted) {
+  if (s >= 0 && !inserted) {  // published with its key: fence after reading it
+    acquire_fence();
+    tile.sync();
+    if (a.values_in != nullptr || a.custom != nullptr) {
+      mark_and_write<true, false>(tile, t, a, i, s);
+    } else {
+      mark_and_write<false, false>(tile, t, a, i, s);
+    }
+  }
+  if (tile.thread_rank() == 0 && a.flags != nullptr) a.flags[i] = s >= 0;
+  if (a.op == BatchOp::kFindOrInsert) {
+    float* out = a.values_out + i * a.dim;
+    if (s >= 0) {
+      tile_copy<true>(tile, out, row_ptr(t, s), a.dim);
+    } else {
+      tile_init_row(tile, a.init, key, out, a.dim, nullptr, 0);
+    }
+  }
+}
+
+// Inserts the pending keys whose bucket has a free slot, without a lock: a tile claims the
+// bucket's lowest free slot by a CAS on its digest (claim_slot), writes the row, mark and score,
+// and only then publishes the key with a release store (publish_key). Two occurrences of one new
+// key cannot both insert it: each claims the lowest free slot it sees and slots only fill during
+// the kernel, so the later claimer's snapshot either already shows the earlier one's digest (it
+// probes, waits for the key and finds it) or names the same slot (its CAS fails and it probes
+// again). A probe that sees a key and then fences (acquire) sees the whole row, so duplicates of
+// a key inserted earlier in the call find it without waiting. Keys whose bucket is full are left
+// to the evict kernel, which runs after this one.
+// Capped at 32 registers: the kernel is bound by latency, not bandwidth, so keys in flight count.
 __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     insert_kernel(TableView t, BatchArgs a) {
   __shared__ unsigned long long added;
   begin_block_count(added);
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
-    if (!a.pending[i]) return;
-    const int lane = static_cast<int>(tile.thread_rank());
+    if (a.pending[i] == 0) return;
     const uint64_t key = a.keys[i];
     const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const uint32_t digest = digest_of(h);
-    const int64_t row_dim = a.dim + a.state_dim;
-    int slot = probe<true>(tile, t, b, key, digest);
-    bool inserted = false;
-    if (slot >= 0) {
-      acquire_fence();  // the row published with the key (publish_key)
-      tile.sync();      // by the lane that read the key, for all lanes
-    } else {
-      lock_bucket(tile, t.locks + b);
+    int slot = -1;
+    bool claimed = false;
+    for (unsigned pause = 0; !claimed; pause = min(2 * pause + 32, 512u)) {
+      if (pause > 0) __nanosleep(pause);  // a claimed key about to be published, or a lost claim
       const uint64_t word = lane_digests<true>(tile, t, b);
       slot = find_in_bucket<true>(tile, t, b, word, key, digest);
+      if (slot == kUnpublished) continue;
+      if (slot >= 0) break;
+      slot = lowest_free_slot(tile, word);
       if (slot < 0) {
-        bool evicting = false;
-        uint64_t victim_key = 0, victim_score = 0;
-        slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
-        if (slot >= 0) {
-          inserted = true;
-          float* row = row_ptr(t, base + slot);
-          if (evicting) {
-            write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score,
-                             t.stamps + base + slot);
-          }
-          // The values: the initializer's (find_or_insert) or this occurrence's; the state is
-          // initial either way. The mark names this occurrence, so later ones rewrite the row.
-          tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
-                        a.state_dim);
-          if (a.values_in != nullptr) tile_copy<false>(tile, row, a.values_in + i * a.dim, a.dim);
-          if (lane == 0) {
-            store_relaxed(t.marks + base + slot, mark_of(a.batch, i));
-            if (a.policy == EvictionPolicy::kCustom) {
-              store_relaxed(t.scores + base + slot, a.custom[i]);
-            } else {
-              touch_score(t.scores + base + slot, a.policy, true, a.step, a.epoch);
-            }
-            // Duplicates that find this row later in the call need not stamp it again.
-            t.stamps[base + slot] = a.step;
-            t.digests[base + slot] = static_cast<uint8_t>(digest);
-            if (!evicting) atomicAdd(&added, 1ull);
-          }
-          publish_key(tile, t.keys + base + slot, key);
-        }
+        if (tile.thread_rank() == 0) a.pending[i] = kBucketFull;
+        return;
       }
-      unlock_bucket(tile, t.locks + b);
+      claimed = claim_slot(tile, t, base, word, slot, digest);
     }
-    // The row cannot change slots for the rest of the call: it carries this batch's mark.
-    const int64_t s = slot >= 0 ? static_cast<int64_t>(base + slot) : -1;
-    if (s >= 0 && !inserted) {  // the row of an earlier duplicate
-      if (a.values_in != nullptr || a.custom != nullptr) {
-        mark_and_write<true, false>(tile, t, a, i, s);
-      } else {
-        mark_and_write<false, false>(tile, t, a, i, s);
-      }
+    if (claimed) {
+      write_new_row(tile, t, a, i, key, base + slot);
+      if (tile.thread_rank() == 0) atomicAdd(&added, 1ull);
     }
-    if (lane == 0 && a.flags != nullptr) a.flags[i] = s >= 0;
-    if (a.op == BatchOp::kFindOrInsert) {
-      float* out = a.values_out + i * a.dim;
-      if (s >= 0) {
-        tile_copy<true>(tile, out, row_ptr(t, s), a.dim);
-      } else {
-        tile_init_row(tile, a.init, key, out, a.dim, nullptr, 0);
-      }
-    }
+    finish_insert(tile, t, a, i, key, static_cast<int64_t>(base + slot), claimed);
   });
   end_block_count(added, t.size);
+}
+
+// Inserts the keys whose bucket the insert kernel found full: under the bucket lock, probe once
+// more (a duplicate may have inserted the key here), else evict the unmarked slot with the
+// lowest (score, key) (none when every slot holds a key of this batch: the key is not stored).
+// Slots only fill during the insert kernel, so these buckets are still full.
+__global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs a) {
+  for_each_key(a.n, [&](const Tile& tile, int64_t i) {
+    if (a.pending[i] != kBucketFull) return;
+    const uint64_t key = a.keys[i];
+    const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+    const uint32_t digest = digest_of(h);
+    lock_bucket(tile, t.locks + b);
+    int slot = find_in_bucket<true>(tile, t, b, lane_digests<true>(tile, t, b), key, digest);
+    bool inserted = false;
+    if (slot < 0) {
+      uint64_t victim_key = 0, victim_score = 0;
+      slot = choose_victim(tile, t, base, a.batch, &victim_key, &victim_score);
+      if (slot >= 0) {
+        inserted = true;
+        write_out_victim(tile, a.evicted, row_ptr(t, base + slot), a.dim + a.state_dim, victim_key,
+                         victim_score, &t.slots[base + slot].stamp);
+        if (tile.thread_rank() == 0) t.digests[base + slot] = static_cast<uint8_t>(digest);
+        write_new_row(tile, t, a, i, key, base + slot);
+      }
+    }
+    unlock_bucket(tile, t.locks + b);
+    finish_insert(tile, t, a, i, key, slot >= 0 ? static_cast<int64_t>(base + slot) : -1, inserted);
+  });
 }
 
 // Rewrites the queued rows (see mark_and_write) from the occurrence each mark names. The last
@@ -350,11 +413,11 @@ __global__ void __launch_bounds__(kThreads) rewrite_kernel(TableView t, BatchArg
   for_each_key(queued, [&](const Tile& tile, int64_t r) {
     const uint64_t s = static_cast<uint64_t>(a.rewrites[2 * r]);
     const int64_t i = a.rewrites[2 * r + 1];
-    if ((t.marks[s] & kLow32) != static_cast<uint64_t>(i + 1)) return;
+    if ((t.slots[s].mark & kLow32) != static_cast<uint64_t>(i + 1)) return;
     if (a.values_in != nullptr) {
       tile_copy<false>(tile, row_ptr(t, s), a.values_in + i * a.dim, a.dim);
     }
-    if (a.custom != nullptr && tile.thread_rank() == 0) t.scores[s] = a.custom[i];
+    if (a.custom != nullptr && tile.thread_rank() == 0) t.slots[s].score = a.custom[i];
   });
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -378,7 +441,7 @@ __global__ void __launch_bounds__(kThreads)
     bool done = false;
     if (slot >= 0) {
       // Duplicates race for the same slot: exactly one CAS frees it.
-      auto* word = reinterpret_cast<unsigned long long*>(t.keys + b * kBucketSlots + slot);
+      auto* word = reinterpret_cast<unsigned long long*>(&t.slots[b * kBucketSlots + slot].key);
       done = atomicCAS(word, key, kEmptyKey) == key;
       if (done) {
         t.digests[b * kBucketSlots + slot] = 0;  // free: no insertion runs during an erase
@@ -405,10 +468,10 @@ __global__ void __launch_bounds__(kThreads)
     uint64_t key = kEmptyKey, score = 0, stamp = 0;
     bool take = false;
     if (s < end) {
-      key = t.keys[s];
+      key = t.slots[s].key;
       if (key != kEmptyKey) {
-        score = t.scores[s];
-        if (stamps_out != nullptr || min_stamp > 0) stamp = t.stamps[s];
+        score = t.slots[s].score;
+        if (stamps_out != nullptr || min_stamp > 0) stamp = t.slots[s].stamp;
         take = score >= min_score && stamp >= min_stamp;
       }
     }
@@ -440,25 +503,20 @@ __global__ void __launch_bounds__(kThreads)
     rehash_kernel(TableView from, TableView to, int64_t slots, int64_t row_dim,
                   unsigned long long* failures) {
   for_each_key(slots, [&](const Tile& tile, int64_t s) {
-    const uint64_t key = from.keys[s];
+    const uint64_t key = from.slots[s].key;
     if (key == kEmptyKey) return;
     const int lane = static_cast<int>(tile.thread_rank());
     const uint64_t h = hash_key(key), b = h & to.bucket_mask, base = b * kBucketSlots;
     lock_bucket(tile, to.locks + b);
     const uint64_t word = lane_digests<true>(tile, to, b);
-    int free_slot = -1;
-    for (int j = kSlotsPerLane - 1; j >= 0; --j) {
-      if (((word >> (8 * j)) & 0xFF) == 0) free_slot = lane * kSlotsPerLane + j;
-    }
-    const unsigned frees = tile.ballot(free_slot >= 0);
-    if (frees != 0) {
-      const int slot = tile.shfl(free_slot, __ffs(frees) - 1);
+    const int slot = lowest_free_slot(tile, word);
+    if (slot >= 0) {
       const uint64_t at = base + slot;
       if (lane == 0) {  // before the row copy, which then holds fewer registers (no spill)
-        store_relaxed(to.keys + at, key);
+        store_relaxed(&to.slots[at].key, key);
         to.digests[at] = static_cast<uint8_t>(digest_of(h));
-        to.scores[at] = from.scores[s];
-        to.stamps[at] = from.stamps[s];
+        to.slots[at].score = from.slots[s].score;
+        to.slots[at].stamp = from.slots[s].stamp;
         atomicAdd(to.size, 1ull);
       }
       tile_copy<false>(tile, row_ptr(to, at), row_ptr(from, s), row_dim);
@@ -652,6 +710,8 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
     // long as its slowest key (a lock wait), its other warps idle at the count's barrier.
     insert_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
+    evict_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
+    GENREC_CUDA_LAUNCH_CHECK("dynamic table evict");
   }
   if (writing) {
     // Rewrites are rare (duplicates that raced): a small grid strides over the queue.
@@ -867,7 +927,7 @@ __global__ void __launch_bounds__(kThreads)
     uint64_t b = 0;
     const int slot = locate<false>(tile, t, key, b);
     if (slot >= 0 && tile.thread_rank() == 0) {
-      atomicMax(reinterpret_cast<unsigned long long*>(t.marks + b * kBucketSlots + slot),
+      atomicMax(reinterpret_cast<unsigned long long*>(&t.slots[b * kBucketSlots + slot].mark),
                 static_cast<unsigned long long>(batch) << 32);
     }
   });
@@ -892,29 +952,33 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
       bool evicting = false;
       uint64_t victim_key = 0, victim_score = 0;
       if (fresh) {
-        slot = choose_slot(tile, t, base, word, a.batch, &evicting, &victim_key, &victim_score);
+        slot = lowest_free_slot(tile, word);
+        if (slot < 0) {
+          slot = choose_victim(tile, t, base, a.batch, &victim_key, &victim_score);
+          evicting = slot >= 0;
+        }
       }
       if (slot >= 0) {
         stored = true;
         float* row = row_ptr(t, base + slot);
         if (evicting) {
           write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score,
-                           t.stamps + base + slot);
+                           &t.slots[base + slot].stamp);
         }
         tile_copy<false>(tile, row, a.values + i * a.dim, a.dim);
         if (a.state_dim > 0) {
           tile_copy<false>(tile, row + a.dim, a.states + i * a.state_dim, a.state_dim);
         }
         if (lane == 0) {
-          store_relaxed(t.scores + base + slot, a.scores[i]);
-          store_relaxed(t.stamps + base + slot, a.stamps != nullptr ? a.stamps[i] : a.step);
+          store_relaxed(&t.slots[base + slot].score, a.scores[i]);
+          store_relaxed(&t.slots[base + slot].stamp, a.stamps != nullptr ? a.stamps[i] : a.step);
           if (fresh) {
-            store_relaxed(t.marks + base + slot, static_cast<uint64_t>(a.batch) << 32);
+            store_relaxed(&t.slots[base + slot].mark, static_cast<uint64_t>(a.batch) << 32);
             t.digests[base + slot] = static_cast<uint8_t>(digest);
             if (!evicting) atomicAdd(t.size, 1ull);
           }
         }
-        if (fresh) publish_key(tile, t.keys + base + slot, key);
+        if (fresh) publish_key(tile, &t.slots[base + slot].key, key);
       }
       unlock_bucket(tile, t.locks + b);
     }

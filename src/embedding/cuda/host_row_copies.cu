@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t i = occurrences[k];
     float* row = t.host_rows + static_cast<int64_t>(r) * t.stride;
     if (c.values_in != nullptr) {
-      const uint64_t mark = t.marks[table::slot_of_host_row(t, r)];
+      const uint64_t mark = t.slots[table::slot_of_host_row(t, r)].mark;
       if (mark != ((static_cast<uint64_t>(c.batch) << 32) | static_cast<uint64_t>(i + 1))) return;
       table::tile_copy<false>(tile, row, c.values_in + i * c.dim, c.dim);
       return;

@@ -3,6 +3,7 @@
 #include "embedding/cuda/table_storage.h"
 
 #include <algorithm>
+#include <cstddef>
 
 namespace genrec::cuda {
 namespace {
@@ -35,10 +36,7 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
                         : std::min<int64_t>(kBucketSlots, hbm_row_bytes / row_bytes / num_buckets);
   try {
     device_alloc(&view_.digests, n, "digests");
-    device_alloc(&view_.keys, n, "keys");
-    device_alloc(&view_.scores, n, "scores");
-    device_alloc(&view_.stamps, n, "stamps");
-    device_alloc(&view_.marks, n, "batch marks");
+    device_alloc(&view_.slots, n, "slots");
     device_alloc(&view_.locks, num_buckets, "bucket locks");
     device_alloc(&view_.size, 1, "the size counter");
     device_alloc(&view_.rewrites, 2, "the rewrite counters");
@@ -58,11 +56,9 @@ TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_
       GENREC_CUDA_CHECK(
           cudaHostGetDevicePointer(reinterpret_cast<void**>(&view_.host_rows), host_alloc_, 0));
     }
-    GENREC_CUDA_CHECK(cudaMemset(view_.scores, 0, sizeof(uint64_t) * n));
-    GENREC_CUDA_CHECK(cudaMemset(view_.stamps, 0, sizeof(uint64_t) * n));
+    GENREC_CUDA_CHECK(cudaMemset(view_.slots, 0, sizeof(Slot) * n));  // scores, stamps, marks
     GENREC_CUDA_CHECK(cudaMemset(view_.locks, 0, sizeof(uint32_t) * num_buckets));
     GENREC_CUDA_CHECK(cudaMemset(view_.rewrites, 0, sizeof(unsigned long long) * 2));
-    clear_marks(nullptr);
     clear(nullptr);
     GENREC_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (...) {
@@ -78,10 +74,7 @@ TableStorage::~TableStorage() {
 void TableStorage::release() {
   // Frees are best effort: a destructor must not throw, and a failed free leaves nothing to do.
   cudaFree(view_.digests);
-  cudaFree(view_.keys);
-  cudaFree(view_.scores);
-  cudaFree(view_.stamps);
-  cudaFree(view_.marks);
+  cudaFree(view_.slots);
   cudaFree(view_.locks);
   cudaFree(view_.size);
   cudaFree(view_.rewrites);
@@ -91,14 +84,22 @@ void TableStorage::release() {
   view_ = TableView{};
 }
 
+// Sets every byte of one word of every slot (the word at `offset` in Slot) to `value`: a 2D
+// memset whose rows are the slots.
+void TableStorage::fill_word(size_t offset, int value, cudaStream_t stream) {
+  GENREC_CUDA_CHECK(cudaMemset2DAsync(reinterpret_cast<char*>(view_.slots) + offset, sizeof(Slot),
+                                      value, sizeof(uint64_t), static_cast<size_t>(slots()),
+                                      stream));
+}
+
 void TableStorage::clear(cudaStream_t stream) {
-  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.keys, 0xFF, sizeof(uint64_t) * slots(), stream));
+  fill_word(offsetof(Slot, key), 0xFF, stream);  // kEmptyKey
   GENREC_CUDA_CHECK(cudaMemsetAsync(view_.digests, 0, slots(), stream));
   GENREC_CUDA_CHECK(cudaMemsetAsync(view_.size, 0, sizeof(unsigned long long), stream));
 }
 
 void TableStorage::clear_marks(cudaStream_t stream) {
-  GENREC_CUDA_CHECK(cudaMemsetAsync(view_.marks, 0, sizeof(uint64_t) * slots(), stream));
+  fill_word(offsetof(Slot, mark), 0, stream);
 }
 
 }  // namespace genrec::cuda

@@ -1,29 +1,37 @@
-// Device memory of the CUDA dynamic table: buckets of 128 slots, each slot a one-byte digest, a
-// uint64 key, a uint64 eviction score, a uint64 write stamp and a uint64 batch mark, plus one lock
-// word per bucket; the rows (values then optimizer state, fp32) live in separate row-major arrays
-// indexed by slot, so a row never moves while its key stays. With a byte budget for device rows,
-// the first hbm_per_bucket slots of every bucket have their rows in device memory and the others in
-// mapped pinned host memory that the kernels read and write through the mapping. Inserts take a
-// bucket's lowest free slot, so device rows fill first and only a bucket's overflow past its device
-// slots crosses the bus (at load 0.75 with half the rows in host memory: 1/3 of the keys, where
-// splitting the slots by bucket would put half of them there).
+// Device memory of the CUDA dynamic table: buckets of 128 slots, each slot a one-byte digest and
+// a 32-byte Slot (key, eviction score, write stamp, batch mark), plus one lock word per bucket; the
+// rows (values then optimizer state, fp32) live in separate row-major arrays indexed by slot, so a
+// row never moves while its key stays. With a byte budget for device rows, the first hbm_per_bucket
+// slots of every bucket have their rows in device memory and the others in mapped pinned host
+// memory that the kernels read and write through the mapping. Inserts take a bucket's lowest free
+// slot, so device rows fill first and only a bucket's overflow past its device slots crosses the
+// bus (at load 0.75 with half the rows in host memory: 1/3 of the keys, where splitting the slots
+// by bucket would put half of them there).
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace genrec::cuda {
 
 constexpr int kBucketSlots = 128;
 
+// A slot's words share one 32-byte sector: the probe that reads the key brings the score, stamp
+// and mark into L2 with it, so a call that then writes them touches one sector per key, where
+// four arrays cost four (each read and written back whole).
+struct alignas(32) Slot {
+  uint64_t key;    // kEmptyKey marks a free slot
+  uint64_t score;  // eviction score
+  uint64_t stamp;  // table step of the row's last write
+  uint64_t mark;   // batch << 32 | (last occurrence + 1), see the .cu
+};
+
 // What the kernels see of a TableStorage (plain pointers, passed by value).
 struct TableView {
-  uint8_t* digests = nullptr;          // slots; 0 marks a free slot
-  uint64_t* keys = nullptr;            // slots; kEmptyKey marks a free slot
-  uint64_t* scores = nullptr;          // slots
-  uint64_t* stamps = nullptr;          // slots: table step of the row's last write
-  uint64_t* marks = nullptr;           // slots: batch << 32 | (last occurrence + 1), see the .cu
+  uint8_t* digests = nullptr;  // slots; 0 marks a free slot
+  Slot* slots = nullptr;
   uint32_t* locks = nullptr;           // buckets
   unsigned long long* size = nullptr;  // occupied slots
   // 2 words: rows queued for a rewrite by the current call, blocks of its rewrite kernel done
@@ -66,6 +74,7 @@ class TableStorage {
 
  private:
   void release();
+  void fill_word(size_t offset, int value, cudaStream_t stream);
 
   int64_t num_buckets_ = 0;
   TableView view_;
