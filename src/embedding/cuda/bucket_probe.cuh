@@ -144,12 +144,13 @@ __device__ __forceinline__ int locate(const Tile& tile, const TableView& t, uint
   return probe<kRacing>(tile, t, bucket, key, digest_of(h));
 }
 
-// Slot j of bucket b: device row b * hbm_per_bucket + j, or host row b * (128 - hbm_per_bucket)
-// + j - hbm_per_bucket (see TableStorage).
+// Slot j of bucket b: device row b * hbm_per_bucket + j, or host row (j - hbm_per_bucket) *
+// buckets + b (see TableStorage).
 __device__ __forceinline__ float* row_ptr(const TableView& t, uint64_t slot) {
-  const int64_t s = static_cast<int64_t>(slot), b = s / kBucketSlots, h = t.hbm_per_bucket;
-  return s % kBucketSlots < h ? t.hbm_rows + (s - b * (kBucketSlots - h)) * t.stride
-                              : t.host_rows + (s - (b + 1) * h) * t.stride;
+  const int64_t s = static_cast<int64_t>(slot), b = s / kBucketSlots, j = s % kBucketSlots;
+  const int64_t h = t.hbm_per_bucket;
+  return j < h ? t.hbm_rows + (b * h + j) * t.stride
+               : t.host_rows + ((j - h) * static_cast<int64_t>(t.bucket_mask + 1) + b) * t.stride;
 }
 
 // The host row of slot s (an index into host_rows), or kNoHostRow when its row is in device
@@ -157,11 +158,11 @@ __device__ __forceinline__ float* row_ptr(const TableView& t, uint64_t slot) {
 __device__ __forceinline__ uint64_t host_row_of(const TableView& t, uint64_t slot) {
   const uint64_t b = slot / kBucketSlots, j = slot % kBucketSlots;
   const uint64_t h = static_cast<uint64_t>(t.hbm_per_bucket);
-  return j < h ? kNoHostRow : b * (kBucketSlots - h) + j - h;
+  return j < h ? kNoHostRow : (j - h) * (t.bucket_mask + 1) + b;
 }
 __device__ __forceinline__ uint64_t slot_of_host_row(const TableView& t, uint64_t row) {
-  const uint64_t h = static_cast<uint64_t>(t.hbm_per_bucket), per = kBucketSlots - h;
-  return row / per * kBucketSlots + h + row % per;
+  const uint64_t h = static_cast<uint64_t>(t.hbm_per_bucket);
+  return (row & t.bucket_mask) * kBucketSlots + h + row / (t.bucket_mask + 1);
 }
 
 // Notes occurrence i's host row for copy_host_rows (kNoHostRow: none); lane 0 writes.
