@@ -80,6 +80,29 @@ __device__ __forceinline__ void for_each_key(int64_t n, F&& f) {
   }
 }
 
+// Runs f(tile, i) for the i in [0, n) with flags[i] == value, one tile per key: each block reads
+// kThreads flags at once and hands the matching keys to its tiles, so a kernel for the few keys an
+// earlier one left does not wait on one flag load after another.
+template <typename F>
+__device__ __forceinline__ void for_each_flagged_key(const uint8_t* flags, uint8_t value, int64_t n,
+                                                     F&& f) {
+  __shared__ int64_t picked[kThreads];
+  __shared__ int count;
+  const Tile tile = cg::tiled_partition<kTile>(cg::this_thread_block());
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads; first < n; first += stride) {
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    const int64_t i = first + threadIdx.x;
+    if (i < n && flags[i] == value) picked[atomicAdd(&count, 1)] = i;
+    __syncthreads();
+    for (int k = static_cast<int>(tile.meta_group_rank()); k < count; k += kTilesPerBlock) {
+      f(tile, picked[k]);
+    }
+    __syncthreads();
+  }
+}
+
 // The 8 digests of this lane's slots in bucket b (byte j: slot 8 * lane + j).
 template <bool kRacing>
 __device__ __forceinline__ uint64_t lane_digests(const Tile& tile, const TableView& t, uint64_t b) {

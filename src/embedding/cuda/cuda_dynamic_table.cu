@@ -382,8 +382,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
 // lowest (score, key) (none when every slot holds a key of this batch: the key is not stored).
 // Slots only fill during the insert kernel, so these buckets are still full.
 __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs a) {
-  for_each_key(a.n, [&](const Tile& tile, int64_t i) {
-    if (a.pending[i] != kBucketFull) return;
+  for_each_flagged_key(a.pending, kBucketFull, a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
     const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const uint32_t digest = digest_of(h);
@@ -710,7 +709,9 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
     // long as its slowest key (a lock wait), its other warps idle at the count's barrier.
     insert_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
-    evict_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
+    // Few keys (those of full buckets): the blocks pick them out kThreads flags at a time.
+    const auto evict_grid = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+    evict_kernel<<<std::min(evict_grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
     GENREC_CUDA_LAUNCH_CHECK("dynamic table evict");
   }
   if (writing) {
