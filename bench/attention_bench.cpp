@@ -147,7 +147,7 @@ struct Problem {
     genrec::cuda::hstu_attention_fused_backward<bf16>(
         dq.data(), dk.data(), dv.data(), b.position != nullptr ? d_pos.data() : nullptr,
         b.time != nullptr ? d_time.data() : nullptr, d_out.data(), q.data(), k.data(), v.data(),
-        dev_offsets.data(), B, shape, b, mask(with_targets), max_len, stream);
+        dev_offsets.data(), B, T, shape, b, mask(with_targets), max_len, stream);
   }
   void forward(bool with_bias, bool with_targets, cudaStream_t stream) {
     forward(bias(with_bias), with_targets, stream);

@@ -148,9 +148,9 @@ void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf1
   test::DeviceArray<T> grads(a.T * a.ld);
   grads.poison();
   T* g = grads.get();
-  cuda::hstu_attention_fused_backward<T>(g + a.qoff, g + a.koff, g + a.voff, dev_pos.get(),
-                                         dev_time.get(), dev_d_out.get(), q, k, v, offsets.get(),
-                                         a.B, a.shape(), bias, dev_mask, a.max_len, stream.get());
+  cuda::hstu_attention_fused_backward<T>(
+      g + a.qoff, g + a.koff, g + a.voff, dev_pos.get(), dev_time.get(), dev_d_out.get(), q, k, v,
+      offsets.get(), a.B, a.T, a.shape(), bias, dev_mask, a.max_len, stream.get());
   stream.synchronize();
   const std::vector<float> got_grads = grads.download();
   const char* names[3] = {"d_q", "d_k", "d_v"};
@@ -199,6 +199,39 @@ TEST(CudaFusedAttention, BatchSizesAndLongSequences) {
   check_fused<bf16>(3, 700, 2, 128, mask_cases().back(), 401);
   // More position slots than the key kernel sums in shared memory (the rest go to global sums).
   check_fused<bf16>(2, 1300, 1, 64, bias, 402, 1300);
+}
+
+// The kernels without bias (the benchmarked path) under every mask, and sequences of many
+// query tiles, each adding into the dQ of rows that later key tiles add to as well.
+TEST(CudaFusedAttention, EveryMaskWithoutBias) {
+  GENREC_REQUIRE_CUDA();
+  uint64_t seed = 700;
+  for (MaskCase mc : mask_cases()) {
+    mc.name += " without bias";
+    mc.pos = mc.time = false;
+    for (int64_t D : {32, 64, 128}) check_fused<bf16>(7, 150, 2, D, mc, seed += 10);
+  }
+  const MaskCase causal = mask_cases().front();
+  check_fused<bf16>(3, 700, 2, 128, causal, 800);
+  MaskCase all = mask_cases().back();
+  all.pos = all.time = false;
+  check_fused<bf16>(3, 700, 2, 64, all, 801);
+}
+
+// A max_len below the longest sequence: the grid has too few blocks for it, and they loop over
+// its remaining tiles (the forward over query tiles, the backward over key tiles).
+TEST(CudaFusedAttention, SequencesLongerThanMaxLen) {
+  GENREC_REQUIRE_CUDA();
+  MaskCase causal = mask_cases().front(), all = mask_cases().back();
+  causal.name += ", short grid";
+  all.name += ", short grid";
+  uint64_t seed = 810;
+  for (const MaskCase& mc : {causal, all}) {
+    Attn a = make_attn(random_lengths(4, 300, seed, true), 2, 64, 64, 90, 24, mc.pos, mc.time,
+                       seed + 1, 8);
+    a.max_len = 100;
+    check_fused_problem<bf16>(std::move(a), mc, seed += 10);
+  }
 }
 
 // Pairs of tokens whose dt sits exactly at, and one below, every time-bucket boundary up to

@@ -529,7 +529,7 @@ class CudaRetrievalModel : public RetrievalModel {
     if (cuda::hstu_fused_supported(attention_shape(), batch.batch_size(), q, k, v)) {
       cuda::hstu_attention_fused_backward<bf16>(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,
                                                 d_pos, d_time, d_attn, q, k, v, batch_ints_.data(),
-                                                batch.batch_size(), attention_shape(),
+                                                batch.batch_size(), T, attention_shape(),
                                                 relative_bias(ids), {}, max_length_, stream_);
     } else {
       cuda::hstu_attention_backward<bf16>(d_uvqk + 2 * hv, d_uvqk + 2 * hv + hqk, d_uvqk + hv,

@@ -1,14 +1,16 @@
 // Fused HSTU attention with mma.sync (m16n8k16, 16-bit inputs, fp32 accumulators), sm_80+.
 // A block of 4 warps owns 64 rows of one (sequence, head) — 16 per warp — and streams 64-row
 // tiles of the other side through double-buffered shared memory (cp.async):
-//   query kernel, forward:  S = Q Kᵀ, O += silu(z) V                (rows = queries)
-//   query kernel, dq:       S = Q Kᵀ, dP = dO Vᵀ, dQ += dZ K        (rows = queries)
-//   key kernel, dk and dv:  Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q   (rows = keys)
-// with z = alpha s + biases, P = silu(z) / N and dZ = dP silu'(z) / N. The scores live in
-// registers only; a score fragment becomes the A operand of the next product without a trip
-// through shared memory (the m16n8 accumulator layout of two adjacent tiles is the m16k16 A
-// layout). HSTU needs no running maximum, so there is no rescaling. Every output row is owned
-// by one block and written once; only the bias gradients (shared by all pairs) use atomics.
+//   query kernel, forward (rows = queries): S = Q Kᵀ, O += silu(z) V
+//   key kernel, backward (rows = keys):     Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q,
+//                                           dQ += dZ K
+// with z = alpha s + biases, P = silu(z) / N and dZ = dP silu'(z) / N: five products per tile
+// pair, as FlashAttention-2's backward. The scores live in registers; a score fragment becomes
+// the A operand of the next product without a trip through shared memory (the m16n8
+// accumulator layout of two adjacent tiles is the m16k16 A layout). HSTU needs no running
+// maximum, so there is no rescaling. Rows owned by a block (O; dK and dV) are written once; dQ
+// is summed over the key tiles in an fp32 buffer with atomics (a small kernel then scales and
+// rounds it), and so are the bias gradients, which all pairs share.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
@@ -36,7 +38,8 @@ constexpr int kRows = 16 * kWarps;       // rows a block owns
 constexpr int kCols = 64;                // rows of each streamed tile
 constexpr int kPad = 8;                  // elements: shared rows 16 bytes apart in banks
 constexpr int kMaxSmemPositions = 1024;  // position-gradient slots summed in shared memory
-constexpr int kDzLd = kCols + 8;         // row stride of the staged dZ tile (bf16)
+constexpr int kDzLd = kCols + 8;         // row stride of the staged dZ tile
+constexpr int kDqCols = 64;              // dQ columns per pass over the staged dZ
 constexpr int kTimeSlots = 160;          // > 145, the bucket of the largest int64 |dt|
 
 // hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
@@ -61,6 +64,7 @@ struct Params {
   int num_time;
   const int64_t* timestamps;  // by kv token
   double* bias_acc;           // backward: [num_pos | time slots] or null
+  float* dq_acc;              // backward: fp32 sums of dZ K (dQ / alpha), laid out as d_out
   int acc_pos, acc_time;      // entries of bias_acc for positions and time slots
   TimeBuckets buckets;
 };
@@ -169,19 +173,17 @@ __device__ __forceinline__ void product_abt(float (&acc)[8][4], const T* y, AFra
   }
 }
 
-// acc[n] += P · Y[:, 8n .. 8n + 8) for a 16 x 64 score fragment P (registers, C layout) and
-// the 64 x D tile Y ([k][n] in memory).
-template <int D, typename T>
-__device__ __forceinline__ void product_py(float (&acc)[D / 8][4], const float (&p)[8][4],
-                                           const T* y) {
+// acc[n] += A · Y[:, 8n .. 8n + 8) for a 16 x 64 A and W columns of a 64-row tile Y ([k][n] in
+// memory, rows D + kPad apart); A's fragments (k in [16 kk, 16 kk + 16)) come from a_frag(kk).
+template <int D, int W, typename T, typename AFrag>
+__device__ __forceinline__ void product_ay(float (&acc)[W / 8][4], const T* y, AFrag&& a_frag) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    const uint32_t a[4] = {
-        pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]),
-        pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t a[4];
+    a_frag(a, kk);
 #pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
+    for (int dp = 0; dp < W / 16; ++dp) {
       uint32_t b[4];
       ldsm_x4_trans(b, y + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + kPad) + 16 * dp +
                            (lane >> 4) * 8);
@@ -189,6 +191,19 @@ __device__ __forceinline__ void product_py(float (&acc)[D / 8][4], const float (
       mma<T>(acc[2 * dp + 1], a, b[2], b[3]);
     }
   }
+}
+
+// acc[n] += P · Y[:, 8n .. 8n + 8) for a 16 x 64 score fragment P (registers, C layout) and
+// the 64 x D tile Y ([k][n] in memory).
+template <int D, typename T>
+__device__ __forceinline__ void product_py(float (&acc)[D / 8][4], const float (&p)[8][4],
+                                           const T* y) {
+  product_ay<D, D>(acc, y, [&](uint32_t(&a)[4], int kk) {
+    a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+    a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+    a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  });
 }
 
 template <int N>
@@ -380,24 +395,23 @@ __device__ __forceinline__ bool sync_narrow(bool wide) {
   }
 }
 
-// ---- query kernel: forward (kDq = false) and dq (kDq = true) --------------------------------
+// ---- query kernel: forward ------------------------------------------------------------------
 
 template <typename T, int D, bool kBias>
-constexpr size_t query_smem_bytes(bool dq) {
-  // own rows Q (+ dO), two stages of K and V, two stages of key timestamps, bias state
-  return sizeof(T) * (D + kPad) * (kRows * (dq ? 2 : 1) + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
+constexpr size_t query_smem_bytes() {
+  // own rows Q, two stages of K and V, two stages of key timestamps, bias state
+  return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
          (kBias ? sizeof(BiasSmem) : 0);
 }
 
-template <typename T, int D, bool kDq, bool kBias>
+template <typename T, int D, bool kBias>
 __global__ void __launch_bounds__(kThreads)
-    query_kernel(Params p, T* __restrict__ out, const T* __restrict__ d_out,
-                 const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
+    query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
+                 const T* __restrict__ v) {
   constexpr int LD = D + kPad;
   extern __shared__ __align__(16) unsigned char smem[];
   T* s_q = reinterpret_cast<T*>(smem);
-  T* s_do = s_q + kRows * LD;  // dq only
-  T* s_k = s_q + kRows * LD * (kDq ? 2 : 1);
+  T* s_k = s_q + kRows * LD;
   T* s_v = s_k + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);  // kBias only
@@ -416,8 +430,6 @@ __global__ void __launch_bounds__(kThreads)
 
     __syncthreads();  // the previous tile's readers are done with shared memory
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, rows_valid);
-    if constexpr (kDq)
-      load_tile<D>(s_do, d_out + (s.q_start + m0) * p.ld_o + h * D, p.ld_o, rows_valid);
     unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
     auto load_keys = [&](int j0, int stage) {
       const bool wide = load_stage<D>(s_k + stage * kCols * LD, s_v + stage * kCols * LD,
@@ -432,7 +444,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool wide_rows = kBias && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
-    uint32_t qa[kDq ? 1 : D / 16][4];  // the forward keeps Q's fragments in registers
+    uint32_t qa[D / 16][4];  // Q's fragments stay in registers
     bool q_loaded = false;
 
     int stage = 0;
@@ -447,31 +459,20 @@ __global__ void __launch_bounds__(kThreads)
       const T* tk = s_k + stage * kCols * LD;
       const T* tv = s_v + stage * kCols * LD;
       const int64_t* ts = s_ts + stage * kCols;
-      if constexpr (!kDq) {
-        if (!q_loaded) {
+      if (!q_loaded) {
 #pragma unroll
-          for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], s_q, kk);
-          q_loaded = true;
-        }
+        for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], s_q, kk);
+        q_loaded = true;
       }
 
       float sc[8][4];
       zero(sc);
-      if constexpr (kDq) {
-        product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_q, kk); });
-      } else {
-        product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) {
+      product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) {
 #pragma unroll
-          for (int x = 0; x < 4; ++x) a[x] = qa[kk][x];
-        });
-      }
-      float dp[kDq ? 8 : 1][4];
-      if constexpr (kDq) {
-        zero(dp);
-        product_abt<D>(dp, tv, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_do, kk); });
-      }
-      // Scores -> P (forward) or dZ (dq); only tiles that cross the diagonal, the end of the
-      // sequence or a mask boundary test each element.
+        for (int x = 0; x < 4; ++x) a[x] = qa[kk][x];
+      });
+      // Scores -> P; only tiles that cross the diagonal, the end of the sequence or a mask
+      // boundary test each element.
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
@@ -491,11 +492,7 @@ __global__ void __launch_bounds__(kThreads)
           const float sig = sigmoid(z);
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
-          if constexpr (kDq) {
-            sc[n][e] = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
-          } else {
-            sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
-          }
+          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
@@ -512,28 +509,23 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      product_py<D>(acc, sc, kDq ? tk : tv);
+      product_py<D>(acc, sc, tv);
       __syncthreads();  // this stage is free for the next prefetch
     }
     cp_async_wait<0>();
-    if constexpr (kDq) {
-      store_rows<D>(out + (s.q_start) * p.ld_q + h * D, p.ld_q, m0, s.q_len, acc, p.alpha);
-    } else {
-      store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
-    }
+    store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
   }
 }
 
-// ---- key kernel: dk and dv ------------------------------------------------------------------
+// ---- key kernel: backward -------------------------------------------------------------------
 
 template <typename T, int D, bool kBias>
 constexpr size_t key_smem_bytes() {
-  // own rows K and V, two stages of Q and dO, two stages of query timestamps; with bias: its
-  // state, the gradient sums and the staged dZ tile
+  // own rows K and V, two stages of Q and dO, two stages of query timestamps, the staged dZ
+  // tile; with bias: its state and the gradient sums
   return sizeof(T) * (D + kPad) * (2 * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) +
-                      kRows * kDzLd * sizeof(__nv_bfloat16)
-                : 0);
+         sizeof(T) * kRows * kDzLd +
+         (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) : 0);
 }
 
 // Position slots past the shared array: straight to the global sums (out of line: rare).
@@ -570,13 +562,11 @@ struct SlotRun {
   }
 };
 
-// The position gradient of a diagonal tile: the warps' dZ fragments (`dz`, C layout; rows are
-// keys j0 + r, columns queries i0 + c) are staged in shared memory and thread t < 64 sums the
-// diagonals c - r = t and t - 64 (64 elements together), whose pairs have i - j = base + c - r.
-// Rounding dZ to bf16 here matches the precision the dK product already uses.
-__device__ __forceinline__ void add_diagonal_gradients(const Params& p, __nv_bfloat16* s_dz,
-                                                       float* s_pos, int smem_pos,
-                                                       const float (&dz)[8][4], int base) {
+// Stages the warps' dZᵀ fragments (C layout; rows are keys j0 + r, columns queries i0 + c) in
+// shared memory for what sums dZ across warps: dQ and the position gradient of diagonal tiles.
+// Rounding to T matches the precision of the dK product.
+template <typename T>
+__device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
 #pragma unroll
   for (int n = 0; n < 8; ++n) {
@@ -584,15 +574,21 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, __nv_bfl
     for (int half = 0; half < 2; ++half) {
       const int r = 16 * w + lane / 4 + 8 * half, c = 8 * n + 2 * (lane % 4);
       *reinterpret_cast<uint32_t*>(s_dz + r * kDzLd + c) =
-          pack2<__nv_bfloat16>(dz[n][2 * half], dz[n][2 * half + 1]);
+          pack2<T>(dz[n][2 * half], dz[n][2 * half + 1]);
     }
   }
-  __syncthreads();
+}
+
+// The position gradient of a diagonal tile from its staged dZ: thread t < 64 sums the diagonals
+// c - r = t and t - 64 (64 elements together), whose pairs have i - j = base + c - r.
+template <typename T>
+__device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T* s_dz, float* s_pos,
+                                                       int smem_pos, int base) {
   const int t = threadIdx.x;
   if (t >= kCols) return;
   float near = 0.0f, far = 0.0f;  // diagonals t and t - 64
   for (int r = 0; r < kRows; ++r) {
-    const float g = __bfloat162float(s_dz[r * kDzLd + ((r + t) & (kCols - 1))]);
+    const float g = static_cast<float>(s_dz[r * kDzLd + ((r + t) & (kCols - 1))]);
     if (r + t < kCols) {
       near += g;
     } else {
@@ -601,6 +597,55 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, __nv_bfl
   }
   add_position_gradient(p, s_pos, smem_pos, min(abs(base + t), p.num_pos - 1), near);
   add_position_gradient(p, s_pos, smem_pos, min(abs(base + t - kCols), p.num_pos - 1), far);
+}
+
+// dst[0], dst[1] += x, y in global memory: one vector reduction on sm_90, two before.
+__device__ __forceinline__ void add_pair(float* dst, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
+#else
+  atomicAdd(dst, x);
+  atomicAdd(dst + 1, y);
+#endif
+}
+
+// dQ += dZ K for the streamed query tile and the block's keys, added to p.dq_acc (alpha comes
+// later). Warp w takes queries [16 w, 16 w + 16) against all 64 keys, but the warps hold dZᵀ
+// (rows = keys), so the A operand comes from the staged tile: ldmatrix.trans of its [key][query]
+// 8 x 8 blocks yields the m16k16 fragment of dZ (queries x keys). K is the B operand as V is in
+// P V; kDqCols columns of dQ at a time bound the accumulators.
+template <int D, typename T>
+__device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
+                                       const T* s_dz, const T* s_k) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  if (i0 + 16 * w >= s.length) return;  // warp-uniform: its queries are all past the end
+  uint32_t dz[4][4];                    // keys [16 kk, 16 kk + 16)
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
+    ldsm_x4_trans(dz[kk], s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
+                              ((lane >> 3) & 1) * 8);
+  }
+  constexpr int kWidth = D < kDqCols ? D : kDqCols;
+  const int row = i0 + 16 * w + lane / 4;  // and row + 8
+#pragma unroll
+  for (int c0 = 0; c0 < D; c0 += kWidth) {
+    float acc[kWidth / 8][4];
+    zero(acc);
+    product_ay<D, kWidth>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) a[x] = dz[kk][x];
+    });
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (row + 8 * half >= s.length) continue;
+      float* dst = p.dq_acc + (s.kv_start + row + 8 * half) * p.ld_o + h * D + c0 + 2 * (lane % 4);
+#pragma unroll
+      for (int n = 0; n < kWidth / 8; ++n) {
+        add_pair(dst + 8 * n, acc[n][2 * half], acc[n][2 * half + 1]);
+      }
+    }
+  }
 }
 
 template <typename T, int D, bool kBias>
@@ -614,10 +659,10 @@ __global__ void __launch_bounds__(kThreads)
   T* s_q = s_v + kRows * LD;
   T* s_do = s_q + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
-  // kBias only: bias state, gradient sums (positions, then time slots), staged dZ
-  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);
+  T* s_dz = reinterpret_cast<T*>(s_ts + 2 * kCols);
+  // kBias only: bias state, gradient sums (positions, then time slots)
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dz + kRows * kDzLd);
   float* s_bias = reinterpret_cast<float*>(bs + 1);
-  __nv_bfloat16* s_dz = reinterpret_cast<__nv_bfloat16*>(s_bias + kMaxSmemPositions + kTimeSlots);
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
@@ -718,21 +763,22 @@ __global__ void __launch_bounds__(kThreads)
       };
       const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
                           j0 + kRows > s.mask.history || i0 + kCols > s.length;
-      if (diagonal) {
-        if (masked) {
-          activate(std::true_type{}, std::true_type{});
-        } else {
-          activate(std::false_type{}, std::true_type{});
-        }
-        if (want_pos) add_diagonal_gradients(p, s_dz, s_bias, smem_pos, dp, i0 - j0);
+      if (diagonal && masked) {
+        activate(std::true_type{}, std::true_type{});
+      } else if (diagonal) {
+        activate(std::false_type{}, std::true_type{});
       } else if (kBias || masked) {
         activate(std::true_type{}, std::false_type{});
       } else {
         activate(std::false_type{}, std::false_type{});
       }
+      stage_dz(s_dz, dp);
+      __syncthreads();  // the staged dZ is complete
+      if (diagonal && want_pos) add_diagonal_gradients(p, s_dz, s_bias, smem_pos, i0 - j0);
       product_py<D>(acc_v, sc, tdo);
       product_py<D>(acc_k, dp, tq);
-      __syncthreads();
+      add_dq<D>(p, s, h, i0, s_dz, s_k);
+      __syncthreads();  // this stage and the staged dZ are free for the next tile
     }
     cp_async_wait<0>();
     store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, j0, s.length, acc_k, p.alpha);
@@ -747,6 +793,22 @@ __global__ void __launch_bounds__(kThreads)
       const int slot = e < smem_pos ? e : p.acc_pos + (e - smem_pos);
       atomicAdd(p.bias_acc + slot, static_cast<double>(s_bias[e]));
     }
+  }
+}
+
+// d_q = alpha times the fp32 sums [rows, cols], rounded to T, in rows ld_q apart; 8 columns at
+// a time (cols is a multiple of 32 and rows of d_q are 16-byte aligned).
+template <typename T>
+__global__ void store_dq_kernel(T* __restrict__ d_q, int64_t ld_q, const float* __restrict__ acc,
+                                int64_t rows, int64_t cols, float alpha) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = 8 * (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
+       e < rows * cols; e += 8 * stride) {
+    const float4 lo = *reinterpret_cast<const float4*>(acc + e);
+    const float4 hi = *reinterpret_cast<const float4*>(acc + e + 4);
+    const uint4 out = {pack2<T>(alpha * lo.x, alpha * lo.y), pack2<T>(alpha * lo.z, alpha * lo.w),
+                       pack2<T>(alpha * hi.x, alpha * hi.y), pack2<T>(alpha * hi.z, alpha * hi.w)};
+    *reinterpret_cast<uint4*>(d_q + e / cols * ld_q + e % cols) = out;
   }
 }
 
@@ -845,25 +907,16 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
 }
 
 template <typename T>
-void launch_query(const Params& p, bool dq, T* out, const T* d_out, const T* q, const T* k,
-                  const T* v, int64_t batch_size, int64_t heads, int64_t dim, cudaStream_t stream) {
+void launch_query(const Params& p, T* out, const T* q, const T* k, const T* v, int64_t batch_size,
+                  int64_t heads, int64_t dim, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(heads),
                   static_cast<unsigned>(batch_size));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr bool kBias = decltype(has_bias)::value;
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (dq) {
-        constexpr size_t bytes = query_smem_bytes<T, D, kBias>(true);
-        allow_smem(query_kernel<T, D, true, kBias>, bytes);
-        query_kernel<T, D, true, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
-        return;
-      }
-    }
-    GENREC_CHECK(!dq, "fused hstu attention: the backward is bf16 only");
-    constexpr size_t bytes = query_smem_bytes<T, D, kBias>(false);
-    allow_smem(query_kernel<T, D, false, kBias>, bytes);
-    query_kernel<T, D, false, kBias><<<grid, kThreads, bytes, stream>>>(p, out, d_out, q, k, v);
+    constexpr size_t bytes = query_smem_bytes<T, D, kBias>();
+    allow_smem(query_kernel<T, D, kBias>, bytes);
+    query_kernel<T, D, kBias><<<grid, kThreads, bytes, stream>>>(p, out, q, k, v);
   });
 }
 
@@ -900,8 +953,7 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
                "fused hstu attention: q, k, v and out must be 16-byte aligned");
   if (batch_size == 0) return;
   const Params p = make_params(kv_offsets, q_offsets, batch_size, shape, bias, mask, max_new);
-  launch_query<T>(p, false, out, nullptr, q, k, v, batch_size, shape.num_heads, shape.dim_qk,
-                  stream);
+  launch_query<T>(p, out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_forward");
 }
 
@@ -909,13 +961,14 @@ template <typename T>
 void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias,
                                    float* d_time_bias, const T* d_out, const T* q, const T* k,
                                    const T* v, const int64_t* offsets, int64_t batch_size,
-                                   const cpu::HstuAttentionShape& shape,
+                                   int64_t num_tokens, const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const HstuMask& mask,
                                    int64_t max_len, cudaStream_t stream) {
   GENREC_CHECK(aligned16(d_q) && aligned16(d_k) && aligned16(d_v) && aligned16(d_out) &&
                    aligned16(q) && aligned16(k) && aligned16(v),
                "fused hstu attention: inputs and gradients must be 16-byte aligned");
-  if (batch_size == 0) return;
+  GENREC_CHECK(num_tokens >= 0, "fused hstu attention: {} tokens", num_tokens);
+  if (batch_size == 0 || num_tokens == 0) return;  // no rows: nothing to write or add
   Params p = make_params(offsets, offsets, batch_size, shape, bias, mask, max_len);
   const bool want_pos = d_position_bias != nullptr && bias.position != nullptr;
   const bool want_time = d_time_bias != nullptr && bias.time != nullptr;
@@ -926,8 +979,11 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
     GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.bias_acc), bytes, stream));
     GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bytes, stream));
   }
-  launch_query<T>(p, true, d_q, d_out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
-  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
+  // The key kernel adds dZ K into fp32 sums laid out as d_out ([tokens, H * D], rows ld_o apart).
+  const int64_t dq_elements = num_tokens * p.ld_o;
+  const size_t dq_bytes = static_cast<size_t>(dq_elements) * sizeof(float);
+  GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.dq_acc), dq_bytes, stream));
+  GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_bytes, stream));
   const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(shape.num_heads),
                   static_cast<unsigned>(batch_size));
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
@@ -937,7 +993,12 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
     allow_smem(key_kernel<T, D, kBias>, bytes);
     key_kernel<T, D, kBias><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
   });
-  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dk, dv)");
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
+  store_dq_kernel<T>
+      <<<detail::grid_for(dq_elements / 8, detail::kThreads), detail::kThreads, 0, stream>>>(
+          d_q, shape.ld_q, p.dq_acc, num_tokens, p.ld_o, shape.alpha);
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
+  GENREC_CUDA_CHECK(cudaFreeAsync(p.dq_acc, stream));
   if (p.bias_acc != nullptr) {
     constexpr int kAddThreads = 256;
     if (p.acc_pos > 0) {
@@ -966,7 +1027,7 @@ GENREC_INSTANTIATE_FUSED(__half)
 template void hstu_attention_fused_backward<__nv_bfloat16>(
     __nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*, float*, float*, const __nv_bfloat16*,
     const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int64_t*, int64_t,
-    const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,
+    int64_t, const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,
     cudaStream_t);
 #undef GENREC_INSTANTIATE_FUSED
 

@@ -45,12 +45,13 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
                                    int64_t max_new, cudaStream_t stream);
 
 // d_q, d_k, d_v written with the strides of q, k, v; the fp32 bias gradients accumulate (+=)
-// and are skipped when null. Instantiated for bf16 (training).
+// and are skipped when null. num_tokens == offsets[batch_size] (on the host: it sizes the fp32
+// buffer dQ is summed in). Instantiated for bf16 (training).
 template <typename T>
 void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias,
                                    float* d_time_bias, const T* d_out, const T* q, const T* k,
                                    const T* v, const int64_t* offsets, int64_t batch_size,
-                                   const cpu::HstuAttentionShape& shape,
+                                   int64_t num_tokens, const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
                                    int64_t max_len, cudaStream_t stream);
 
