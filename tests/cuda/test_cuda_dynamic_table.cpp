@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <set>
 #include <thread>
 #include <tuple>
@@ -66,6 +67,48 @@ struct Model {
     return rows.emplace(key, r).first->second;
   }
 };
+
+// A one-bucket table (128 slots) whose new rows are uniform in [-1, 1) (initializer seed).
+CudaTableOptions one_bucket(int64_t dim, uint64_t seed) {
+  CudaTableOptions opt;
+  opt.dim = dim;
+  opt.initializer = {InitKind::kUniform, 1.0f, seed};
+  opt.capacity = 128;
+  return opt;
+}
+
+// Inserts keys first .. first + count - 1 with rows of ones at step 1 and returns them.
+std::vector<uint64_t> insert_old_rows(CudaDynamicTable& table, int count, uint64_t first,
+                                      cudaStream_t stream) {
+  std::vector<uint64_t> keys(count);
+  std::iota(keys.begin(), keys.end(), first);
+  auto d_keys = upload_raw(keys);
+  auto d_values = upload_raw(std::vector<float>(count * table.dim(), 1.0f));
+  table.set_step(1);
+  table.insert_or_assign(d_keys.get(), d_values.get(), count, stream);
+  return keys;
+}
+
+// find_or_insert of `keys` into poisoned outputs, with the evicted keys collected.
+struct FindOrInsertResult {
+  std::vector<uint8_t> stored;
+  std::vector<float> out;
+  std::vector<uint64_t> evicted;
+};
+FindOrInsertResult find_or_insert_evicting(CudaDynamicTable& table,
+                                           const std::vector<uint64_t>& keys, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  auto d_keys = upload_raw(keys);
+  auto d_out = poisoned<float>(n * table.dim());
+  auto d_stored = poisoned<uint8_t>(n);
+  DeviceArray<uint64_t> ev_keys(n);
+  auto ev_count = upload_raw(std::vector<int64_t>{0});
+  cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
+  FindOrInsertResult r{d_stored.download_raw(), d_out.download_raw(), ev_keys.download_raw()};
+  r.evicted.resize(ev_count.download_raw()[0]);
+  return r;
+}
 
 struct Config {
   int64_t dim = 8;
@@ -474,12 +517,9 @@ TEST(CudaDynamicTable, DuplicateWritesLastOccurrenceWins) {
 TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 6;
-  CudaTableOptions opt;
-  opt.dim = dim;
+  CudaTableOptions opt = one_bucket(dim, 6);
   opt.optimizer = OptimizerState::kAdagrad;
   opt.initial_state = 0.25f;
-  opt.initializer = {InitKind::kUniform, 1.0f, 6};
-  opt.capacity = 128;
   CudaDynamicTable table(opt);
   ASSERT_EQ(table.capacity(), 128);
   const int64_t state_dim = table.state_dim(), row_dim = table.row_dim();
@@ -567,10 +607,7 @@ void run_eviction_against_cpu(EvictionPolicy policy) {
   SCOPED_TRACE(eviction_policy_name(policy));
   const int64_t dim = 4;
   const bool custom = policy == EvictionPolicy::kCustom;
-  CudaTableOptions opt;
-  opt.dim = dim;
-  opt.initializer = {InitKind::kUniform, 1.0f, 5};
-  opt.capacity = 128;
+  CudaTableOptions opt = one_bucket(dim, 5);
   opt.eviction = policy;
   CudaDynamicTable gpu(opt);
   ASSERT_EQ(gpu.capacity(), 128);
@@ -653,19 +690,10 @@ TEST(CudaDynamicTable, EvictionOrderMatchesCpuTable) {
 TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 8;
-  CudaTableOptions opt;
-  opt.dim = dim;
-  opt.initializer = {InitKind::kUniform, 1.0f, 9};
-  opt.capacity = 128;
+  CudaTableOptions opt = one_bucket(dim, 9);
   CudaDynamicTable table(opt);
   cuda::Stream stream;
-  std::vector<uint64_t> old_keys(128);
-  for (int i = 0; i < 128; ++i) old_keys[i] = 10 + i;
-  std::vector<float> values(128 * dim, 1.0f);
-  auto d_old = upload_raw(old_keys);
-  auto d_values = upload_raw(values);
-  table.set_step(1);
-  table.insert_or_assign(d_old.get(), d_values.get(), 128, stream);
+  const std::vector<uint64_t> old_keys = insert_old_rows(table, 128, 10, stream);
   ASSERT_EQ(table.size(stream), 128);
   // 100 old keys (the oldest rows!) and 50 new ones: only the 28 other rows may go, so 28
   // new keys are stored and 22 are not (with every duplicate of theirs).
@@ -674,15 +702,7 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);
   for (int i = 0; i < 50; ++i) keys.push_back(5000 + i);  // duplicates of the new keys
   const int64_t n = static_cast<int64_t>(keys.size());
-  auto d_keys = upload_raw(keys);
-  auto d_out = poisoned<float>(n * dim);
-  auto d_stored = poisoned<uint8_t>(n);
-  DeviceArray<uint64_t> ev_keys(n);
-  auto ev_count = upload_raw(std::vector<int64_t>{0});
-  cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
-  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
-  auto stored = d_stored.download_raw();
-  auto out = d_out.download_raw();
+  const auto [stored, out, evicted] = find_or_insert_evicting(table, keys, stream);
   int new_stored = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (i < 100) {
@@ -698,11 +718,11 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
   }
   EXPECT_EQ(new_stored, 28);
   EXPECT_EQ(table.size(stream), 128);
-  ASSERT_EQ(ev_count.download_raw()[0], 28);
-  auto evicted = ev_keys.download_raw();
-  std::set<uint64_t> ev_set(evicted.begin(), evicted.begin() + 28);
-  EXPECT_EQ(ev_set, std::set<uint64_t>(old_keys.begin() + 100, old_keys.end()));
+  ASSERT_EQ(evicted.size(), 28u);
+  EXPECT_EQ(std::set<uint64_t>(evicted.begin(), evicted.end()),
+            std::set<uint64_t>(old_keys.begin() + 100, old_keys.end()));
   auto d_found = poisoned<uint8_t>(100);
+  auto d_old = upload_raw(old_keys);
   table.contains(d_old.get(), 100, d_found.get(), stream);
   for (uint8_t f : d_found.download_raw()) EXPECT_EQ(f, 1);
   // A batch of 200 distinct new keys into the emptied bucket: 128 fit.
@@ -728,18 +748,10 @@ TEST(CudaDynamicTable, KeysOfTheBatchAreNeverEvicted) {
 TEST(CudaDynamicTable, NewKeysRaceForFreeAndEvictedSlots) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 4;
-  CudaTableOptions opt;
-  opt.dim = dim;
-  opt.initializer = {InitKind::kUniform, 1.0f, 17};
-  opt.capacity = 128;
+  CudaTableOptions opt = one_bucket(dim, 17);
   CudaDynamicTable table(opt);
   cuda::Stream stream;
-  std::vector<uint64_t> old_keys(64);
-  for (int i = 0; i < 64; ++i) old_keys[i] = 100 + i;
-  auto d_old = upload_raw(old_keys);
-  auto d_old_values = upload_raw(std::vector<float>(64 * dim, 1.0f));
-  table.set_step(1);
-  table.insert_or_assign(d_old.get(), d_old_values.get(), 64, stream);
+  const std::vector<uint64_t> old_keys = insert_old_rows(table, 64, 100, stream);
   table.set_step(2);
   std::vector<uint64_t> keys;
   for (int r = 0; r < 40; ++r) {
@@ -748,15 +760,7 @@ TEST(CudaDynamicTable, NewKeysRaceForFreeAndEvictedSlots) {
   Philox rng(23);
   for (size_t i = keys.size() - 1; i > 0; --i) std::swap(keys[i], keys[rng.below(i + 1)]);
   const int64_t n = static_cast<int64_t>(keys.size());
-  auto d_keys = upload_raw(keys);
-  auto d_out = poisoned<float>(n * dim);
-  auto d_stored = poisoned<uint8_t>(n);
-  DeviceArray<uint64_t> ev_keys(n);
-  auto ev_count = upload_raw(std::vector<int64_t>{0});
-  cuda::EvictedRows ev{ev_keys.get(), nullptr, nullptr, ev_count.get()};
-  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream, nullptr, &ev);
-  const auto stored = d_stored.download_raw();
-  const auto out = d_out.download_raw();
+  const auto [stored, out, evicted] = find_or_insert_evicting(table, keys, stream);
   std::map<uint64_t, uint8_t> flag_of;
   for (int64_t i = 0; i < n; ++i) {
     ASSERT_LE(stored[i], 1) << i;
@@ -775,9 +779,8 @@ TEST(CudaDynamicTable, NewKeysRaceForFreeAndEvictedSlots) {
   const TableRows rows = table.export_rows(0, stream);
   EXPECT_EQ(std::set<uint64_t>(rows.keys.begin(), rows.keys.end()), stored_keys);
   ASSERT_EQ(rows.size(), 128);  // no key twice
-  ASSERT_EQ(ev_count.download_raw()[0], 64);
-  const auto evicted = ev_keys.download_raw();
-  EXPECT_EQ(std::set<uint64_t>(evicted.begin(), evicted.begin() + 64),
+  ASSERT_EQ(evicted.size(), 64u);
+  EXPECT_EQ(std::set<uint64_t>(evicted.begin(), evicted.end()),
             std::set<uint64_t>(old_keys.begin(), old_keys.end()));
 }
 
@@ -788,11 +791,8 @@ TEST(CudaDynamicTable, NewKeysRaceForFreeAndEvictedSlots) {
 TEST(CudaDynamicTable, InsertRowsExactWithPinnedKeys) {
   GENREC_REQUIRE_CUDA();
   const int64_t dim = 6;
-  CudaTableOptions opt;
-  opt.dim = dim;
+  CudaTableOptions opt = one_bucket(dim, 12);
   opt.optimizer = OptimizerState::kAdam;
-  opt.initializer = {InitKind::kUniform, 1.0f, 12};
-  opt.capacity = 128;
   CudaDynamicTable table(opt);
   const int64_t sd = table.state_dim(), row_dim = table.row_dim();
   ASSERT_EQ(sd, 2 * dim + 1);
