@@ -263,6 +263,7 @@ TEST(CudaFusedAttention, TimeBucketsMatchCpuAtBoundaries) {
 TEST(CudaFusedAttention, HalfPrecision) {
   GENREC_REQUIRE_CUDA();
   check_fused<__half>(9, 130, 2, 64, mask_cases().back(), 500);
+  check_fused<__half>(5, 200, 2, 128, mask_cases().front(), 501);
 }
 
 // New tokens against a cached history: the outputs equal the last rows of the full forward.

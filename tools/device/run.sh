@@ -10,7 +10,7 @@
 #   tools/device/run.sh               unpack, configure, build, CUDA tests, CPU tests, benchmarks
 #   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
 #   tools/device/run.sh --no-bench    everything but the benchmarks
-# Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90), GENREC_JOBS (nproc),
+# Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90a), GENREC_JOBS (nproc),
 # GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300).
 # Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
 set -uo pipefail
@@ -24,7 +24,7 @@ LIBDIR="$USR/lib/$ARCH"
 BLASDIR="$LIBDIR/openblas-pthread"
 RUNTIME="$DEPS/runtime-lib"
 BUILD="${GENREC_BUILD_DIR:-build-device}"
-CUDA_ARCH="${GENREC_CUDA_ARCH:-90}"
+CUDA_ARCH="${GENREC_CUDA_ARCH:-90a}"
 JOBS="${GENREC_JOBS:-$(nproc)}"
 LOGS="${GENREC_LOG_DIR:-$REPO/$BUILD/logs}"
 

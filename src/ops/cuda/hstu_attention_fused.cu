@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
+#include "ops/cuda/wgmma.cuh"
 #include "ops/hstu_time_buckets.h"
 
 namespace genrec::cuda {
@@ -133,8 +134,25 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 // ---- tiles ----------------------------------------------------------------------------------
 
-// 64 rows x D of a strided head slice into shared memory (row stride D + kPad); rows at or past
-// `valid` are zero-filled, so padding rows contribute nothing (not even NaN) to any product.
+// Whether the kernels for head dim D multiply with wgmma (compiled for sm_90a, D >= 64); they
+// then keep their tiles in wgmma's swizzled layout, else in rows W + kPad apart for ldmatrix.
+// Either way a tile of width W takes 64 (W + kPad) elements of shared memory, a multiple of 1024
+// bytes, so every tile of a kernel starts on the 1024-byte boundary the swizzle assumes.
+template <int D>
+constexpr bool kWg = GENREC_WGMMA&& D >= 64;
+
+// Element offset of (r, c) in a 64-row tile of width W of a kernel for head dim D.
+template <int D, int W>
+__device__ __forceinline__ int tile_offset(int r, int c) {
+  if constexpr (kWg<D>) {
+    return wgmma::swizzled_offset(r, c);
+  } else {
+    return r * (W + kPad) + c;
+  }
+}
+
+// 64 rows x D of a strided head slice into shared memory; rows at or past `valid` are
+// zero-filled, so padding rows contribute nothing (not even NaN) to any product.
 template <int D, typename T>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int valid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
@@ -142,8 +160,17 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int 
   for (int c = threadIdx.x; c < kCols * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool ok = r < valid;
-    cp_async_16(dst + r * (D + kPad) + col, ok ? src + r * ld + col : src, ok);
+    cp_async_16(dst + tile_offset<D, D>(r, col), ok ? src + r * ld + col : src, ok);
   }
+}
+
+// Hands this thread's shared-memory writes (cp.async, stores) to the async proxy where wgmma
+// reads the tiles; a barrier must follow before other threads use them.
+template <int D>
+__device__ __forceinline__ void shared_written() {
+#if GENREC_WGMMA
+  if constexpr (kWg<D>) wgmma::fence_shared();
+#endif
 }
 
 // A fragment (m16 x k16) of rows [16 w, 16 w + 16), columns [16 kk, 16 kk + 16) of a tile.
@@ -174,8 +201,8 @@ __device__ __forceinline__ void product_abt(float (&acc)[8][4], const T* y, AFra
 }
 
 // acc[n] += A · Y[:, 8n .. 8n + 8) for a 16 x 64 A and W columns of a 64-row tile Y ([k][n] in
-// memory, rows D + kPad apart); A's fragments (k in [16 kk, 16 kk + 16)) come from a_frag(kk).
-template <int D, int W, typename T, typename AFrag>
+// memory, rows LD apart); A's fragments (k in [16 kk, 16 kk + 16)) come from a_frag(kk).
+template <int LD, int W, typename T, typename AFrag>
 __device__ __forceinline__ void product_ay(float (&acc)[W / 8][4], const T* y, AFrag&& a_frag) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -185,31 +212,98 @@ __device__ __forceinline__ void product_ay(float (&acc)[W / 8][4], const T* y, A
 #pragma unroll
     for (int dp = 0; dp < W / 16; ++dp) {
       uint32_t b[4];
-      ldsm_x4_trans(b, y + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + kPad) + 16 * dp +
-                           (lane >> 4) * 8);
+      ldsm_x4_trans(
+          b, y + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + 16 * dp + (lane >> 4) * 8);
       mma<T>(acc[2 * dp], a, b[0], b[1]);
       mma<T>(acc[2 * dp + 1], a, b[2], b[3]);
     }
   }
 }
 
-// acc[n] += P · Y[:, 8n .. 8n + 8) for a 16 x 64 score fragment P (registers, C layout) and
-// the 64 x D tile Y ([k][n] in memory).
-template <int D, typename T>
-__device__ __forceinline__ void product_py(float (&acc)[D / 8][4], const float (&p)[8][4],
-                                           const T* y) {
-  product_ay<D, D>(acc, y, [&](uint32_t(&a)[4], int kk) {
-    a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
-    a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
-    a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-  });
+// The m16k16 A fragment of columns [16 kk, 16 kk + 16) of a 16 x 64 score fragment (C layout).
+template <typename T>
+__device__ __forceinline__ void score_fragment(uint32_t (&a)[4], const float (&p)[8][4], int kk) {
+  a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
 }
 
 template <int N>
 __device__ __forceinline__ void zero(float (&acc)[N][4]) {
 #pragma unroll
   for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+// c = A Bᵀ (K = D) for the block's own 64 rows A and a streamed 64-row tile B; with kTwo also
+// c2 = A2 B2ᵀ (issued together: one wait for both).
+template <int D, bool kTwo, typename T>
+__device__ __forceinline__ void scores_of(float (&c)[8][4], const T* a, const T* b,
+                                          float (&c2)[8][4], const T* a2, const T* b2) {
+  if constexpr (kWg<D>) {
+#if GENREC_WGMMA
+    wgmma::fence_operands(c);
+    if constexpr (kTwo) wgmma::fence_operands(c2);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      wgmma::mma<T, 64, 0, 0>(c, wgmma::k_major(a, kk), wgmma::k_major(b, kk), kk > 0);
+    }
+    if constexpr (kTwo) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wgmma::mma<T, 64, 0, 0>(c2, wgmma::k_major(a2, kk), wgmma::k_major(b2, kk), kk > 0);
+      }
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    wgmma::fence_operands(c);
+    if constexpr (kTwo) wgmma::fence_operands(c2);
+#endif
+  } else {
+    zero(c);
+    product_abt<D>(c, b, [&](uint32_t(&f)[4], int kk) { load_a<D>(f, a, kk); });
+    if constexpr (kTwo) {
+      zero(c2);
+      product_abt<D>(c2, b2, [&](uint32_t(&f)[4], int kk) { load_a<D>(f, a2, kk); });
+    }
+  }
+}
+
+template <int D, typename T>
+__device__ __forceinline__ void scores(float (&c)[8][4], const T* a, const T* b) {
+  scores_of<D, false>(c, a, b, c, a, b);
+}
+template <int D, typename T>
+__device__ __forceinline__ void scores(float (&c)[8][4], const T* a, const T* b, float (&c2)[8][4],
+                                       const T* a2, const T* b2) {
+  scores_of<D, true>(c, a, b, c2, a2, b2);
+}
+
+// acc += P · Y[:, col0 .. col0 + W) for a 64 x 64 score fragment P (registers, C layout) and a
+// 64-row tile Y ([k][n] in memory) of width D.
+template <int D, int W, typename T>
+__device__ __forceinline__ void add_score_product(float (&acc)[W / 8][4], const float (&p)[8][4],
+                                                  const T* y, int col0) {
+  if constexpr (kWg<D>) {
+#if GENREC_WGMMA
+    uint32_t a[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) score_fragment<T>(a[kk], p, kk);
+    wgmma::fence_operands(acc);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma::mma<T, W, 1>(acc, a[kk], wgmma::mn_major(y, kk, col0), true);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    wgmma::fence_operands(acc);
+#endif
+  } else {
+    product_ay<D + kPad, W>(acc, y + col0,
+                            [&](uint32_t(&a)[4], int kk) { score_fragment<T>(a, p, kk); });
+  }
 }
 
 // Stores a 16 x D accumulator fragment (scaled) to rows [row0 + 16 w, ...) of a strided slice.
@@ -409,7 +503,7 @@ __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
                  const T* __restrict__ v) {
   constexpr int LD = D + kPad;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* s_q = reinterpret_cast<T*>(smem);
   T* s_k = s_q + kRows * LD;
   T* s_v = s_k + 2 * kCols * LD;
@@ -444,8 +538,6 @@ __global__ void __launch_bounds__(kThreads)
     const bool wide_rows = kBias && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
-    uint32_t qa[D / 16][4];  // Q's fragments stay in registers
-    bool q_loaded = false;
 
     int stage = 0;
     for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
@@ -454,23 +546,14 @@ __global__ void __launch_bounds__(kThreads)
       const bool diagonal_candidate = kBias && diagonal_tile(s, i_first, j0);
       if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0);
       cp_async_wait<1>();
+      shared_written<D>();
       const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
       const bool diagonal = diagonal_candidate && narrow;
       const T* tk = s_k + stage * kCols * LD;
       const T* tv = s_v + stage * kCols * LD;
       const int64_t* ts = s_ts + stage * kCols;
-      if (!q_loaded) {
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) load_a<D>(qa[kk], s_q, kk);
-        q_loaded = true;
-      }
-
       float sc[8][4];
-      zero(sc);
-      product_abt<D>(sc, tk, [&](uint32_t(&a)[4], int kk) {
-#pragma unroll
-        for (int x = 0; x < 4; ++x) a[x] = qa[kk][x];
-      });
+      scores<D>(sc, s_q, tk);
       // Scores -> P; only tiles that cross the diagonal, the end of the sequence or a mask
       // boundary test each element.
       auto activate = [&](auto masked, auto diagonal_bias) {
@@ -509,7 +592,7 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      product_py<D>(acc, sc, tv);
+      add_score_product<D, D>(acc, sc, tv, 0);
       __syncthreads();  // this stage is free for the next prefetch
     }
     cp_async_wait<0>();
@@ -564,8 +647,8 @@ struct SlotRun {
 
 // Stages the warps' dZᵀ fragments (C layout; rows are keys j0 + r, columns queries i0 + c) in
 // shared memory for what sums dZ across warps: dQ and the position gradient of diagonal tiles.
-// Rounding to T matches the precision of the dK product.
-template <typename T>
+// Rounding to T matches the precision of the dK product. The tile is a 64-wide operand tile.
+template <int D, typename T>
 __device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
 #pragma unroll
@@ -573,7 +656,7 @@ __device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = 16 * w + lane / 4 + 8 * half, c = 8 * n + 2 * (lane % 4);
-      *reinterpret_cast<uint32_t*>(s_dz + r * kDzLd + c) =
+      *reinterpret_cast<uint32_t*>(s_dz + tile_offset<D, kCols>(r, c)) =
           pack2<T>(dz[n][2 * half], dz[n][2 * half + 1]);
     }
   }
@@ -581,14 +664,14 @@ __device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
 
 // The position gradient of a diagonal tile from its staged dZ: thread t < 64 sums the diagonals
 // c - r = t and t - 64 (64 elements together), whose pairs have i - j = base + c - r.
-template <typename T>
+template <int D, typename T>
 __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T* s_dz, float* s_pos,
                                                        int smem_pos, int base) {
   const int t = threadIdx.x;
   if (t >= kCols) return;
   float near = 0.0f, far = 0.0f;  // diagonals t and t - 64
   for (int r = 0; r < kRows; ++r) {
-    const float g = static_cast<float>(s_dz[r * kDzLd + ((r + t) & (kCols - 1))]);
+    const float g = static_cast<float>(s_dz[tile_offset<D, kCols>(r, (r + t) & (kCols - 1))]);
     if (r + t < kCols) {
       near += g;
     } else {
@@ -611,31 +694,49 @@ __device__ __forceinline__ void add_pair(float* dst, float x, float y) {
 
 // dQ += dZ K for the streamed query tile and the block's keys, added to p.dq_acc (alpha comes
 // later). Warp w takes queries [16 w, 16 w + 16) against all 64 keys, but the warps hold dZᵀ
-// (rows = keys), so the A operand comes from the staged tile: ldmatrix.trans of its [key][query]
-// 8 x 8 blocks yields the m16k16 fragment of dZ (queries x keys). K is the B operand as V is in
-// P V; kDqCols columns of dQ at a time bound the accumulators.
+// (rows = keys), so the A operand comes from the staged tile: wgmma reads it MN-major, mma.sync
+// gets the m16k16 fragment of dZ (queries x keys) by ldmatrix.trans of its [key][query] 8 x 8
+// blocks. K is the B operand as V is in P V; kDqCols columns of dQ at a time bound the
+// accumulators.
 template <int D, typename T>
 __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
                                        const T* s_dz, const T* s_k) {
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-  if (i0 + 16 * w >= s.length) return;  // warp-uniform: its queries are all past the end
-  uint32_t dz[4][4];                    // keys [16 kk, 16 kk + 16)
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
-    ldsm_x4_trans(dz[kk], s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
-                              ((lane >> 3) & 1) * 8);
-  }
   constexpr int kWidth = D < kDqCols ? D : kDqCols;
+  uint32_t dz[4][4];  // mma.sync: keys [16 kk, 16 kk + 16)
+  if constexpr (!kWg<D>) {
+    if (i0 + 16 * w >= s.length) return;  // warp-uniform: its queries are all past the end
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
+      ldsm_x4_trans(dz[kk], s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
+                                ((lane >> 3) & 1) * 8);
+    }
+  }
   const int row = i0 + 16 * w + lane / 4;  // and row + 8
 #pragma unroll
   for (int c0 = 0; c0 < D; c0 += kWidth) {
     float acc[kWidth / 8][4];
-    zero(acc);
-    product_ay<D, kWidth>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
+    if constexpr (kWg<D>) {
+#if GENREC_WGMMA
+      wgmma::fence_operands(acc);
+      wgmma::fence();
 #pragma unroll
-      for (int x = 0; x < 4; ++x) a[x] = dz[kk][x];
-    });
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma::mma<T, kWidth, 1, 1>(acc, wgmma::mn_major(s_dz, kk), wgmma::mn_major(s_k, kk, c0),
+                                    kk > 0);
+      }
+      wgmma::commit();
+      wgmma::wait<0>();
+      wgmma::fence_operands(acc);
+#endif
+    } else {
+      zero(acc);
+      product_ay<D + kPad, kWidth>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
+#pragma unroll
+        for (int x = 0; x < 4; ++x) a[x] = dz[kk][x];
+      });
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       if (row + 8 * half >= s.length) continue;
@@ -653,7 +754,7 @@ __global__ void __launch_bounds__(kThreads)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
   constexpr int LD = D + kPad;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* s_k = reinterpret_cast<T*>(smem);
   T* s_v = s_k + kRows * LD;
   T* s_q = s_v + kRows * LD;
@@ -714,6 +815,7 @@ __global__ void __launch_bounds__(kThreads)
       const bool diagonal_candidate = kBias && diagonal_tile(s, j0, i0);
       if (diagonal_candidate) stage_diagonals(bs, p, i0 - j0);
       cp_async_wait<1>();
+      shared_written<D>();
       const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
       const bool diagonal = diagonal_candidate && narrow;
       const T* tq = s_q + stage * kCols * LD;
@@ -721,10 +823,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t* ts = s_ts + stage * kCols;
 
       float sc[8][4], dp[8][4];
-      zero(dp);
-      product_abt<D>(dp, tdo, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_v, kk); });
-      zero(sc);
-      product_abt<D>(sc, tq, [&](uint32_t(&a)[4], int kk) { load_a<D>(a, s_k, kk); });
+      scores<D>(dp, s_v, tdo, sc, s_k, tq);
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
@@ -772,11 +871,12 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      stage_dz(s_dz, dp);
+      stage_dz<D>(s_dz, dp);
+      shared_written<D>();
       __syncthreads();  // the staged dZ is complete
-      if (diagonal && want_pos) add_diagonal_gradients(p, s_dz, s_bias, smem_pos, i0 - j0);
-      product_py<D>(acc_v, sc, tdo);
-      product_py<D>(acc_k, dp, tq);
+      if (diagonal && want_pos) add_diagonal_gradients<D>(p, s_dz, s_bias, smem_pos, i0 - j0);
+      add_score_product<D, D>(acc_v, sc, tdo, 0);
+      add_score_product<D, D>(acc_k, dp, tq, 0);
       add_dq<D>(p, s, h, i0, s_dz, s_k);
       __syncthreads();  // this stage and the staged dZ are free for the next tile
     }
