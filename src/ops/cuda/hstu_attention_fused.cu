@@ -220,13 +220,16 @@ __device__ __forceinline__ void product_ay(float (&acc)[W / 8][4], const T* y, A
   }
 }
 
-// The m16k16 A fragment of columns [16 kk, 16 kk + 16) of a 16 x 64 score fragment (C layout).
+// The m16k16 A fragments of a 16 x 64 score fragment (C layout), k-step kk in a[kk].
 template <typename T>
-__device__ __forceinline__ void score_fragment(uint32_t (&a)[4], const float (&p)[8][4], int kk) {
-  a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
-  a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
-  a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-  a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+__device__ __forceinline__ void score_fragments(uint32_t (&a)[4][4], const float (&p)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+    a[kk][1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+    a[kk][2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  }
 }
 
 template <int N>
@@ -235,74 +238,64 @@ __device__ __forceinline__ void zero(float (&acc)[N][4]) {
   for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 }
 
-// c = A Bᵀ (K = D) for the block's own 64 rows A and a streamed 64-row tile B; with kTwo also
-// c2 = A2 B2ᵀ (issued together: one wait for both).
-template <int D, bool kTwo, typename T>
-__device__ __forceinline__ void scores_of(float (&c)[8][4], const T* a, const T* b,
-                                          float (&c2)[8][4], const T* a2, const T* b2) {
+// ---- products -------------------------------------------------------------------------------
+// issue_* start a product: on sm_90a an asynchronous wgmma that reads its register operands and
+// writes its accumulators until wait_products retires it (products commit in groups and retire
+// in order), elsewhere mma.sync, done on return. Until then neither may be touched; wait_products
+// names them so the compiler keeps them in place.
+
+template <int D>
+__device__ __forceinline__ void commit_products() {
+#if GENREC_WGMMA
+  if constexpr (kWg<D>) wgmma::commit();
+#endif
+}
+
+// Retires all committed groups but the last N; `regs` are the operands they used.
+template <int D, int N, typename... Regs>
+__device__ __forceinline__ void wait_products([[maybe_unused]] Regs&... regs) {
+#if GENREC_WGMMA
+  if constexpr (kWg<D>) {
+    wgmma::wait<N>();
+    (wgmma::fence_operands(regs), ...);
+  }
+#endif
+}
+
+// c = A Bᵀ (K = D) for the block's own 64 rows A and a streamed 64-row tile B.
+template <int D, typename T>
+__device__ __forceinline__ void issue_scores(float (&c)[8][4], const T* a, const T* b) {
   if constexpr (kWg<D>) {
 #if GENREC_WGMMA
     wgmma::fence_operands(c);
-    if constexpr (kTwo) wgmma::fence_operands(c2);
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       wgmma::mma<T, 64, 0, 0>(c, wgmma::k_major(a, kk), wgmma::k_major(b, kk), kk > 0);
     }
-    if constexpr (kTwo) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        wgmma::mma<T, 64, 0, 0>(c2, wgmma::k_major(a2, kk), wgmma::k_major(b2, kk), kk > 0);
-      }
-    }
-    wgmma::commit();
-    wgmma::wait<0>();
-    wgmma::fence_operands(c);
-    if constexpr (kTwo) wgmma::fence_operands(c2);
 #endif
   } else {
     zero(c);
     product_abt<D>(c, b, [&](uint32_t(&f)[4], int kk) { load_a<D>(f, a, kk); });
-    if constexpr (kTwo) {
-      zero(c2);
-      product_abt<D>(c2, b2, [&](uint32_t(&f)[4], int kk) { load_a<D>(f, a2, kk); });
-    }
   }
 }
 
+// acc += P · Y for the warps' 16 x 64 fragments P (score_fragments) and a 64 x D tile Y ([k][n]).
 template <int D, typename T>
-__device__ __forceinline__ void scores(float (&c)[8][4], const T* a, const T* b) {
-  scores_of<D, false>(c, a, b, c, a, b);
-}
-template <int D, typename T>
-__device__ __forceinline__ void scores(float (&c)[8][4], const T* a, const T* b, float (&c2)[8][4],
-                                       const T* a2, const T* b2) {
-  scores_of<D, true>(c, a, b, c2, a2, b2);
-}
-
-// acc += P · Y[:, col0 .. col0 + W) for a 64 x 64 score fragment P (registers, C layout) and a
-// 64-row tile Y ([k][n] in memory) of width D.
-template <int D, int W, typename T>
-__device__ __forceinline__ void add_score_product(float (&acc)[W / 8][4], const float (&p)[8][4],
-                                                  const T* y, int col0) {
+__device__ __forceinline__ void issue_score_product(float (&acc)[D / 8][4],
+                                                    const uint32_t (&p)[4][4], const T* y) {
   if constexpr (kWg<D>) {
 #if GENREC_WGMMA
-    uint32_t a[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) score_fragment<T>(a[kk], p, kk);
     wgmma::fence_operands(acc);
     wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma<T, W, 1>(acc, a[kk], wgmma::mn_major(y, kk, col0), true);
-    }
-    wgmma::commit();
-    wgmma::wait<0>();
-    wgmma::fence_operands(acc);
+    for (int kk = 0; kk < 4; ++kk) wgmma::mma<T, D, 1>(acc, p[kk], wgmma::mn_major(y, kk), true);
 #endif
   } else {
-    product_ay<D + kPad, W>(acc, y + col0,
-                            [&](uint32_t(&a)[4], int kk) { score_fragment<T>(a, p, kk); });
+    product_ay<D + kPad, D>(acc, y, [&](uint32_t(&a)[4], int kk) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) a[x] = p[kk][x];
+    });
   }
 }
 
@@ -354,12 +347,16 @@ __device__ __forceinline__ bool near_base(int64_t ts, int64_t base) {
   return ts >= lo && ts < hi;
 }
 
-// sigmoid(z) = (1 + tanh(z / 2)) / 2: one MUFU op (tanh.approx, relative error < 2^-10.9)
-// instead of two (exp and reciprocal); far below the bf16 rounding of the scores.
-__device__ __forceinline__ float sigmoid(float z) {
+// tanh.approx: one MUFU op, relative error < 2^-10.9, far below the bf16 rounding of the scores.
+__device__ __forceinline__ float tanh_approx(float x) {
   float t;
-  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.5f * z));
-  return fmaf(0.5f, t, 0.5f);
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(x));
+  return t;
+}
+
+// sigmoid(z) = (1 + tanh(z / 2)) / 2: one MUFU op instead of two (exp and reciprocal).
+__device__ __forceinline__ float sigmoid(float z) {
+  return fmaf(0.5f, tanh_approx(0.5f * z), 0.5f);
 }
 
 // The time-bias slot of dt from the block's copy of the bucket table.
@@ -493,11 +490,16 @@ __device__ __forceinline__ bool sync_narrow(bool wide) {
 
 template <typename T, int D, bool kBias>
 constexpr size_t query_smem_bytes() {
-  // own rows Q, two stages of K and V, two stages of key timestamps, bias state
+  // own rows Q, two slots each of K and V, two of key timestamps, bias state
   return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
          (kBias ? sizeof(BiasSmem) : 0);
 }
 
+// Key tile t of a query tile runs in three steps: S_t = Q K_tᵀ, activation, O += P_t V_t. The
+// products of step t are S_t and P_{t-1} V_{t-1}, issued together; the activation of S_t then
+// overlaps the second on the tensor cores. So K_t (with its timestamps) lands a step before V_t:
+// cp.async group t brings K_t and V_{t-1}, into slots t % 2 and (t - 1) % 2, and is waited for
+// a step after it is issued.
 template <typename T, int D, bool kBias>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
@@ -520,80 +522,104 @@ __global__ void __launch_bounds__(kThreads)
     const int i_last = min(s.q_shift + m0 + kRows, s.length) - 1;
     const int j_begin = static_cast<int>(s.mask.first_key(i_first)) / kCols * kCols;
     const int j_end = s.mask.contexts > 0 ? s.length : i_last + 1;
-    const int rows_valid = s.q_len - m0;
+    const int num_keys = j_begin < j_end ? (j_end - j_begin + kCols - 1) / kCols : 0;
 
     __syncthreads();  // the previous tile's readers are done with shared memory
-    load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, rows_valid);
-    unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
-    auto load_keys = [&](int j0, int stage) {
-      const bool wide = load_stage<D>(s_k + stage * kCols * LD, s_v + stage * kCols * LD,
-                                      s_ts + stage * kCols, k, p.ld_k, v, p.ld_v, p, s, h, j0);
-      wide_stages = (wide_stages & ~(1u << stage)) | (static_cast<unsigned>(wide) << stage);
+    load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
+    unsigned wide_slots = 0;  // bit b: this thread loaded a wide timestamp into key slot b
+    auto load_group = [&](int t) {
+      if (t < num_keys) {
+        const int j0 = j_begin + t * kCols, slot = t & 1;
+        load_tile<D>(s_k + slot * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
+                     s.length - j0);
+        const bool wide = load_timestamps(s_ts + slot * kCols, p, s, j0);
+        wide_slots = (wide_slots & ~(1u << slot)) | (static_cast<unsigned>(wide) << slot);
+      }
+      if (t >= 1 && t <= num_keys) {
+        const int j0 = j_begin + (t - 1) * kCols;
+        load_tile<D>(s_v + ((t - 1) & 1) * kCols * LD, v + (s.kv_start + j0) * p.ld_v + h * D,
+                     p.ld_v, s.length - j0);
+      }
+      cp_async_commit();
     };
-    if (j_begin < j_end) load_keys(j_begin, 0);
-    cp_async_commit();
+    load_group(0);
+    load_group(1);
 
     const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, i_row[0]), timestamp(p, s, i_row[1])};
     const bool wide_rows = kBias && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
+    uint32_t pf[4][4];  // P_{t-1} as A fragments
 
-    int stage = 0;
-    for (int j0 = j_begin; j0 < j_end; j0 += kCols, stage ^= 1) {
-      if (j0 + kCols < j_end) load_keys(j0 + kCols, stage ^ 1);
-      cp_async_commit();
-      const bool diagonal_candidate = kBias && diagonal_tile(s, i_first, j0);
+    for (int t = 0; t <= num_keys; ++t) {
+      const int j0 = j_begin + t * kCols;
+      const bool scoring = t < num_keys;
+      const bool diagonal_candidate = kBias && scoring && diagonal_tile(s, i_first, j0);
       if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0);
-      cp_async_wait<1>();
+      cp_async_wait<1>();  // group t: K_t and V_{t-1}
       shared_written<D>();
-      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
+      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_slots >> (t & 1)) & 1));
       const bool diagonal = diagonal_candidate && narrow;
-      const T* tk = s_k + stage * kCols * LD;
-      const T* tv = s_v + stage * kCols * LD;
-      const int64_t* ts = s_ts + stage * kCols;
       float sc[8][4];
-      scores<D>(sc, s_q, tk);
-      // Scores -> P; only tiles that cross the diagonal, the end of the sequence or a mask
-      // boundary test each element.
-      auto activate = [&](auto masked, auto diagonal_bias) {
-        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
-        for_each_score([&](int n, int e, int half, int row, int col) {
-          const int i = i_first + row, j = j0 + col;
-          float z = p.alpha * sc[n][e];
-          if constexpr (kBias) {
-            if (p.pos != nullptr) {
-              z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
-            }
-            if (p.time != nullptr) {
-              const int64_t dt = ts_row[half] - ts[col];
-              z += bs->time[kDiagonal
-                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                : time_slot(bs->buckets, p.num_time, dt)];
-            }
-          }
-          const float sig = sigmoid(z);
-          bool keep = true;
-          if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
-          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
-        });
-      };
-      // Target columns (j >= history) and columns right of the diagonal need the mask (target
-      // rows see every history column). The bias kernels' general copy tests every element:
-      // fewer copies of their larger code keep it in the instruction cache.
-      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
-                          j0 + kCols > s.mask.history;
-      if (diagonal && masked) {
-        activate(std::true_type{}, std::true_type{});
-      } else if (diagonal) {
-        activate(std::false_type{}, std::true_type{});
-      } else if (kBias || masked) {
-        activate(std::true_type{}, std::false_type{});
-      } else {
-        activate(std::false_type{}, std::false_type{});
+      if (scoring) {
+        issue_scores<D>(sc, s_q, s_k + (t & 1) * kCols * LD);
+        commit_products<D>();
       }
-      add_score_product<D, D>(acc, sc, tv, 0);
-      __syncthreads();  // this stage is free for the next prefetch
+      if (t > 0) {
+        issue_score_product<D>(acc, pf, s_v + ((t - 1) & 1) * kCols * LD);
+        commit_products<D>();
+      }
+      if (scoring) {
+        if (t > 0) {
+          wait_products<D, 1>(sc);
+        } else {
+          wait_products<D, 0>(sc);
+        }
+        const int64_t* ts = s_ts + (t & 1) * kCols;
+        // Scores -> P; only tiles that cross the diagonal, the end of the sequence or a mask
+        // boundary test each element. silu(z) = z sigmoid(z) = x (1 + tanh x) with x = z / 2.
+        auto activate = [&](auto masked, auto diagonal_bias) {
+          [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
+          for_each_score([&](int n, int e, int half, int row, int col) {
+            const int i = i_first + row, j = j0 + col;
+            float z = p.alpha * sc[n][e];
+            if constexpr (kBias) {
+              if (p.pos != nullptr) {
+                z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+              }
+              if (p.time != nullptr) {
+                const int64_t dt = ts_row[half] - ts[col];
+                z += bs->time[kDiagonal
+                                  ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                  : time_slot(bs->buckets, p.num_time, dt)];
+              }
+            }
+            const float x = 0.5f * z, g = x * p.inv_n;
+            bool keep = true;
+            if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
+            sc[n][e] = keep ? fmaf(g, tanh_approx(x), g) : 0.0f;
+          });
+        };
+        // Target columns (j >= history) and columns right of the diagonal need the mask (target
+        // rows see every history column). The bias kernels' general copy tests every element:
+        // fewer copies of their larger code keep it in the instruction cache.
+        const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+                            j0 + kCols > s.mask.history;
+        if (diagonal && masked) {
+          activate(std::true_type{}, std::true_type{});
+        } else if (diagonal) {
+          activate(std::false_type{}, std::true_type{});
+        } else if (kBias || masked) {
+          activate(std::true_type{}, std::false_type{});
+        } else {
+          activate(std::false_type{}, std::false_type{});
+        }
+      }
+      wait_products<D, 0>(acc, pf);
+      if (scoring) score_fragments<T>(pf, sc);
+      __syncthreads();  // K_t and V_{t-1} are read: their slots take group t + 2
+      load_group(t + 2);
     }
     cp_async_wait<0>();
     store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
@@ -647,9 +673,10 @@ struct SlotRun {
 
 // Stages the warps' dZᵀ fragments (C layout; rows are keys j0 + r, columns queries i0 + c) in
 // shared memory for what sums dZ across warps: dQ and the position gradient of diagonal tiles.
-// Rounding to T matches the precision of the dK product. The tile is a 64-wide operand tile.
+// They come as the A fragments of the dK product (score_fragments), so in its precision; the
+// tile is a 64-wide operand tile.
 template <int D, typename T>
-__device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
+__device__ __forceinline__ void stage_dz(T* s_dz, const uint32_t (&dz)[4][4]) {
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
 #pragma unroll
   for (int n = 0; n < 8; ++n) {
@@ -657,7 +684,7 @@ __device__ __forceinline__ void stage_dz(T* s_dz, const float (&dz)[8][4]) {
     for (int half = 0; half < 2; ++half) {
       const int r = 16 * w + lane / 4 + 8 * half, c = 8 * n + 2 * (lane % 4);
       *reinterpret_cast<uint32_t*>(s_dz + tile_offset<D, kCols>(r, c)) =
-          pack2<T>(dz[n][2 * half], dz[n][2 * half + 1]);
+          dz[n / 2][(n % 2) * 2 + half];
     }
   }
 }
@@ -823,7 +850,10 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t* ts = s_ts + stage * kCols;
 
       float sc[8][4], dp[8][4];
-      scores<D>(dp, s_v, tdo, sc, s_k, tq);
+      issue_scores<D>(dp, s_v, tdo);
+      issue_scores<D>(sc, s_k, tq);
+      commit_products<D>();
+      wait_products<D, 0>(dp, sc);
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
@@ -871,12 +901,18 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      stage_dz<D>(s_dz, dp);
+      // dV and dK run on the tensor cores while dZ is staged for dQ.
+      uint32_t pf[4][4], zf[4][4];
+      score_fragments<T>(pf, sc);
+      score_fragments<T>(zf, dp);
+      issue_score_product<D>(acc_v, pf, tdo);
+      issue_score_product<D>(acc_k, zf, tq);
+      commit_products<D>();
+      stage_dz<D>(s_dz, zf);
       shared_written<D>();
       __syncthreads();  // the staged dZ is complete
       if (diagonal && want_pos) add_diagonal_gradients<D>(p, s_dz, s_bias, smem_pos, i0 - j0);
-      add_score_product<D, D>(acc_v, sc, tdo, 0);
-      add_score_product<D, D>(acc_k, dp, tq, 0);
+      wait_products<D, 0>(acc_v, acc_k, pf, zf);
       add_dq<D>(p, s, h, i0, s_dz, s_k);
       __syncthreads();  // this stage and the staged dZ are free for the next tile
     }

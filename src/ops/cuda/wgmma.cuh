@@ -77,13 +77,22 @@ __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Keeps the compiler from moving accumulator reads or writes across an asynchronous wgmma.
+// Keeps the compiler from moving reads or writes of a wgmma's register operands (accumulators,
+// A fragments) across the asynchronous instruction: called before issue and after the wait.
 template <int N>
 __device__ __forceinline__ void fence_operands(float (&c)[N][4]) {
 #pragma unroll
   for (int n = 0; n < N; ++n) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(c[n][e])::"memory");
+  }
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
   }
 }
 
