@@ -551,75 +551,92 @@ __global__ void __launch_bounds__(kThreads)
     float acc[D / 8][4];
     zero(acc);
     uint32_t pf[4][4];  // P_{t-1} as A fragments
-
-    for (int t = 0; t <= num_keys; ++t) {
+    auto key_slot = [&](int t) -> const T* { return s_k + (t & 1) * kCols * LD; };
+    auto value_slot = [&](int t) -> const T* { return s_v + (t & 1) * kCols * LD; };
+    // Waits for group t; returns whether tile t takes the staged-diagonal path.
+    auto begin_step = [&](int t) {
       const int j0 = j_begin + t * kCols;
-      const bool scoring = t < num_keys;
-      const bool diagonal_candidate = kBias && scoring && diagonal_tile(s, i_first, j0);
+      const bool diagonal_candidate = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
       if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0);
-      cp_async_wait<1>();  // group t: K_t and V_{t-1}
+      cp_async_wait<1>();
       shared_written<D>();
       const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_slots >> (t & 1)) & 1));
-      const bool diagonal = diagonal_candidate && narrow;
-      float sc[8][4];
-      if (scoring) {
-        issue_scores<D>(sc, s_q, s_k + (t & 1) * kCols * LD);
-        commit_products<D>();
-      }
-      if (t > 0) {
-        issue_score_product<D>(acc, pf, s_v + ((t - 1) & 1) * kCols * LD);
-        commit_products<D>();
-      }
-      if (scoring) {
-        if (t > 0) {
-          wait_products<D, 1>(sc);
-        } else {
-          wait_products<D, 0>(sc);
-        }
-        const int64_t* ts = s_ts + (t & 1) * kCols;
-        // Scores -> P; only tiles that cross the diagonal, the end of the sequence or a mask
-        // boundary test each element. silu(z) = z sigmoid(z) = x (1 + tanh x) with x = z / 2.
-        auto activate = [&](auto masked, auto diagonal_bias) {
-          [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
-          for_each_score([&](int n, int e, int half, int row, int col) {
-            const int i = i_first + row, j = j0 + col;
-            float z = p.alpha * sc[n][e];
-            if constexpr (kBias) {
-              if (p.pos != nullptr) {
-                z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
-              }
-              if (p.time != nullptr) {
-                const int64_t dt = ts_row[half] - ts[col];
-                z += bs->time[kDiagonal
-                                  ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                  : time_slot(bs->buckets, p.num_time, dt)];
-              }
-            }
-            const float x = 0.5f * z, g = x * p.inv_n;
-            bool keep = true;
-            if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
-            sc[n][e] = keep ? fmaf(g, tanh_approx(x), g) : 0.0f;
-          });
-        };
-        // Target columns (j >= history) and columns right of the diagonal need the mask (target
-        // rows see every history column). The bias kernels' general copy tests every element:
-        // fewer copies of their larger code keep it in the instruction cache.
-        const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
-                            j0 + kCols > s.mask.history;
-        if (diagonal && masked) {
-          activate(std::true_type{}, std::true_type{});
-        } else if (diagonal) {
-          activate(std::false_type{}, std::true_type{});
-        } else if (kBias || masked) {
-          activate(std::true_type{}, std::false_type{});
-        } else {
-          activate(std::false_type{}, std::false_type{});
-        }
-      }
-      wait_products<D, 0>(acc, pf);
-      if (scoring) score_fragments<T>(pf, sc);
+      return diagonal_candidate && narrow;
+    };
+    auto end_step = [&](int t) {
       __syncthreads();  // K_t and V_{t-1} are read: their slots take group t + 2
       load_group(t + 2);
+    };
+    // Scores of tile t -> P; only tiles that cross the diagonal, the end of the sequence or a
+    // mask boundary test each element. silu(z) = z sigmoid(z) = x (1 + tanh x) with x = z / 2.
+    auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal) {
+      const int j0 = j_begin + t * kCols;
+      const int64_t* ts = s_ts + (t & 1) * kCols;
+      auto activate = [&](auto masked, auto diagonal_bias) {
+        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
+        for_each_score([&](int n, int e, int half, int row, int col) {
+          const int i = i_first + row, j = j0 + col;
+          float z = p.alpha * sc[n][e];
+          if constexpr (kBias) {
+            if (p.pos != nullptr) {
+              z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+            }
+            if (p.time != nullptr) {
+              const int64_t dt = ts_row[half] - ts[col];
+              z += bs->time[kDiagonal
+                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                : time_slot(bs->buckets, p.num_time, dt)];
+            }
+          }
+          const float x = 0.5f * z, g = x * p.inv_n;
+          bool keep = true;
+          if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
+          sc[n][e] = keep ? fmaf(g, tanh_approx(x), g) : 0.0f;
+        });
+      };
+      // Target columns (j >= history) and columns right of the diagonal need the mask (target
+      // rows see every history column). The bias kernels' general copy tests every element:
+      // fewer copies of their larger code keep it in the instruction cache.
+      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+                          j0 + kCols > s.mask.history;
+      if (diagonal && masked) {
+        activate(std::true_type{}, std::true_type{});
+      } else if (diagonal) {
+        activate(std::false_type{}, std::true_type{});
+      } else if (kBias || masked) {
+        activate(std::true_type{}, std::false_type{});
+      } else {
+        activate(std::false_type{}, std::false_type{});
+      }
+    };
+
+    // The first and last steps are peeled off so that every step of the loop issues the same
+    // products: then the compiler keeps the wgmma pipeline instead of serialising it.
+    if (num_keys > 0) {
+      float sc[8][4];
+      bool diagonal = begin_step(0);
+      issue_scores<D>(sc, s_q, key_slot(0));
+      commit_products<D>();
+      wait_products<D, 0>(sc);
+      activate_tile(sc, 0, diagonal);
+      score_fragments<T>(pf, sc);
+      end_step(0);
+      for (int t = 1; t < num_keys; ++t) {
+        diagonal = begin_step(t);
+        issue_scores<D>(sc, s_q, key_slot(t));
+        commit_products<D>();
+        issue_score_product<D>(acc, pf, value_slot(t - 1));
+        commit_products<D>();
+        wait_products<D, 1>(sc);
+        activate_tile(sc, t, diagonal);
+        wait_products<D, 0>(acc, pf);
+        score_fragments<T>(pf, sc);
+        end_step(t);
+      }
+      begin_step(num_keys);
+      issue_score_product<D>(acc, pf, value_slot(num_keys - 1));
+      commit_products<D>();
+      wait_products<D, 0>(acc, pf);
     }
     cp_async_wait<0>();
     store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
