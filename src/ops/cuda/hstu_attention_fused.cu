@@ -726,13 +726,37 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T*
   add_position_gradient(p, s_pos, smem_pos, min(abs(base + t - kCols), p.num_pos - 1), far);
 }
 
-// dst[0], dst[1] += x, y in global memory: one vector reduction on sm_90, two before.
-__device__ __forceinline__ void add_pair(float* dst, float x, float y) {
+// Adds a warp's 16 x W accumulator fragment (C layout) to fp32 rows ld apart in global memory,
+// dst at the thread's first row and column 0; rows from `valid` on are skipped. On sm_90 lanes
+// l and l ^ 1 trade halves so that each adds four adjacent columns of one row with one vector
+// reduction (half the atomics of pairs); before, every element is an atomic of its own.
+template <int W>
+__device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
+                                            const float (&acc)[W / 8][4]) {
+  const int lane = threadIdx.x % 32;
 #if __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
+  const bool odd = lane & 1;  // odd lanes take the second row (+8), even lanes the first
+  const int row = odd ? 8 : 0;
+  float* out = dst + row * ld + 2 * (lane % 4) - (odd ? 2 : 0);
+#pragma unroll
+  for (int n = 0; n < W / 8; ++n) {
+    const float a = __shfl_xor_sync(0xffffffffu, odd ? acc[n][0] : acc[n][2], 1);
+    const float b = __shfl_xor_sync(0xffffffffu, odd ? acc[n][1] : acc[n][3], 1);
+    const float4 v =
+        odd ? make_float4(a, b, acc[n][2], acc[n][3]) : make_float4(acc[n][0], acc[n][1], a, b);
+    if (row < valid) atomicAdd(reinterpret_cast<float4*>(out + 8 * n), v);
+  }
 #else
-  atomicAdd(dst, x);
-  atomicAdd(dst + 1, y);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (8 * half >= valid) continue;
+    float* out = dst + 8 * half * ld + 2 * (lane % 4);
+#pragma unroll
+    for (int n = 0; n < W / 8; ++n) {
+      atomicAdd(out + 8 * n, acc[n][2 * half]);
+      atomicAdd(out + 8 * n + 1, acc[n][2 * half + 1]);
+    }
+  }
 #endif
 }
 
@@ -781,20 +805,13 @@ __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64
         for (int x = 0; x < 4; ++x) a[x] = dz[kk][x];
       });
     }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      if (row + 8 * half >= s.length) continue;
-      float* dst = p.dq_acc + (s.kv_start + row + 8 * half) * p.ld_o + h * D + c0 + 2 * (lane % 4);
-#pragma unroll
-      for (int n = 0; n < kWidth / 8; ++n) {
-        add_pair(dst + 8 * n, acc[n][2 * half], acc[n][2 * half + 1]);
-      }
-    }
+    add_dq_rows<kWidth>(p.dq_acc + (s.kv_start + row) * p.ld_o + h * D + c0, p.ld_o, s.length - row,
+                        acc);
   }
 }
 
 template <typename T, int D, bool kBias>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, D <= 64 && !kBias ? 3 : 1)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
   constexpr int LD = D + kPad;
