@@ -269,9 +269,10 @@ __device__ __forceinline__ void issue_scores(float (&c)[8][4], const T* a, const
 #if GENREC_WGMMA
     wgmma::fence_operands(c);
     wgmma::fence();
+    const uint64_t da = wgmma::descriptor<false>(a), db = wgmma::descriptor<false>(b);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      wgmma::mma<T, 64, 0, 0>(c, wgmma::k_major(a, kk), wgmma::k_major(b, kk), kk > 0);
+      wgmma::mma<T, 64, 0, 0>(c, wgmma::k_step(da, kk), wgmma::k_step(db, kk), kk > 0);
     }
 #endif
   } else {
@@ -288,8 +289,9 @@ __device__ __forceinline__ void issue_score_product(float (&acc)[D / 8][4],
 #if GENREC_WGMMA
     wgmma::fence_operands(acc);
     wgmma::fence();
+    const uint64_t dy = wgmma::descriptor<true>(y);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma::mma<T, D, 1>(acc, p[kk], wgmma::mn_major(y, kk), true);
+    for (int kk = 0; kk < 4; ++kk) wgmma::mma<T, D, 1>(acc, p[kk], wgmma::mn_step(dy, kk), true);
 #endif
   } else {
     product_ay<D + kPad, D>(acc, y, [&](uint32_t(&a)[4], int kk) {
@@ -347,16 +349,13 @@ __device__ __forceinline__ bool near_base(int64_t ts, int64_t base) {
   return ts >= lo && ts < hi;
 }
 
-// tanh.approx: one MUFU op, relative error < 2^-10.9, far below the bf16 rounding of the scores.
+// tanh.approx: one MUFU op (relative error < 2^-10.9, far below the bf16 rounding of the
+// scores); the SiLU and its derivative take it through sigmoid(z) = (1 + tanh(z / 2)) / 2 instead
+// of two (exp and reciprocal).
 __device__ __forceinline__ float tanh_approx(float x) {
   float t;
   asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(x));
   return t;
-}
-
-// sigmoid(z) = (1 + tanh(z / 2)) / 2: one MUFU op instead of two (exp and reciprocal).
-__device__ __forceinline__ float sigmoid(float z) {
-  return fmaf(0.5f, tanh_approx(0.5f * z), 0.5f);
 }
 
 // The time-bias slot of dt from the block's copy of the bucket table.
@@ -789,10 +788,11 @@ __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64
 #if GENREC_WGMMA
       wgmma::fence_operands(acc);
       wgmma::fence();
+      const uint64_t dz_desc = wgmma::descriptor<true>(s_dz), k_desc = wgmma::descriptor<true>(s_k);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        wgmma::mma<T, kWidth, 1, 1>(acc, wgmma::mn_major(s_dz, kk), wgmma::mn_major(s_k, kk, c0),
-                                    kk > 0);
+        wgmma::mma<T, kWidth, 1, 1>(acc, wgmma::mn_step(dz_desc, kk),
+                                    wgmma::mn_step(k_desc, kk, c0), kk > 0);
       }
       wgmma::commit();
       wgmma::wait<0>();
@@ -907,13 +907,17 @@ __global__ void __launch_bounds__(kThreads, D <= 64 && !kBias ? 3 : 1)
               z += bs->time[time_bucket];
             }
           }
-          const float sig = sigmoid(z);
+          // With x = z / 2 and t = tanh x: sigmoid(z) = (1 + t) / 2, P = x (1 + t) / N and
+          // dZ = dP / N sigmoid(z) (1 + z (1 - sigmoid(z))) = u (1 + x (1 - t)), u = dP / N
+          // sigmoid(z).
+          const float x = 0.5f * z, t = tanh_approx(x), a = x * p.inv_n;
+          const float u = dp[n][e] * p.inv_n * fmaf(0.5f, t, 0.5f);
           bool keep = true;
           if constexpr (decltype(masked)::value) {
             keep = i < s.length && j < s.length && s.mask.visible(i, j);
           }
-          const float g = keep ? dp[n][e] * p.inv_n * sig * (1.0f + z * (1.0f - sig)) : 0.0f;
-          sc[n][e] = keep ? z * sig * p.inv_n : 0.0f;
+          const float g = keep ? fmaf(u, fmaf(-x, t, x), u) : 0.0f;
+          sc[n][e] = keep ? fmaf(a, t, a) : 0.0f;
           dp[n][e] = g;
           if constexpr (kBias) {
             if (!kDiagonal && want_pos) {

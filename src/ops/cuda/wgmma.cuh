@@ -35,29 +35,28 @@ __host__ __device__ constexpr int swizzled_offset(int r, int c) {
 
 #if GENREC_WGMMA
 
-// start address, leading and stride byte offsets (all in 16-byte units), 128-byte swizzle
-__device__ __forceinline__ uint64_t descriptor(const void* smem, uint32_t leading,
-                                               uint32_t stride) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  return static_cast<uint64_t>((a >> 4) & 0x3FFF) |
-         static_cast<uint64_t>((leading >> 4) & 0x3FFF) << 16 |
-         static_cast<uint64_t>((stride >> 4) & 0x3FFF) << 32 | uint64_t{1} << 62;
+// The descriptor of a swizzled tile read K-major (kMnMajor false) or MN-major, at its first
+// step: start address, leading and stride byte offsets (16-byte units), 128-byte swizzle. K-major:
+// 8 rows (1024 bytes) per core-matrix group. MN-major: two such groups per step, and the next
+// 64 columns are the next block, 8 KB on. The steps below add their offset to the start address,
+// which stays below 2^14 units (shared memory is < 256 KB): one add per instruction.
+template <bool kMnMajor>
+__device__ __forceinline__ uint64_t descriptor(const void* tile) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+  constexpr uint64_t kLeading = kMnMajor ? 8192 / 16 : 1;
+  return static_cast<uint64_t>((a >> 4) & 0x3FFF) | kLeading << 16 | uint64_t{1024 / 16} << 32 |
+         uint64_t{1} << 62;
 }
 
 // Step kk (columns [16 kk, 16 kk + 16)) of a K-major tile: 32 bytes a step inside a 128-byte
-// row, then the next column block; 8 rows (1024 bytes) per core-matrix group.
-template <typename T>
-__device__ __forceinline__ uint64_t k_major(const T* tile, int kk) {
-  return descriptor(reinterpret_cast<const char*>(tile) + (kk >> 2) * 8192 + (kk & 3) * 32, 16,
-                    1024);
+// row, then the next column block.
+__device__ __forceinline__ uint64_t k_step(uint64_t tile, int kk) {
+  return tile + (((kk >> 2) * 8192 + (kk & 3) * 32) >> 4);
 }
 
-// Step kk (rows [16 kk, 16 kk + 16)) of an MN-major tile from column col0 (a multiple of 64):
-// two 1024-byte groups of 8 rows a step; the next 64 columns are the next block, 8 KB on.
-template <typename T>
-__device__ __forceinline__ uint64_t mn_major(const T* tile, int kk, int col0 = 0) {
-  return descriptor(reinterpret_cast<const char*>(tile) + (col0 >> 6) * 8192 + kk * 2048, 8192,
-                    1024);
+// Step kk (rows [16 kk, 16 kk + 16)) of an MN-major tile from column col0 (a multiple of 64).
+__device__ __forceinline__ uint64_t mn_step(uint64_t tile, int kk, int col0 = 0) {
+  return tile + (((col0 >> 6) * 8192 + kk * 2048) >> 4);
 }
 
 // Orders this thread's register and shared-memory writes before the warpgroup's next wgmma.
