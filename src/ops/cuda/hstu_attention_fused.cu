@@ -759,55 +759,48 @@ __device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
 #endif
 }
 
-// dQ += dZ K for the streamed query tile and the block's keys, added to p.dq_acc (alpha comes
-// later). Warp w takes queries [16 w, 16 w + 16) against all 64 keys, but the warps hold dZᵀ
-// (rows = keys), so the A operand comes from the staged tile: wgmma reads it MN-major, mma.sync
-// gets the m16k16 fragment of dZ (queries x keys) by ldmatrix.trans of its [key][query] 8 x 8
-// blocks. K is the B operand as V is in P V; kDqCols columns of dQ at a time bound the
+// dQ columns [c0, c0 + kDqWidth) of the streamed query tile: dZ K over the block's keys (alpha
+// comes later). Warp w takes queries [16 w, 16 w + 16) against all 64 keys, but the warps hold
+// dZᵀ (rows = keys), so the A operand comes from the staged tile: wgmma reads it MN-major,
+// mma.sync gets the m16k16 fragment of dZ (queries x keys) by ldmatrix.trans of its [key][query]
+// 8 x 8 blocks. K is the B operand as V is in P V; kDqWidth columns at a time bound the
 // accumulators.
+template <int D>
+constexpr int kDqWidth = D < kDqCols ? D : kDqCols;
+
 template <int D, typename T>
-__device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
-                                       const T* s_dz, const T* s_k) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
-  constexpr int kWidth = D < kDqCols ? D : kDqCols;
-  uint32_t dz[4][4];  // mma.sync: keys [16 kk, 16 kk + 16)
-  if constexpr (!kWg<D>) {
-    if (i0 + 16 * w >= s.length) return;  // warp-uniform: its queries are all past the end
+__device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const T* s_dz,
+                                         const T* s_k, int c0) {
+  constexpr int W = kDqWidth<D>;
+  if constexpr (kWg<D>) {
+#if GENREC_WGMMA
+    wgmma::fence_operands(acc);
+    wgmma::fence();
+    const uint64_t dz_desc = wgmma::descriptor<true>(s_dz), k_desc = wgmma::descriptor<true>(s_k);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
-      ldsm_x4_trans(dz[kk], s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
-                                ((lane >> 3) & 1) * 8);
+      wgmma::mma<T, W, 1, 1>(acc, wgmma::mn_step(dz_desc, kk), wgmma::mn_step(k_desc, kk, c0),
+                             kk > 0);
     }
-  }
-  const int row = i0 + 16 * w + lane / 4;  // and row + 8
-#pragma unroll
-  for (int c0 = 0; c0 < D; c0 += kWidth) {
-    float acc[kWidth / 8][4];
-    if constexpr (kWg<D>) {
-#if GENREC_WGMMA
-      wgmma::fence_operands(acc);
-      wgmma::fence();
-      const uint64_t dz_desc = wgmma::descriptor<true>(s_dz), k_desc = wgmma::descriptor<true>(s_k);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        wgmma::mma<T, kWidth, 1, 1>(acc, wgmma::mn_step(dz_desc, kk),
-                                    wgmma::mn_step(k_desc, kk, c0), kk > 0);
-      }
-      wgmma::commit();
-      wgmma::wait<0>();
-      wgmma::fence_operands(acc);
 #endif
-    } else {
-      zero(acc);
-      product_ay<D + kPad, kWidth>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
-#pragma unroll
-        for (int x = 0; x < 4; ++x) a[x] = dz[kk][x];
-      });
-    }
-    add_dq_rows<kWidth>(p.dq_acc + (s.kv_start + row) * p.ld_o + h * D + c0, p.ld_o, s.length - row,
-                        acc);
+  } else {
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    zero(acc);
+    product_ay<D + kPad, W>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
+      // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
+      ldsm_x4_trans(a, s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
+                           ((lane >> 3) & 1) * 8);
+    });
   }
+}
+
+// Adds issue_dq's columns [c0, c0 + kDqWidth) to p.dq_acc for query tile i0.
+template <int D>
+__device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
+                                       int c0, const float (&acc)[kDqWidth<D> / 8][4]) {
+  const int row = i0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4;  // and row + 8
+  add_dq_rows<kDqWidth<D>>(p.dq_acc + (s.kv_start + row) * p.ld_o + h * D + c0, p.ld_o,
+                           s.length - row, acc);
 }
 
 template <typename T, int D, bool kBias>
@@ -939,19 +932,35 @@ __global__ void __launch_bounds__(kThreads, D <= 64 && !kBias ? 3 : 1)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      // dV and dK run on the tensor cores while dZ is staged for dQ.
+      // wgmma: dZ is staged for dQ first; dV and dK then run on the tensor cores while the first
+      // dQ columns are added to the sums. mma.sync: dV and dK first, which frees P and dZ.
       uint32_t pf[4][4], zf[4][4];
       score_fragments<T>(pf, sc);
       score_fragments<T>(zf, dp);
-      issue_score_product<D>(acc_v, pf, tdo);
-      issue_score_product<D>(acc_k, zf, tq);
-      commit_products<D>();
+      auto issue_dkv = [&] {
+        issue_score_product<D>(acc_v, pf, tdo);
+        issue_score_product<D>(acc_k, zf, tq);
+        commit_products<D>();
+      };
+      if constexpr (!kWg<D>) issue_dkv();
       stage_dz<D>(s_dz, zf);
       shared_written<D>();
       __syncthreads();  // the staged dZ is complete
       if (diagonal && want_pos) add_diagonal_gradients<D>(p, s_dz, s_bias, smem_pos, i0 - j0);
+      float dq[kDqWidth<D> / 8][4];
+      issue_dq<D>(dq, s_dz, s_k, 0);
+      commit_products<D>();
+      if constexpr (kWg<D>) issue_dkv();
+      wait_products<D, 1>(dq);
+      add_dq<D>(p, s, h, i0, 0, dq);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
-      add_dq<D>(p, s, h, i0, s_dz, s_k);
+#pragma unroll
+      for (int c0 = kDqWidth<D>; c0 < D; c0 += kDqWidth<D>) {
+        issue_dq<D>(dq, s_dz, s_k, c0);
+        commit_products<D>();
+        wait_products<D, 0>(dq);
+        add_dq<D>(p, s, h, i0, c0, dq);
+      }
       __syncthreads();  // this stage and the staged dZ are free for the next tile
     }
     cp_async_wait<0>();
