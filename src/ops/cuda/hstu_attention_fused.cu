@@ -804,7 +804,7 @@ __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64
 }
 
 template <typename T, int D, bool kBias>
-__global__ void __launch_bounds__(kThreads, D <= 64 && !kBias ? 3 : 1)
+__global__ void __launch_bounds__(kThreads)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
   constexpr int LD = D + kPad;
