@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "core/hash.h"
 #include "core/philox.h"
 #include "embedding/cuda/table_storage.h"
 #include "embedding/dynamic_table.h"
@@ -35,17 +36,10 @@ constexpr int kThreads = 256;
 constexpr int kTilesPerBlock = kThreads / kTile;
 using Tile = cg::thread_block_tile<kTile, cg::thread_block>;
 
-// splitmix64's finaliser: the bucket takes the low bits, the digest the top byte, so the two
-// stay independent for any bucket count up to 2^56. Digest 0 marks a free slot (keys with a
-// top byte of 0 get digest 1), so free slots are found from the digests alone and never
-// match a probe.
-__device__ __forceinline__ uint64_t hash_key(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+// A key's hash is mix64(key) (core/hash.h): the bucket takes the low bits, the digest the top
+// byte, so the two stay independent for any bucket count up to 2^56. Digest 0 marks a free slot
+// (keys with a top byte of 0 get digest 1), so free slots are found from the digests alone and
+// never match a probe.
 __device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
   const uint32_t d = static_cast<uint32_t>(hash >> 56);
   return d == 0 ? 1 : d;
@@ -162,7 +156,7 @@ __device__ __forceinline__ int locate(const Tile& tile, const TableView& t, uint
                                       uint64_t& bucket) {
   bucket = 0;
   if (key == kEmptyKey) return -1;
-  const uint64_t h = hash_key(key);
+  const uint64_t h = mix64(key);
   bucket = h & t.bucket_mask;
   return probe<kRacing>(tile, t, bucket, key, digest_of(h));
 }

@@ -351,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     if (a.pending[i] == 0) return;
     const uint64_t key = a.keys[i];
-    const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+    const uint64_t h = mix64(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const uint32_t digest = digest_of(h);
     int slot = -1;
     bool claimed = false;
@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
 __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs a) {
   for_each_flagged_key(a.pending, kBucketFull, a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
-    const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+    const uint64_t h = mix64(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const uint32_t digest = digest_of(h);
     lock_bucket(tile, t.locks + b);
     int slot = find_in_bucket<true>(tile, t, b, lane_digests<true>(tile, t, b), key, digest);
@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint64_t key = from.slots[s].key;
     if (key == kEmptyKey) return;
     const int lane = static_cast<int>(tile.thread_rank());
-    const uint64_t h = hash_key(key), b = h & to.bucket_mask, base = b * kBucketSlots;
+    const uint64_t h = mix64(key), b = h & to.bucket_mask, base = b * kBucketSlots;
     lock_bucket(tile, to.locks + b);
     const uint64_t word = lane_digests<true>(tile, to, b);
     const int slot = lowest_free_slot(tile, word);
@@ -943,7 +943,7 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
     const uint64_t key = a.keys[i];
     bool stored = false;
     if (key != kEmptyKey) {
-      const uint64_t h = hash_key(key), b = h & t.bucket_mask, base = b * kBucketSlots;
+      const uint64_t h = mix64(key), b = h & t.bucket_mask, base = b * kBucketSlots;
       const uint32_t digest = digest_of(h);
       const int64_t row_dim = a.dim + a.state_dim;
       lock_bucket(tile, t.locks + b);
