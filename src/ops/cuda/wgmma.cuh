@@ -78,20 +78,19 @@ __device__ __forceinline__ void wait() {
 
 // Keeps the compiler from moving reads or writes of a wgmma's register operands (accumulators,
 // A fragments) across the asynchronous instruction: called before issue and after the wait.
-template <int N>
-__device__ __forceinline__ void fence_operands(float (&c)[N][4]) {
+template <typename R, int N>
+__device__ __forceinline__ void fence_operands(R (&c)[N][4]) {
+  static_assert(std::is_same_v<R, float> || std::is_same_v<R, uint32_t>);
 #pragma unroll
   for (int n = 0; n < N; ++n) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(c[n][e])::"memory");
-  }
-}
-template <int N>
-__device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
-#pragma unroll
-  for (int n = 0; n < N; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (std::is_same_v<R, float>) {
+        asm volatile("" : "+f"(c[n][e])::"memory");
+      } else {
+        asm volatile("" : "+r"(c[n][e])::"memory");
+      }
+    }
   }
 }
 
