@@ -1,16 +1,17 @@
-// Fused HSTU attention with mma.sync (m16n8k16, 16-bit inputs, fp32 accumulators), sm_80+.
-// A block of 4 warps owns 64 rows of one (sequence, head) — 16 per warp — and streams 64-row
-// tiles of the other side through double-buffered shared memory (cp.async):
+// Fused HSTU attention on the tensor cores, 16-bit inputs, fp32 accumulators: Hopper's wgmma
+// (wgmma.cuh) when compiled for sm_90a and D >= 64, else mma.sync m16n8k16 (sm_80+). A block of
+// 4 warps — one warpgroup — owns 64 rows of one (sequence, head), 16 per warp, and streams
+// 64-row tiles of the other side through double-buffered shared memory (cp.async):
 //   query kernel, forward (rows = queries): S = Q Kᵀ, O += silu(z) V
 //   key kernel, backward (rows = keys):     Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q,
 //                                           dQ += dZ K
 // with z = alpha s + biases, P = silu(z) / N and dZ = dP silu'(z) / N: five products per tile
 // pair, as FlashAttention-2's backward. The scores live in registers; a score fragment becomes
 // the A operand of the next product without a trip through shared memory (the m16n8
-// accumulator layout of two adjacent tiles is the m16k16 A layout). HSTU needs no running
-// maximum, so there is no rescaling. Rows owned by a block (O; dK and dV) are written once; dQ
-// is summed over the key tiles in an fp32 buffer with atomics (a small kernel then scales and
-// rounds it), and so are the bias gradients, which all pairs share.
+// accumulator layout of two adjacent tiles is the m16k16 A layout, for wgmma as for mma.sync). HSTU
+// needs no running maximum, so there is no rescaling. Rows owned by a block (O; dK and dV) are
+// written once; dQ is summed over the key tiles in an fp32 buffer with atomics (a small kernel then
+// scales and rounds it), and so are the bias gradients, which all pairs share.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
