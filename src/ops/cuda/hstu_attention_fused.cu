@@ -40,7 +40,7 @@ constexpr int kRows = 16 * kWarps;       // rows a block owns
 constexpr int kCols = 64;                // rows of each streamed tile
 constexpr int kPad = 8;                  // elements: shared rows 16 bytes apart in banks
 constexpr int kMaxSmemPositions = 1024;  // position-gradient slots summed in shared memory
-constexpr int kDzLd = kCols + 8;         // row stride of the staged dZ tile
+constexpr int kDzLd = kCols + kPad;      // row stride of the staged dZ tile (mma.sync)
 constexpr int kDqCols = 64;              // dQ columns per pass over the staged dZ
 constexpr int kTimeSlots = 160;          // > 145, the bucket of the largest int64 |dt|
 
@@ -359,6 +359,13 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return t;
 }
 
+// P = silu(z) / N = x (1 + t) / N from x = z / 2 and t = tanh x: the forward's P and the one the
+// backward recomputes.
+__device__ __forceinline__ float silu_over_n(float x, float t, float inv_n) {
+  const float g = x * inv_n;
+  return fmaf(g, t, g);
+}
+
 // The time-bias slot of dt from the block's copy of the bucket table.
 __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int64_t dt) {
   const uint64_t a = dt < 0 ? 0 - static_cast<uint64_t>(dt) : static_cast<uint64_t>(dt);
@@ -588,10 +595,10 @@ __global__ void __launch_bounds__(kThreads)
                                 : time_slot(bs->buckets, p.num_time, dt)];
             }
           }
-          const float x = 0.5f * z, g = x * p.inv_n;
+          const float x = 0.5f * z;
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
-          sc[n][e] = keep ? fmaf(g, tanh_approx(x), g) : 0.0f;
+          sc[n][e] = keep ? silu_over_n(x, tanh_approx(x), p.inv_n) : 0.0f;
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
@@ -904,14 +911,14 @@ __global__ void __launch_bounds__(kThreads)
           // With x = z / 2 and t = tanh x: sigmoid(z) = (1 + t) / 2, P = x (1 + t) / N and
           // dZ = dP / N sigmoid(z) (1 + z (1 - sigmoid(z))) = u (1 + x (1 - t)), u = dP / N
           // sigmoid(z).
-          const float x = 0.5f * z, t = tanh_approx(x), a = x * p.inv_n;
+          const float x = 0.5f * z, t = tanh_approx(x);
           const float u = dp[n][e] * p.inv_n * fmaf(0.5f, t, 0.5f);
           bool keep = true;
           if constexpr (decltype(masked)::value) {
             keep = i < s.length && j < s.length && s.mask.visible(i, j);
           }
           const float g = keep ? fmaf(u, fmaf(-x, t, x), u) : 0.0f;
-          sc[n][e] = keep ? fmaf(a, t, a) : 0.0f;
+          sc[n][e] = keep ? silu_over_n(x, t, p.inv_n) : 0.0f;
           dp[n][e] = g;
           if constexpr (kBias) {
             if (!kDiagonal && want_pos) {
