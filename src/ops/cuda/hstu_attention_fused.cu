@@ -59,7 +59,7 @@ struct Params {
   HstuMask mask;
   int num_tiles;  // blocks per (sequence, head); longer sequences loop
   int64_t ld_q, ld_k, ld_v, ld_o;
-  float alpha, inv_n;
+  float alpha, half_inv_n;  // half_inv_n = inv_n / 2 (sigmoid_over_n)
   const float* pos;
   int num_pos;
   const float* time;
@@ -153,15 +153,21 @@ __device__ __forceinline__ int tile_offset(int r, int c) {
 }
 
 // 64 rows x D of a strided head slice into shared memory; rows at or past `valid` are
-// zero-filled, so padding rows contribute nothing (not even NaN) to any product.
+// zero-filled, so padding rows contribute nothing (not even NaN) to any product. Thread x moves
+// chunk x % kChunks of rows x / kChunks + i kRowStep: the addresses of its chunks are its first
+// plus constant steps (a swizzle period is 8 rows), one add each.
 template <int D, typename T>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int valid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kRowStep % 8 == 0 && kCols % kRowStep == 0);
+  const int r0 = threadIdx.x / kChunks, col = threadIdx.x % kChunks * 8;
+  T* first_dst = dst + tile_offset<D, D>(r0, col);
+  const T* row_src = src + r0 * ld + col;
 #pragma unroll
-  for (int c = threadIdx.x; c < kCols * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool ok = r < valid;
-    cp_async_16(dst + tile_offset<D, D>(r, col), ok ? src + r * ld + col : src, ok);
+  for (int i = 0; i < kCols / kRowStep; ++i, row_src += kRowStep * ld) {
+    const bool ok = r0 + i * kRowStep < valid;
+    cp_async_16(first_dst + tile_offset<D, D>(i * kRowStep, 0), ok ? row_src : src, ok);
   }
 }
 
@@ -359,11 +365,10 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return t;
 }
 
-// P = silu(z) / N = x (1 + t) / N from x = z / 2 and t = tanh x: the forward's P and the one the
-// backward recomputes.
-__device__ __forceinline__ float silu_over_n(float x, float t, float inv_n) {
-  const float g = x * inv_n;
-  return fmaf(g, t, g);
+// sigmoid(z) / N = (1 + t) / 2N from t = tanh(z / 2): P = silu(z) / N is z times it, in the
+// forward and where the backward recomputes P.
+__device__ __forceinline__ float sigmoid_over_n(float t, float half_inv_n) {
+  return fmaf(t, half_inv_n, half_inv_n);
 }
 
 // The time-bias slot of dt from the block's copy of the bucket table.
@@ -575,7 +580,7 @@ __global__ void __launch_bounds__(kThreads)
       load_group(t + 2);
     };
     // Scores of tile t -> P; only tiles that cross the diagonal, the end of the sequence or a
-    // mask boundary test each element. silu(z) = z sigmoid(z) = x (1 + tanh x) with x = z / 2.
+    // mask boundary test each element.
     auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal) {
       const int j0 = j_begin + t * kCols;
       const int64_t* ts = s_ts + (t & 1) * kCols;
@@ -595,10 +600,9 @@ __global__ void __launch_bounds__(kThreads)
                                 : time_slot(bs->buckets, p.num_time, dt)];
             }
           }
-          const float x = 0.5f * z;
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
-          sc[n][e] = keep ? silu_over_n(x, tanh_approx(x), p.inv_n) : 0.0f;
+          sc[n][e] = keep ? z * sigmoid_over_n(tanh_approx(0.5f * z), p.half_inv_n) : 0.0f;
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
@@ -908,17 +912,16 @@ __global__ void __launch_bounds__(kThreads)
               z += bs->time[time_bucket];
             }
           }
-          // With x = z / 2 and t = tanh x: sigmoid(z) = (1 + t) / 2, P = x (1 + t) / N and
-          // dZ = dP / N sigmoid(z) (1 + z (1 - sigmoid(z))) = u (1 + x (1 - t)), u = dP / N
-          // sigmoid(z).
-          const float x = 0.5f * z, t = tanh_approx(x);
-          const float u = dp[n][e] * p.inv_n * fmaf(0.5f, t, 0.5f);
+          // With x = z / 2, t = tanh x and sig = sigmoid(z) / N: P = z sig and dZ = dP / N
+          // sigmoid(z) (1 + z (1 - sigmoid(z))) = u (1 + x (1 - t)), u = dP sig.
+          const float x = 0.5f * z, t = tanh_approx(x), sig = sigmoid_over_n(t, p.half_inv_n);
+          const float u = dp[n][e] * sig;
           bool keep = true;
           if constexpr (decltype(masked)::value) {
             keep = i < s.length && j < s.length && s.mask.visible(i, j);
           }
           const float g = keep ? fmaf(u, fmaf(-x, t, x), u) : 0.0f;
-          sc[n][e] = keep ? silu_over_n(x, t, p.inv_n) : 0.0f;
+          sc[n][e] = keep ? z * sig : 0.0f;
           dp[n][e] = g;
           if constexpr (kBias) {
             if (!kDiagonal && want_pos) {
@@ -1061,7 +1064,7 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   p.ld_v = shape.ld_v;
   p.ld_o = shape.num_heads * shape.dim_v;
   p.alpha = shape.alpha;
-  p.inv_n = shape.inv_n;
+  p.half_inv_n = shape.inv_n / 2;
   p.pos = bias.position;
   p.num_pos = static_cast<int>(std::min<int64_t>(bias.num_positions, 1 << 30));
   p.time = bias.time;
