@@ -71,6 +71,19 @@ struct Params {
   TimeBuckets buckets;
 };
 
+// A block is one or two warpgroups (the key kernel's two on the wgmma path); a warpgroup's 4
+// warps own its 64 rows, 16 each. The thread's lane, its warp within its warpgroup, its index
+// within its warpgroup:
+__device__ __forceinline__ int lane_id() {
+  return threadIdx.x % 32;
+}
+__device__ __forceinline__ int group_warp() {
+  return threadIdx.x / 32 % kWarps;
+}
+__device__ __forceinline__ int group_thread() {
+  return threadIdx.x % kThreads;
+}
+
 // ---- PTX wrappers ---------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -152,8 +165,9 @@ __device__ __forceinline__ int tile_offset(int r, int c) {
   }
 }
 
-// 64 rows x D of a strided head slice into shared memory; rows at or past `valid` are
-// zero-filled, so padding rows contribute nothing (not even NaN) to any product. Thread x moves
+// 64 rows x D of a strided head slice into shared memory, by one warpgroup; rows at or past
+// `valid` are zero-filled, so padding rows contribute nothing (not even NaN) to any product.
+// Thread x moves
 // chunk x % kChunks of rows x / kChunks + i kRowStep: the addresses of its chunks are its first
 // plus constant steps (a swizzle period is 8 rows), one add each.
 template <int D, typename T>
@@ -161,7 +175,7 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int 
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kRowStep = kThreads / kChunks;
   static_assert(kRowStep % 8 == 0 && kCols % kRowStep == 0);
-  const int r0 = threadIdx.x / kChunks, col = threadIdx.x % kChunks * 8;
+  const int r0 = group_thread() / kChunks, col = group_thread() % kChunks * 8;
   T* first_dst = dst + tile_offset<D, D>(r0, col);
   const T* row_src = src + r0 * ld + col;
 #pragma unroll
@@ -183,7 +197,7 @@ __device__ __forceinline__ void shared_written() {
 // A fragment (m16 x k16) of rows [16 w, 16 w + 16), columns [16 kk, 16 kk + 16) of a tile.
 template <int D, typename T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int kk) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp();
   ldsm_x4(a, tile + (16 * w + (lane & 15)) * (D + kPad) + 16 * kk + (lane >> 4) * 8);
 }
 
@@ -191,7 +205,7 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int kk) 
 // K = D in steps of 16; A's fragments come from `a_frag(kk)`.
 template <int D, typename T, typename AFrag>
 __device__ __forceinline__ void product_abt(float (&acc)[8][4], const T* y, AFrag&& a_frag) {
-  const int lane = threadIdx.x % 32;
+  const int lane = lane_id();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[4];
@@ -211,7 +225,7 @@ __device__ __forceinline__ void product_abt(float (&acc)[8][4], const T* y, AFra
 // memory, rows LD apart); A's fragments (k in [16 kk, 16 kk + 16)) come from a_frag(kk).
 template <int LD, int W, typename T, typename AFrag>
 __device__ __forceinline__ void product_ay(float (&acc)[W / 8][4], const T* y, AFrag&& a_frag) {
-  const int lane = threadIdx.x % 32;
+  const int lane = lane_id();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     uint32_t a[4];
@@ -312,7 +326,7 @@ __device__ __forceinline__ void issue_score_product(float (&acc)[D / 8][4],
 template <int D, typename T>
 __device__ __forceinline__ void store_rows(T* dst, int64_t ld, int row0, int valid,
                                            const float (&acc)[D / 8][4], float scale) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp();
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = row0 + 16 * w + lane / 4 + 8 * half;
@@ -391,21 +405,21 @@ __device__ __forceinline__ int time_slot32(const TimeBuckets& t, int num_time, i
 }
 
 // A block's shared bias state: the bucket and time tables, and the position bias of the current
-// tile's 127 diagonals (i - j = base - 63 .. base + 63).
+// tile's diagonals (stage_diagonals: 127 for one warpgroup's rows, 191 for two).
 struct BiasSmem {
   TimeBuckets buckets;
   float time[kTimeSlots];
-  float diagonal[2 * kCols];
+  float diagonal[3 * kCols];
 };
 
 __device__ __forceinline__ void load_bias_tables(BiasSmem* dst, const Params& p) {
   if (p.time == nullptr) return;
   const int32_t* src = reinterpret_cast<const int32_t*>(&p.buckets);
   int32_t* out = reinterpret_cast<int32_t*>(&dst->buckets);
-  for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += kThreads) {
+  for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += blockDim.x) {
     out[e] = src[e];
   }
-  for (int e = threadIdx.x; e < p.num_time; e += kThreads) dst->time[e] = __ldg(p.time + e);
+  for (int e = threadIdx.x; e < p.num_time; e += blockDim.x) dst->time[e] = __ldg(p.time + e);
 }
 
 // Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
@@ -416,11 +430,12 @@ __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0)
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
 
-// Stages the diagonals of a tile whose pairs have i - j = base + x - 63 at diagonal[x].
-__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, const Params& p, int base) {
+// Stages the position bias of the diagonals i - j = lowest + x at diagonal[x], x < count.
+__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, const Params& p, int lowest,
+                                                int count) {
   const int x = threadIdx.x;
-  if (p.pos != nullptr && x < 2 * kCols - 1) {
-    bs->diagonal[x] = __ldg(p.pos + min(abs(base + x - (kCols - 1)), p.num_pos - 1));
+  if (p.pos != nullptr && x < count) {
+    bs->diagonal[x] = __ldg(p.pos + min(abs(lowest + x), p.num_pos - 1));
   }
 }
 
@@ -444,7 +459,7 @@ __device__ __forceinline__ int64_t timestamp(const Params& p, const Sequence& s,
 // within the block's 64 rows, col within the streamed tile; half: row is the thread's second).
 template <typename F>
 __device__ __forceinline__ void for_each_score(F&& f) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp();
 #pragma unroll
   for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -460,7 +475,7 @@ __device__ __forceinline__ bool load_timestamps(int64_t* dst, const Params& p, c
                                                 int first) {
   if (p.time == nullptr) return false;
   bool wide = false;
-  for (int c = threadIdx.x; c < kCols; c += kThreads) {
+  for (int c = threadIdx.x; c < kCols; c += blockDim.x) {
     const int64_t t = timestamp(p, s, first + c);
     dst[c] = t;
     wide |= first + c < s.length && !near_base(t, s.ts_base);
@@ -468,14 +483,20 @@ __device__ __forceinline__ bool load_timestamps(int64_t* dst, const Params& p, c
   return wide;
 }
 
-// One pipeline stage: rows [first, first + 64) of the sequence from two head slices (K and V,
-// or Q and dO) and their timestamps; returns load_timestamps' flag.
-template <int D, typename T>
+// One pipeline stage of the key kernel: rows [first, first + 64) of the sequence from two head
+// slices (Q and dO), one per warpgroup when the block has two, and their timestamps; returns
+// load_timestamps' flag.
+template <int D, int G, typename T>
 __device__ __forceinline__ bool load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, const T* a,
                                            int64_t ld_a, const T* b, int64_t ld_b, const Params& p,
                                            const Sequence& s, int64_t h, int first) {
-  load_tile<D>(dst_a, a + (s.kv_start + first) * ld_a + h * D, ld_a, s.length - first);
-  load_tile<D>(dst_b, b + (s.kv_start + first) * ld_b + h * D, ld_b, s.length - first);
+  const int group = threadIdx.x / kThreads;
+  if (G == 1 || group == 0) {
+    load_tile<D>(dst_a, a + (s.kv_start + first) * ld_a + h * D, ld_a, s.length - first);
+  }
+  if (G == 1 || group == 1) {
+    load_tile<D>(dst_b, b + (s.kv_start + first) * ld_b + h * D, ld_b, s.length - first);
+  }
   return load_timestamps(dst_ts, p, s, first);
 }
 
@@ -523,7 +544,7 @@ __global__ void __launch_bounds__(kThreads)
   T* s_v = s_k + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);  // kBias only
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp();
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
   if constexpr (kBias) load_bias_tables(bs, p);
@@ -569,7 +590,7 @@ __global__ void __launch_bounds__(kThreads)
     auto begin_step = [&](int t) {
       const int j0 = j_begin + t * kCols;
       const bool diagonal_candidate = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
-      if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0);
+      if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0 - (kCols - 1), 2 * kCols - 1);
       cp_async_wait<1>();
       shared_written<D>();
       const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_slots >> (t & 1)) & 1));
@@ -656,12 +677,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
-template <typename T, int D, bool kBias>
+template <typename T, int D, bool kBias, int G>
 constexpr size_t key_smem_bytes() {
-  // own rows K and V, two stages of Q and dO, two stages of query timestamps, the staged dZ
-  // tile; with bias: its state and the gradient sums
-  return sizeof(T) * (D + kPad) * (2 * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         sizeof(T) * kRows * kDzLd +
+  // per warpgroup its rows of K and V and its staged dZ tile; two stages of Q and dO and of
+  // query timestamps; with bias: its state and the gradient sums
+  return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
+         sizeof(T) * G * kRows * kDzLd +
          (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) : 0);
 }
 
@@ -705,7 +726,7 @@ struct SlotRun {
 // tile is a 64-wide operand tile.
 template <int D, typename T>
 __device__ __forceinline__ void stage_dz(T* s_dz, const uint32_t (&dz)[4][4]) {
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp();
 #pragma unroll
   for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -717,12 +738,13 @@ __device__ __forceinline__ void stage_dz(T* s_dz, const uint32_t (&dz)[4][4]) {
   }
 }
 
-// The position gradient of a diagonal tile from its staged dZ: thread t < 64 sums the diagonals
-// c - r = t and t - 64 (64 elements together), whose pairs have i - j = base + c - r.
+// The position gradient of a diagonal tile from its staged dZ: thread t < 64 of the warpgroup
+// sums the diagonals c - r = t and t - 64 (64 elements together), whose pairs have i - j = base +
+// c - r.
 template <int D, typename T>
 __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T* s_dz, float* s_pos,
                                                        int smem_pos, int base) {
-  const int t = threadIdx.x;
+  const int t = group_thread();
   if (t >= kCols) return;
   float near = 0.0f, far = 0.0f;  // diagonals t and t - 64
   for (int r = 0; r < kRows; ++r) {
@@ -744,7 +766,7 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T*
 template <int W>
 __device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
                                             const float (&acc)[W / 8][4]) {
-  const int lane = threadIdx.x % 32;
+  const int lane = lane_id();
 #if __CUDA_ARCH__ >= 900
   const bool odd = lane & 1;  // odd lanes take the second row (+8), even lanes the first
   const int row = odd ? 8 : 0;
@@ -780,7 +802,8 @@ __device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
 template <int D>
 constexpr int kDqWidth = D < kDqCols ? D : kDqCols;
 
-template <int D, typename T>
+// kTiles: consecutive staged dZ tiles and K tiles (64 keys each) summed over.
+template <int D, int kTiles, typename T>
 __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const T* s_dz,
                                          const T* s_k, int c0) {
   constexpr int W = kDqWidth<D>;
@@ -788,21 +811,29 @@ __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const
 #if GENREC_WGMMA
     wgmma::fence_operands(acc);
     wgmma::fence();
-    const uint64_t dz_desc = wgmma::descriptor<true>(s_dz), k_desc = wgmma::descriptor<true>(s_k);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma<T, W, 1, 1>(acc, wgmma::mn_step(dz_desc, kk), wgmma::mn_step(k_desc, kk, c0),
-                             kk > 0);
+    for (int t = 0; t < kTiles; ++t) {
+      const uint64_t dz_desc = wgmma::descriptor<true>(s_dz + t * kRows * kDzLd);
+      const uint64_t k_desc = wgmma::descriptor<true>(s_k + t * kRows * (D + kPad));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wgmma::mma<T, W, 1, 1>(acc, wgmma::mn_step(dz_desc, kk), wgmma::mn_step(k_desc, kk, c0),
+                               t > 0 || kk > 0);
+      }
     }
 #endif
   } else {
-    const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    const int lane = lane_id(), w = group_warp();
     zero(acc);
-    product_ay<D + kPad, W>(acc, s_k + c0, [&](uint32_t(&a)[4], int kk) {
-      // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
-      ldsm_x4_trans(a, s_dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
-                           ((lane >> 3) & 1) * 8);
-    });
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      const T* dz = s_dz + t * kRows * kDzLd;
+      product_ay<D + kPad, W>(acc, s_k + t * kRows * (D + kPad) + c0, [&](uint32_t(&a)[4], int kk) {
+        // blocks (keys, queries) at (0, 0), (0, 8), (8, 0), (8, 8) become a0, a1, a2, a3
+        ldsm_x4_trans(a, dz + (16 * kk + (lane & 7) + ((lane >> 4) & 1) * 8) * kDzLd + 16 * w +
+                             ((lane >> 3) & 1) * 8);
+      });
+    }
   }
 }
 
@@ -810,27 +841,36 @@ __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const
 template <int D>
 __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
                                        int c0, const float (&acc)[kDqWidth<D> / 8][4]) {
-  const int row = i0 + 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4;  // and row + 8
+  const int row = i0 + 16 * group_warp() + lane_id() / 4;  // and row + 8
   add_dq_rows<kDqWidth<D>>(p.dq_acc + (s.kv_start + row) * p.ld_o + h * D + c0, p.ld_o,
                            s.length - row, acc);
 }
 
-template <typename T, int D, bool kBias>
-__global__ void __launch_bounds__(kThreads)
+// A block of G warpgroups owns keys [j0, j0 + 64 G); warpgroup g the 64 from j0 + 64 g, with
+// their K, V, dZ tiles and dK, dV accumulators. The query tiles stream through all of them; two
+// warpgroups share each tile's loads and, at D = 128 with wgmma, each computes half of dQ's
+// columns over both key tiles, which halves the dQ atomics.
+template <typename T, int D, bool kBias, int G>
+__global__ void __launch_bounds__(kThreads* G)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
+  constexpr int kKeys = G * kRows;  // keys a block owns
   constexpr int LD = D + kPad;
+  constexpr int kDzTile = kRows * kDzLd;
   extern __shared__ __align__(1024) unsigned char smem[];
   T* s_k = reinterpret_cast<T*>(smem);
-  T* s_v = s_k + kRows * LD;
-  T* s_q = s_v + kRows * LD;
+  T* s_v = s_k + G * kRows * LD;
+  T* s_q = s_v + G * kRows * LD;
   T* s_do = s_q + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
   T* s_dz = reinterpret_cast<T*>(s_ts + 2 * kCols);
   // kBias only: bias state, gradient sums (positions, then time slots)
-  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dz + kRows * kDzLd);
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dz + G * kDzTile);
   float* s_bias = reinterpret_cast<float*>(bs + 1);
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  const int lane = lane_id(), w = group_warp(), group = threadIdx.x / kThreads;
+  T* my_k = s_k + group * kRows * LD;
+  T* my_v = s_v + group * kRows * LD;
+  T* my_dz = s_dz + group * kDzTile;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
   const bool want_bias = kBias && p.bias_acc != nullptr;
@@ -839,12 +879,15 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (kBias) load_bias_tables(bs, p);
   const int smem_pos = min(p.acc_pos, kMaxSmemPositions);
   float* s_time = s_bias + smem_pos;
-  for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += kThreads) s_bias[e] = 0.0f;
+  for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += blockDim.x) {
+    s_bias[e] = 0.0f;
+  }
   SlotRun runs[2];  // this thread's two rows
 
-  for (int tile = blockIdx.x; tile * kRows < s.length; tile += p.num_tiles) {
-    const int j0 = tile * kRows;
-    const int j_last = min(j0 + kRows, s.length) - 1;
+  for (int tile = blockIdx.x; tile * kKeys < s.length; tile += p.num_tiles) {
+    const int j0 = tile * kKeys;
+    const int j_last = min(j0 + kKeys, s.length) - 1;
+    const int jg = j0 + group * kRows;  // this warpgroup's first key
     // Queries that can see keys [j0, j_last]: from the first key on (contexts see all), to
     // the end, or only the keys themselves when they are targets, or to the end of the window.
     const int i_begin = s.mask.contexts > 0 ? 0 : j0 / kCols * kCols;
@@ -856,18 +899,22 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     __syncthreads();
-    load_tile<D>(s_k, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k, s.length - j0);
-    load_tile<D>(s_v, v + (s.kv_start + j0) * p.ld_v + h * D, p.ld_v, s.length - j0);
+    {
+      const int row = min(jg, j_last);  // a warpgroup past the end reads nothing from a valid row
+      load_tile<D>(my_k, k + (s.kv_start + row) * p.ld_k + h * D, p.ld_k, s.length - jg);
+      load_tile<D>(my_v, v + (s.kv_start + row) * p.ld_v + h * D, p.ld_v, s.length - jg);
+    }
     unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
     auto load_queries = [&](int i0, int stage) {
-      const bool wide = load_stage<D>(s_q + stage * kCols * LD, s_do + stage * kCols * LD,
-                                      s_ts + stage * kCols, q, p.ld_q, d_out, p.ld_o, p, s, h, i0);
+      const bool wide =
+          load_stage<D, G>(s_q + stage * kCols * LD, s_do + stage * kCols * LD,
+                           s_ts + stage * kCols, q, p.ld_q, d_out, p.ld_o, p, s, h, i0);
       wide_stages = (wide_stages & ~(1u << stage)) | (static_cast<unsigned>(wide) << stage);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
 
-    const int j_row[2] = {j0 + 16 * w + lane / 4, j0 + 16 * w + lane / 4 + 8};
+    const int j_row[2] = {jg + 16 * w + lane / 4, jg + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, j_row[0]), timestamp(p, s, j_row[1])};
     const bool wide_rows = kBias && rows_wide(p, s, j_row, ts_row);
     float acc_k[D / 8][4], acc_v[D / 8][4];
@@ -878,8 +925,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
-      const bool diagonal_candidate = kBias && diagonal_tile(s, j0, i0);
-      if (diagonal_candidate) stage_diagonals(bs, p, i0 - j0);
+      // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
+      const bool diagonal_candidate = kBias && diagonal_tile(s, jg, i0);
+      if (kBias && diagonal_tile(s, j0, i0)) {
+        stage_diagonals(bs, p, i0 - j0 - (kKeys - 1), kKeys + kCols - 1);
+      }
       cp_async_wait<1>();
       shared_written<D>();
       const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
@@ -889,20 +939,21 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t* ts = s_ts + stage * kCols;
 
       float sc[8][4], dp[8][4];
-      issue_scores<D>(dp, s_v, tdo);
-      issue_scores<D>(sc, s_k, tq);
+      issue_scores<D>(dp, my_v, tdo);
+      issue_scores<D>(sc, my_k, tq);
       commit_products<D>();
       wait_products<D, 0>(dp, sc);
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
-          const int j = j0 + row, i = i0 + col;
+          const int j = jg + row, i = i0 + col;
           float z = p.alpha * sc[n][e];
           [[maybe_unused]] int time_bucket = 0;
           if constexpr (kBias) {
             if (p.pos != nullptr) {
-              z += position_bias<kDiagonal>(p, s, bs->diagonal + (col - row + kCols - 1), i, j);
+              z += position_bias<kDiagonal>(
+                  p, s, bs->diagonal + (col - row + kKeys - 1 - group * kRows), i, j);
             }
             if (p.time != nullptr) {
               const int64_t dt = ts[col] - ts_row[half];
@@ -932,8 +983,8 @@ __global__ void __launch_bounds__(kThreads)
           }
         });
       };
-      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || i0 < j0 + kRows ||
-                          j0 + kRows > s.mask.history || i0 + kCols > s.length;
+      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || i0 < jg + kRows ||
+                          jg + kRows > s.mask.history || i0 + kCols > s.length;
       if (diagonal && masked) {
         activate(std::true_type{}, std::true_type{});
       } else if (diagonal) {
@@ -945,6 +996,15 @@ __global__ void __launch_bounds__(kThreads)
       }
       // wgmma: dZ is staged for dQ first; dV and dK then run on the tensor cores while the first
       // dQ columns are added to the sums. mma.sync: dV and dK first, which frees P and dZ.
+      // dQ = sum over warpgroups g of dZ_g K_g: with wgmma by columns (each warpgroup D / G of
+      // them over every key tile) when that is a whole chunk, else each warpgroup all columns over
+      // its own keys (mma.sync: the by-column product spills at D = 128).
+      constexpr bool kByColumns = kWg<D> && G > 1 && D / G >= kDqWidth<D>;
+      constexpr int kDqTiles = kByColumns ? G : 1;
+      constexpr int kDqSpan = kByColumns ? D / G : D;
+      const T* dz_tiles = kByColumns ? s_dz : my_dz;
+      const T* k_tiles = kByColumns ? s_k : my_k;
+      const int c_first = kByColumns ? group * kDqSpan : 0;
       uint32_t pf[4][4], zf[4][4];
       score_fragments<T>(pf, sc);
       score_fragments<T>(zf, dp);
@@ -954,20 +1014,20 @@ __global__ void __launch_bounds__(kThreads)
         commit_products<D>();
       };
       if constexpr (!kWg<D>) issue_dkv();
-      stage_dz<D>(s_dz, zf);
+      stage_dz<D>(my_dz, zf);
       shared_written<D>();
       __syncthreads();  // the staged dZ is complete
-      if (diagonal && want_pos) add_diagonal_gradients<D>(p, s_dz, s_bias, smem_pos, i0 - j0);
+      if (diagonal && want_pos) add_diagonal_gradients<D>(p, my_dz, s_bias, smem_pos, i0 - jg);
       float dq[kDqWidth<D> / 8][4];
-      issue_dq<D>(dq, s_dz, s_k, 0);
+      issue_dq<D, kDqTiles>(dq, dz_tiles, k_tiles, c_first);
       commit_products<D>();
       if constexpr (kWg<D>) issue_dkv();
       wait_products<D, 1>(dq);
-      add_dq<D>(p, s, h, i0, 0, dq);
+      add_dq<D>(p, s, h, i0, c_first, dq);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
 #pragma unroll
-      for (int c0 = kDqWidth<D>; c0 < D; c0 += kDqWidth<D>) {
-        issue_dq<D>(dq, s_dz, s_k, c0);
+      for (int c0 = c_first + kDqWidth<D>; c0 < c_first + kDqSpan; c0 += kDqWidth<D>) {
+        issue_dq<D, kDqTiles>(dq, dz_tiles, k_tiles, c0);
         commit_products<D>();
         wait_products<D, 0>(dq);
         add_dq<D>(p, s, h, i0, c0, dq);
@@ -975,14 +1035,14 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();  // this stage and the staged dZ are free for the next tile
     }
     cp_async_wait<0>();
-    store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, j0, s.length, acc_k, p.alpha);
-    store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, j0, s.length, acc_v, 1.0f);
+    store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, jg, s.length, acc_k, p.alpha);
+    store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, jg, s.length, acc_v, 1.0f);
   }
   if (want_bias) {
     runs[0].flush(s_time);
     runs[1].flush(s_time);
     __syncthreads();
-    for (int e = threadIdx.x; e < smem_pos + p.acc_time; e += kThreads) {
+    for (int e = threadIdx.x; e < smem_pos + p.acc_time; e += blockDim.x) {
       if (s_bias[e] == 0.0f) continue;
       const int slot = e < smem_pos ? e : p.acc_pos + (e - smem_pos);
       atomicAdd(p.bias_acc + slot, static_cast<double>(s_bias[e]));
@@ -1178,14 +1238,29 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   const size_t dq_bytes = static_cast<size_t>(dq_elements) * sizeof(float);
   GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.dq_acc), dq_bytes, stream));
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_bytes, stream));
-  const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(shape.num_heads),
-                  static_cast<unsigned>(batch_size));
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr bool kBias = decltype(has_bias)::value;
-    constexpr size_t bytes = key_smem_bytes<T, D, kBias>();
-    allow_smem(key_kernel<T, D, kBias>, bytes);
-    key_kernel<T, D, kBias><<<grid, kThreads, bytes, stream>>>(p, d_k, d_v, d_out, q, k, v);
+    auto launch = [&](auto groups) {
+      constexpr int G = decltype(groups)::value;
+      constexpr size_t bytes = key_smem_bytes<T, D, kBias, G>();
+      Params key_p = p;
+      key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
+      const dim3 grid(static_cast<unsigned>(key_p.num_tiles),
+                      static_cast<unsigned>(shape.num_heads), static_cast<unsigned>(batch_size));
+      allow_smem(key_kernel<T, D, kBias, G>, bytes);
+      key_kernel<T, D, kBias, G>
+          <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v);
+    };
+    // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
+    // at D = 64 the pair measured 1.2-1.4x slower, and the mma.sync kernel spills with it.
+    if constexpr (D == 128) {
+      if (detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9) {
+        launch(std::integral_constant<int, 2>{});
+        return;
+      }
+    }
+    launch(std::integral_constant<int, 1>{});
   });
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
   store_dq_kernel<T>

@@ -43,16 +43,22 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// Streaming multiprocessors of the current device (cached per thread and device).
-inline int sm_count() {
-  static thread_local int cached_device = -1, cached_sms = 0;
+// An attribute of the current device (cached per thread and device).
+template <cudaDeviceAttr kAttribute>
+int device_attribute() {
+  static thread_local int cached_device = -1, cached_value = 0;
   int device = 0;
   GENREC_CUDA_CHECK(cudaGetDevice(&device));
   if (device != cached_device) {
-    GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&cached_sms, cudaDevAttrMultiProcessorCount, device));
+    GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&cached_value, kAttribute, device));
     cached_device = device;
   }
-  return cached_sms;
+  return cached_value;
+}
+
+// Streaming multiprocessors of the current device.
+inline int sm_count() {
+  return device_attribute<cudaDevAttrMultiProcessorCount>();
 }
 
 // Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill the GPU
