@@ -1,7 +1,8 @@
 // Fused HSTU attention on the tensor cores, 16-bit inputs, fp32 accumulators: Hopper's wgmma
-// (wgmma.cuh) when compiled for sm_90a and D >= 64, else mma.sync m16n8k16 (sm_80+). A block of
-// 4 warps — one warpgroup — owns 64 rows of one (sequence, head), 16 per warp, and streams
-// 64-row tiles of the other side through double-buffered shared memory (cp.async):
+// (wgmma.cuh) when compiled for sm_90a and D >= 64, else mma.sync m16n8k16 (sm_80+). A warpgroup
+// of 4 warps owns 64 rows of one (sequence, head), 16 per warp; a block of one warpgroup (two in
+// the backward at D = 128 on Hopper, on 128 keys) streams 64-row tiles of the other side through
+// double-buffered shared memory (cp.async):
 //   query kernel, forward (rows = queries): S = Q Kᵀ, O += silu(z) V
 //   key kernel, backward (rows = keys):     Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q,
 //                                           dQ += dZ K
