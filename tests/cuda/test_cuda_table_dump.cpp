@@ -2,13 +2,15 @@
 // and a CPU DynamicTable, so their dumps must be the same bytes; a full dump loads into either
 // table with identical rows (values, optimizer states, scores, stamps), an incremental dump holds
 // exactly the rows written since its stamp and restores the final table on top of the full dump,
-// a CPU table's dumps load into a CUDA table, and bad files are refused.
+// a CPU table's dumps load into a CUDA table, a CudaTieredTable's dumps restore both of its tiers,
+// and bad files are refused.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "cuda_test_util.h"
 #include "embedding/cuda/cuda_dynamic_table.h"
 #include "embedding/cuda/cuda_table_dump.h"
+#include "embedding/cuda/cuda_tiered_table.h"
 #include "embedding/dynamic_table.h"
 #include "embedding/sparse_optimizer.h"
 #include "embedding/table_dump.h"
@@ -284,6 +287,60 @@ TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
   EXPECT_FALSE(written.empty());
   expect_same_rows(from_full.export_rows(0, stream), cpu.export_rows(), "CPU full + incremental",
                    &written);
+}
+
+// A CudaTieredTable's dumps hold both tiers. Random lookups move rows between a one-bucket hot
+// tier and host, and every looked-up row is then rewritten in hot (values and stamp), so a full
+// dump taken halfway plus an incremental dump at the end, and a full dump at the end, must each
+// restore every row exactly into an empty table; loading over the table itself must leave each
+// key in one tier.
+TEST(CudaTableDump, TieredTableRoundTrip) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions hot = gpu_options();
+  hot.capacity = 128;
+  TableOptions host = cpu_options();
+  auto make = [&] { return std::make_unique<cuda::CudaTieredTable>(hot, host); };
+  cuda::Stream stream;
+  test::TempDir dir("genrec_cuda_tiered_dump_");
+  auto table = make();
+  cuda::CudaTieredTable& t = *table;
+  Philox rng(43);
+  constexpr uint64_t kHalf = 20, kSteps = 40;
+  constexpr int64_t kBatch = 48;  // under a bucket: every key of a batch is in hot after it
+  for (uint64_t step = 1; step <= kSteps; ++step) {
+    t.set_step(step);
+    const auto keys = draw_keys(kBatch, rng);
+    std::vector<float> values(kBatch * kDim);
+    for (auto& v : values) v = rng.uniform();
+    auto d_keys = upload_raw(keys);
+    auto d_out = poisoned<float>(kBatch * kDim);
+    auto d_values = upload_raw(values);
+    t.find_or_insert(d_keys.get(), kBatch, d_out.get(), nullptr, stream);
+    t.hot().assign(d_keys.get(), d_values.get(), kBatch, stream);
+    if (step == kHalf) {
+      EXPECT_GT(cuda::dump_table(t, dir.file("half.dump"), stream), 0);
+    }
+  }
+  const TableRows want = t.export_rows(stream);
+  ASSERT_GT(t.host().size(), 0) << "no row left hot";
+  EXPECT_LT(cuda::dump_table_since(t, dir.file("since.dump"), kHalf, stream), want.size());
+  EXPECT_EQ(cuda::dump_table(t, dir.file("all.dump"), stream), want.size());
+
+  auto from_full = make();
+  cuda::load_table(*from_full, dir.file("all.dump"), stream);
+  expect_same_rows(from_full->export_rows(stream), want, "full dump");
+  EXPECT_EQ(from_full->size(stream), want.size());
+
+  auto from_increments = make();
+  cuda::load_table(*from_increments, dir.file("half.dump"), stream);
+  EXPECT_TRUE(cuda::load_table(*from_increments, dir.file("since.dump"), stream).incremental);
+  expect_same_rows(from_increments->export_rows(stream), want, "half + incremental dump");
+
+  // Loading over rows that exist (many in hot) replaces them, one tier per key.
+  cuda::load_table(t, dir.file("half.dump"), stream);
+  cuda::load_table(t, dir.file("since.dump"), stream);
+  EXPECT_EQ(t.size(stream), want.size());
+  expect_same_rows(t.export_rows(stream), want, "loaded over itself");
 }
 
 TEST(CudaTableDump, BadFilesAreRefused) {

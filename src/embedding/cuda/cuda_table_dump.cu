@@ -3,6 +3,7 @@
 #include "embedding/cuda/cuda_table_dump.h"
 
 #include <limits>
+#include <utility>
 
 #include "core/error.h"
 
@@ -23,6 +24,38 @@ TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t s
   return dump;
 }
 
+// Both tiers' rows (sorted by key), all or those with stamp > since.
+TableDump content_of(const CudaTieredTable& table, bool incremental, uint64_t since,
+                     cudaStream_t stream) {
+  const CudaTableOptions& o = table.hot().options();
+  TableDump dump;
+  dump.info = table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
+  TableRows all = table.export_rows(stream);
+  if (!incremental) {
+    dump.rows = std::move(all);
+  } else {
+    for (int64_t i = 0; i < all.size(); ++i) {
+      if (all.stamps[i] > since) dump.rows.append_row(all, i);
+    }
+  }
+  return dump;
+}
+
+// Reads a dump for a table of this dim and optimizer state; its keys must be distinct (the CUDA
+// inserts need that), and a dump's are sorted.
+TableDump read_distinct_rows(const std::string& path, int64_t dim, OptimizerState optimizer) {
+  TableDump dump = read_table_dump(path);
+  check_table_dump_layout(dump.info, dim, optimizer, path);
+  const TableRows& rows = dump.rows;
+  for (int64_t i = 1; i < rows.size(); ++i) {
+    if (rows.keys[i] <= rows.keys[i - 1]) {
+      fail("table dump {}: row {} (key {}) is not above the previous key {}", path, i, rows.keys[i],
+           rows.keys[i - 1]);
+    }
+  }
+  return dump;
+}
+
 }  // namespace
 
 int64_t dump_table(const CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
@@ -35,16 +68,8 @@ int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
 }
 
 TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
-  const TableDump dump = read_table_dump(path);
-  check_table_dump_layout(dump.info, table.dim(), table.options().optimizer, path);
+  const TableDump dump = read_distinct_rows(path, table.dim(), table.options().optimizer);
   const TableRows& rows = dump.rows;
-  // The CUDA insert_rows needs distinct keys; a dump's are sorted.
-  for (int64_t i = 1; i < rows.size(); ++i) {
-    if (rows.keys[i] <= rows.keys[i - 1]) {
-      fail("table dump {}: row {} (key {}) is not above the previous key {}", path, i, rows.keys[i],
-           rows.keys[i - 1]);
-    }
-  }
   const int64_t stored = table.insert_rows(rows, stream);
   if (stored != rows.size()) {
     fail(
@@ -52,6 +77,22 @@ TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path, cudaS
         "buckets filled with rows of the dump",
         path, rows.size() - stored, rows.size(), table.capacity());
   }
+  return dump.info;
+}
+
+int64_t dump_table(const CudaTieredTable& table, const std::string& path, cudaStream_t stream) {
+  return write_table_dump(content_of(table, false, 0, stream), path);
+}
+
+int64_t dump_table_since(const CudaTieredTable& table, const std::string& path,
+                         uint64_t since_stamp, cudaStream_t stream) {
+  return write_table_dump(content_of(table, true, since_stamp, stream), path);
+}
+
+TableDumpInfo load_table(CudaTieredTable& table, const std::string& path, cudaStream_t stream) {
+  const CudaTableOptions& o = table.hot().options();
+  const TableDump dump = read_distinct_rows(path, o.dim, o.optimizer);
+  table.insert_rows(dump.rows, stream);
   return dump.info;
 }
 

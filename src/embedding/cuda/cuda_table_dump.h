@@ -1,7 +1,7 @@
-// Dump files of a CudaDynamicTable, in the format of embedding/table_dump.h (which writes and
-// reads them for both tables): a dump of a CUDA table loads into a DynamicTable and the other way
-// round, full or incremental. The rows pass through the host: export_rows (sorted by key, with
-// scores and stamps) for a dump, the host insert_rows for a load.
+// Dump files of a CudaDynamicTable or a CudaTieredTable, in the format of embedding/table_dump.h
+// (which writes and reads them for both tables): a dump of a CUDA table loads into a DynamicTable
+// and the other way round, full or incremental. The rows pass through the host: export_rows (sorted
+// by key, with scores and stamps) for a dump, the host insert_rows for a load.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +10,7 @@
 #include <string>
 
 #include "embedding/cuda/cuda_dynamic_table.h"
+#include "embedding/cuda/cuda_tiered_table.h"
 #include "embedding/table_dump.h"
 
 namespace genrec::cuda {
@@ -26,6 +27,16 @@ int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
 // dim and optimizer state, and room for every row: a row whose 128-slot bucket fills with the
 // dump's rows is an error (raised once the rows that fit are in). Synchronizes.
 TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path,
+                         cudaStream_t stream = nullptr);
+
+// The same for a CudaTieredTable: one dump of the rows of both tiers, with the hot tier's layout
+// and step; a load puts the rows into the host tier (CudaTieredTable::insert_rows), overwriting
+// the keys either tier holds, so that they move to hot as they are looked up.
+int64_t dump_table(const CudaTieredTable& table, const std::string& path,
+                   cudaStream_t stream = nullptr);
+int64_t dump_table_since(const CudaTieredTable& table, const std::string& path,
+                         uint64_t since_stamp, cudaStream_t stream = nullptr);
+TableDumpInfo load_table(CudaTieredTable& table, const std::string& path,
                          cudaStream_t stream = nullptr);
 
 }  // namespace genrec::cuda

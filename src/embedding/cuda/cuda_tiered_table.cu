@@ -372,6 +372,17 @@ TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
   return out;
 }
 
+void CudaTieredTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int64_t n = rows.size();
+  if (n == 0) return;
+  DeviceBuffer<uint64_t> keys(n, stream);
+  copy_async(keys.data(), rows.keys.data(), sizeof(uint64_t) * n, cudaMemcpyHostToDevice, stream);
+  hot_.erase(keys.data(), n, stream);
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  host_.insert_rows(rows);  // host is unbounded: every row is stored
+}
+
 int64_t CudaTieredTable::size(cudaStream_t stream) const {
   std::lock_guard<std::mutex> lock(mutex_);
   return hot_.size(stream) + host_.size();

@@ -45,9 +45,14 @@ class CudaTieredTable {
             cudaStream_t stream) const;
   // Every row of both tiers, sorted by key.
   TableRows export_rows(cudaStream_t stream = nullptr) const;
+  // Inserts or overwrites whole rows (distinct keys; values, states, scores and stamps exact)
+  // below hot: each key's row leaves hot if it is there, and the rows go into host. For
+  // restoring dumps (cuda_table_dump.h). Nothing is counted in the statistics.
+  void insert_rows(const TableRows& rows, cudaStream_t stream = nullptr);
 
   int64_t size(cudaStream_t stream = nullptr) const;  // both tiers; synchronizes
   void set_step(uint64_t step);
+  uint64_t step() const { return hot_.step(); }
   void set_epoch(uint64_t epoch);
   // The tiers themselves, e.g. to fill host with rows that are in no tier (insert_rows).
   CudaDynamicTable& hot() { return hot_; }
