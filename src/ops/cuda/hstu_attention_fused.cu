@@ -72,7 +72,7 @@ struct Params {
   TimeBuckets buckets;
 };
 
-// A block is one or two warpgroups (the key kernel's two on the wgmma path); a warpgroup's 4
+// A block is one or two warpgroups (two: the key kernel at D = 128 on Hopper); a warpgroup's 4
 // warps own its 64 rows, 16 each. The thread's lane, its warp within its warpgroup, its index
 // within its warpgroup:
 __device__ __forceinline__ int lane_id() {
@@ -168,9 +168,8 @@ __device__ __forceinline__ int tile_offset(int r, int c) {
 
 // 64 rows x D of a strided head slice into shared memory, by one warpgroup; rows at or past
 // `valid` are zero-filled, so padding rows contribute nothing (not even NaN) to any product.
-// Thread x moves
-// chunk x % kChunks of rows x / kChunks + i kRowStep: the addresses of its chunks are its first
-// plus constant steps (a swizzle period is 8 rows), one add each.
+// Thread x moves chunk x % kChunks of rows x / kChunks + i kRowStep: the addresses of its
+// chunks are its first plus constant steps (a swizzle period is 8 rows), one add each.
 template <int D, typename T>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int valid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
