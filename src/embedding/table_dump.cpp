@@ -44,11 +44,7 @@ TableDump content_of(const DynamicTable& table, bool incremental, uint64_t since
 
 // All tiers' rows (the hot tier's layout and step).
 TableDump content_of(const TieredTable& table, bool incremental, uint64_t since) {
-  TableRows all = table.export_rows(), rows;
-  for (int64_t i = 0; i < all.size(); ++i) {
-    if (!incremental || all.stamps[i] > since) rows.append_row(all, i);
-  }
-  return {info_of(table.hot(), incremental, since), std::move(rows)};
+  return dump_of_rows(info_of(table.hot(), incremental, since), table.export_rows());
 }
 
 // Emits a dump in pieces (header, chunks of about 1 MB of rows, checksum) to `write`, so a
@@ -125,6 +121,15 @@ TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPol
   info.since_stamp = incremental ? since_stamp : 0;
   info.step = step;
   return info;
+}
+
+TableDump dump_of_rows(const TableDumpInfo& info, TableRows all) {
+  if (!info.incremental) return {info, std::move(all)};
+  TableDump dump{info, {}};
+  for (int64_t i = 0; i < all.size(); ++i) {
+    if (all.stamps[i] > info.since_stamp) dump.rows.append_row(all, i);
+  }
+  return dump;
 }
 
 int64_t write_table_dump(const TableDump& dump, const std::string& path) {

@@ -63,6 +63,9 @@ void restore_table(DynamicTable& table, const TableDump& dump, const std::string
 // step (state_dim follows from optimizer and dim; since_stamp only for incremental dumps).
 TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPolicy eviction,
                               uint64_t step, bool incremental, uint64_t since_stamp);
+// The dump of a table whose rows (sorted by key) are `all`, under `info`: every row, or for an
+// incremental info those with stamp > info.since_stamp. The tiered tables' dumps are built so.
+TableDump dump_of_rows(const TableDumpInfo& info, TableRows all);
 // Writes dump.rows (sorted by key) under the header of dump.info (its count and version are
 // ignored: the rows' and this build's); returns the number of rows written.
 int64_t write_table_dump(const TableDump& dump, const std::string& path);

@@ -3,7 +3,6 @@
 #include "embedding/cuda/cuda_table_dump.h"
 
 #include <limits>
-#include <utility>
 
 #include "core/error.h"
 
@@ -24,21 +23,13 @@ TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t s
   return dump;
 }
 
-// Both tiers' rows (sorted by key), all or those with stamp > since.
+// Both tiers' rows (the hot tier's layout and step).
 TableDump content_of(const CudaTieredTable& table, bool incremental, uint64_t since,
                      cudaStream_t stream) {
   const CudaTableOptions& o = table.hot().options();
-  TableDump dump;
-  dump.info = table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
-  TableRows all = table.export_rows(stream);
-  if (!incremental) {
-    dump.rows = std::move(all);
-  } else {
-    for (int64_t i = 0; i < all.size(); ++i) {
-      if (all.stamps[i] > since) dump.rows.append_row(all, i);
-    }
-  }
-  return dump;
+  return dump_of_rows(
+      table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since),
+      table.export_rows(stream));
 }
 
 // Reads a dump for a table of this dim and optimizer state; its keys must be distinct (the CUDA
