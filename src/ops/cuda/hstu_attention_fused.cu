@@ -43,7 +43,9 @@ constexpr int kPad = 8;                  // elements: shared rows 16 bytes apart
 constexpr int kMaxSmemPositions = 1024;  // position-gradient slots summed in shared memory
 constexpr int kDzLd = kCols + kPad;      // row stride of the staged dZ tile (mma.sync)
 constexpr int kDqCols = 64;              // dQ columns per pass over the staged dZ
-constexpr int kTimeSlots = 160;          // > 145, the bucket of the largest int64 |dt|
+template <int D>
+constexpr int kDqWidth = D < kDqCols ? D : kDqCols;  // dQ columns per pass (and block of the sums)
+constexpr int kTimeSlots = 160;                      // > 145, the bucket of the largest int64 |dt|
 
 // hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
 // start[msb(|dt|)] + #{b in start + 1 .. start + 3 : |dt| >= threshold[b]}, exact because the
@@ -67,7 +69,8 @@ struct Params {
   int num_time;
   const int64_t* timestamps;  // by kv token
   double* bias_acc;           // backward: [num_pos | time slots] or null
-  float* dq_acc;              // backward: fp32 sums of dZ K (dQ / alpha), laid out as d_out
+  float* dq_acc;              // backward: fp32 sums of dZ K (dQ / alpha), as dq_row says
+  int64_t dq_tokens;          // rows of the dQ sums (tokens of the batch)
   int acc_pos, acc_time;      // entries of bias_acc for positions and time slots
   TimeBuckets buckets;
 };
@@ -83,6 +86,12 @@ __device__ __forceinline__ int group_warp() {
 }
 __device__ __forceinline__ int group_thread() {
   return threadIdx.x % kThreads;
+}
+// A barrier of the thread's warpgroup only (named barrier 1 + group; 0 is __syncthreads').
+__device__ __forceinline__ void group_barrier() {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + static_cast<int>(threadIdx.x) / kThreads),
+               "n"(kThreads)
+               : "memory");
 }
 
 // ---- PTX wrappers ---------------------------------------------------------------------------
@@ -322,24 +331,49 @@ __device__ __forceinline__ void issue_score_product(float (&acc)[D / 8][4],
   }
 }
 
-// Stores a 16 x D accumulator fragment (scaled) to rows [row0 + 16 w, ...) of a strided slice.
+// Stores the warpgroup's 64 x D accumulator rows (scaled, rounded to T) to rows [row0, ...) of a
+// strided slice, those from `valid` on skipped. The fragments go to `stage` (64 rows D + kPad
+// apart in free shared memory; 16 lanes of a store hit 16 banks) and rows leave in 16-byte
+// chunks: 32-bit stores straight from the fragments took four times the store instructions and
+// stalled the end of every block on them.
 template <int D, typename T>
 __device__ __forceinline__ void store_rows(T* dst, int64_t ld, int row0, int valid,
-                                           const float (&acc)[D / 8][4], float scale) {
+                                           const float (&acc)[D / 8][4], float scale, T* stage) {
+  constexpr int LD = D + kPad, kChunks = D / 8;
   const int lane = lane_id(), w = group_warp();
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int r = row0 + 16 * w + lane / 4 + 8 * half;
-    if (r >= valid) continue;
+    const int r = 16 * w + lane / 4 + 8 * half;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dst + r * ld + 8 * n + 2 * (lane % 4)) =
+      *reinterpret_cast<uint32_t*>(stage + r * LD + 8 * n + 2 * (lane % 4)) =
           pack2<T>(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+    }
+  }
+  group_barrier();
+#pragma unroll
+  for (int e = group_thread(); e < kRows * kChunks; e += kThreads) {
+    const int r = e / kChunks, c = e % kChunks * 8;
+    if (row0 + r < valid) {
+      *reinterpret_cast<uint4*>(dst + (row0 + r) * ld + c) =
+          *reinterpret_cast<const uint4*>(stage + r * LD + c);
     }
   }
 }
 
 // ---- scores ---------------------------------------------------------------------------------
+
+// A sequence's mask as a test of one pair in 32-bit arithmetic without branches (HstuSequenceMask
+// ::visible, also false past the end): the tiles that need it test every pair, and short-circuit
+// 64-bit tests there compiled to a branch per pair around the whole activation.
+struct PairMask {
+  int length, history, contexts, window;  // window 0: none; each at most length
+  __device__ __forceinline__ bool visible(int i, int j) const {
+    const bool causal = (j <= i) & ((window == 0) | (min(i, history) - j <= window));
+    const bool seen = (j == i) | ((j < history) & ((j < contexts) | (i < contexts) | causal));
+    return (i < length) & (j < length) & seen;
+  }
+};
 
 struct Sequence {
   int64_t kv_start, q_start;
@@ -347,6 +381,7 @@ struct Sequence {
   int q_shift;  // position of query row 0 (new tokens come last)
   int q_len;
   HstuSequenceMask mask;
+  PairMask pairs;
   int64_t ts_base;  // timestamp of kv token 0 (0 without a time bias)
 };
 
@@ -356,9 +391,10 @@ __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
   const int q_len = static_cast<int>(p.q_offsets[b + 1] - q_start);
   const int64_t targets = p.mask.num_targets != nullptr ? p.mask.num_targets[b] : 0;
   const int64_t ts_base = p.time != nullptr && length > 0 ? p.timestamps[kv_start] : 0;
-  return {kv_start,       q_start, length,
-          length - q_len, q_len,   HstuSequenceMask(length, targets, p.mask),
-          ts_base};
+  const HstuSequenceMask mask(length, targets, p.mask);
+  auto clamp = [&](int64_t x) { return static_cast<int>(x < 0 ? 0 : x < length ? x : length); };
+  const PairMask pairs{length, clamp(mask.history), clamp(mask.contexts), clamp(mask.window)};
+  return {kv_start, q_start, length, length - q_len, q_len, mask, pairs, ts_base};
 }
 
 // Whether timestamp ts of a token lies within 2^30 of the sequence's first: the pairs of a tile
@@ -622,7 +658,7 @@ __global__ void __launch_bounds__(kThreads)
             }
           }
           bool keep = true;
-          if constexpr (decltype(masked)::value) keep = i < s.length && s.mask.visible(i, j);
+          if constexpr (decltype(masked)::value) keep = s.pairs.visible(i, j);
           sc[n][e] = keep ? z * sigmoid_over_n(tanh_approx(0.5f * z), p.half_inv_n) : 0.0f;
         });
       };
@@ -671,18 +707,21 @@ __global__ void __launch_bounds__(kThreads)
       wait_products<D, 0>(acc, pf);
     }
     cp_async_wait<0>();
-    store_rows<D>(out + (s.q_start) * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f);
+    __syncthreads();  // the key slots are free: O leaves through them
+    store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f, s_k);
   }
 }
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
+// dq_staged: the kernel stages dQ rows for bulk reductions (kWg<D>, which the host cannot see:
+// it asks for them on Hopper at D >= 64, the only place sm_90a code runs).
 template <typename T, int D, bool kBias, int G>
-constexpr size_t key_smem_bytes() {
-  // per warpgroup its rows of K and V and its staged dZ tile; two stages of Q and dO and of
-  // query timestamps; with bias: its state and the gradient sums
+constexpr size_t key_smem_bytes(bool dq_staged) {
+  // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
+  // Q and dO and of query timestamps; with bias: its state and the gradient sums
   return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         sizeof(T) * G * kRows * kDzLd +
+         sizeof(T) * G * kRows * kDzLd + (dq_staged ? sizeof(float) * G * kRows * kDqCols : 0) +
          (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) : 0);
 }
 
@@ -759,35 +798,50 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T*
   add_position_gradient(p, s_pos, smem_pos, min(abs(base + t - kCols), p.num_pos - 1), far);
 }
 
-// Adds a warp's 16 x W accumulator fragment (C layout) to fp32 rows ld apart in global memory,
-// dst at the thread's first row and column 0; rows from `valid` on are skipped. On sm_90 lanes
-// l and l ^ 1 trade halves so that each adds four adjacent columns of one row with one vector
-// reduction (half the atomics of pairs); before, every element is an atomic of its own.
+// The fp32 dQ sums: per head and block of W = kDqWidth columns, the batch's tokens' rows of W
+// floats one after another, so that a query tile's rows are one contiguous span (one bulk
+// reduction on sm_90). Within a row the 16-byte chunk k of token t sits at chunk k ^ (t % 8):
+// the warps' fragments then reach shared memory without bank conflicts. store_dq_kernel reads
+// the layout back into d_q.
+__host__ __device__ constexpr int dq_column(int c, int64_t token) {
+  return (((c >> 2) ^ static_cast<int>(token & 7)) << 2) | (c & 3);
+}
+template <int D>
+__device__ __forceinline__ float* dq_row(const Params& p, int64_t h, int c0, int64_t token) {
+  constexpr int W = kDqWidth<D>;
+  return p.dq_acc + ((h * (D / W) + c0 / W) * p.dq_tokens + token) * W;
+}
+
+// Adds a warp's 16 x W accumulator fragment (C layout) to its dQ rows, dst at the thread's first
+// row (token t; the second, 8 rows on, has the same t % 8); rows from `valid` on are skipped. On
+// sm_90 lanes l and l ^ 1 trade halves so that each adds one 16-byte chunk of one row with one
+// vector reduction (half the atomics of pairs); before, every element is an atomic of its own.
 template <int W>
-__device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
+__device__ __forceinline__ void add_dq_rows(float* dst, int64_t token, int valid,
                                             const float (&acc)[W / 8][4]) {
   const int lane = lane_id();
+  auto at = [&](int row, int c) { return dst + row * W + dq_column(c, token); };
 #if __CUDA_ARCH__ >= 900
   const bool odd = lane & 1;  // odd lanes take the second row (+8), even lanes the first
   const int row = odd ? 8 : 0;
-  float* out = dst + row * ld + 2 * (lane % 4) - (odd ? 2 : 0);
+  const int c = 2 * (lane % 4) - (odd ? 2 : 0);  // 0 or 4
 #pragma unroll
   for (int n = 0; n < W / 8; ++n) {
     const float a = __shfl_xor_sync(0xffffffffu, odd ? acc[n][0] : acc[n][2], 1);
     const float b = __shfl_xor_sync(0xffffffffu, odd ? acc[n][1] : acc[n][3], 1);
     const float4 v =
         odd ? make_float4(a, b, acc[n][2], acc[n][3]) : make_float4(acc[n][0], acc[n][1], a, b);
-    if (row < valid) atomicAdd(reinterpret_cast<float4*>(out + 8 * n), v);
+    if (row < valid) atomicAdd(reinterpret_cast<float4*>(at(row, 8 * n + c)), v);
   }
 #else
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     if (8 * half >= valid) continue;
-    float* out = dst + 8 * half * ld + 2 * (lane % 4);
 #pragma unroll
     for (int n = 0; n < W / 8; ++n) {
-      atomicAdd(out + 8 * n, acc[n][2 * half]);
-      atomicAdd(out + 8 * n + 1, acc[n][2 * half + 1]);
+      float* out = at(8 * half, 8 * n + 2 * (lane % 4));
+      atomicAdd(out, acc[n][2 * half]);
+      atomicAdd(out + 1, acc[n][2 * half + 1]);
     }
   }
 #endif
@@ -798,11 +852,7 @@ __device__ __forceinline__ void add_dq_rows(float* dst, int64_t ld, int valid,
 // dZᵀ (rows = keys), so the A operand comes from the staged tile: wgmma reads it MN-major,
 // mma.sync gets the m16k16 fragment of dZ (queries x keys) by ldmatrix.trans of its [key][query]
 // 8 x 8 blocks. K is the B operand as V is in P V; kDqWidth columns at a time bound the
-// accumulators.
-template <int D>
-constexpr int kDqWidth = D < kDqCols ? D : kDqCols;
-
-// kTiles: consecutive staged dZ tiles and K tiles (64 keys each) summed over.
+// accumulators. kTiles: consecutive staged dZ tiles and K tiles (64 keys each) summed over.
 template <int D, int kTiles, typename T>
 __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const T* s_dz,
                                          const T* s_k, int c0) {
@@ -837,13 +887,61 @@ __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const
   }
 }
 
-// Adds issue_dq's columns [c0, c0 + kDqWidth) to p.dq_acc for query tile i0.
+#if GENREC_WGMMA
+// add_dq_rows through shared memory: the warpgroup writes its 64 x 64 fragment to its staging
+// rows, laid out as the sums are, and one thread hands the tile's valid rows (one span) to the
+// bulk-copy unit as a reduce-add. From registers it took 8 vector atomics and 16 shuffles per
+// thread, and at 255 registers every atomic held the registers the next shuffle needed.
+__device__ __forceinline__ void add_dq_rows_bulk(float* dst, int64_t token, int rows,
+                                                 float* staging,
+                                                 const float (&acc)[kDqCols / 8][4]) {
+  const int lane = lane_id(), w = group_warp();
+  const bool issues = group_thread() == 0;
+  if (issues) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  group_barrier();  // the previous reduction has read the staging rows
+#pragma unroll
+  for (int n = 0; n < kDqCols / 8; ++n) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * w + lane / 4 + 8 * half;
+      *reinterpret_cast<float2*>(staging + r * kDqCols +
+                                 dq_column(8 * n + 2 * (lane % 4), token + r)) =
+          make_float2(acc[n][2 * half], acc[n][2 * half + 1]);
+    }
+  }
+  wgmma::fence_shared();
+  group_barrier();
+  if (issues && rows > 0) {
+    asm volatile(
+        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+        "cp.async.bulk.commit_group;\n" ::"l"(dst),
+        "r"(smem_u32(staging)), "r"(rows * kDqCols * static_cast<int>(sizeof(float)))
+        : "memory");
+  }
+}
+
+// Before a block leaves: its bulk reductions have read its shared memory and are done.
+__device__ __forceinline__ void finish_dq_bulk() {
+  if (group_thread() == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+#endif
+
+// Adds issue_dq's columns [c0, c0 + kDqWidth) to p.dq_acc for query tile i0 (staging: the
+// warpgroup's dQ rows in shared memory, wgmma only).
 template <int D>
 __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64_t h, int i0,
-                                       int c0, const float (&acc)[kDqWidth<D> / 8][4]) {
-  const int row = i0 + 16 * group_warp() + lane_id() / 4;  // and row + 8
-  add_dq_rows<kDqWidth<D>>(p.dq_acc + (s.kv_start + row) * p.ld_o + h * D + c0, p.ld_o,
-                           s.length - row, acc);
+                                       int c0, const float (&acc)[kDqWidth<D> / 8][4],
+                                       [[maybe_unused]] float* staging) {
+  if constexpr (kWg<D>) {
+#if GENREC_WGMMA
+    const int64_t token = s.kv_start + i0;
+    add_dq_rows_bulk(dq_row<D>(p, h, c0, token), token, min(kRows, s.length - i0), staging, acc);
+#endif
+  } else {
+    const int row = i0 + 16 * group_warp() + lane_id() / 4;  // and row + 8
+    const int64_t token = s.kv_start + row;
+    add_dq_rows<kDqWidth<D>>(dq_row<D>(p, h, c0, token), token, s.length - row, acc);
+  }
 }
 
 // A block of G warpgroups owns keys [j0, j0 + 64 G); warpgroup g the 64 from j0 + 64 g, with
@@ -865,12 +963,14 @@ __global__ void __launch_bounds__(kThreads* G)
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
   T* s_dz = reinterpret_cast<T*>(s_ts + 2 * kCols);
   // kBias only: bias state, gradient sums (positions, then time slots)
-  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dz + G * kDzTile);
+  float* s_dq = reinterpret_cast<float*>(s_dz + G * kDzTile);  // wgmma only
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dq + (kWg<D> ? G * kRows * kDqCols : 0));
   float* s_bias = reinterpret_cast<float*>(bs + 1);
   const int lane = lane_id(), w = group_warp(), group = threadIdx.x / kThreads;
   T* my_k = s_k + group * kRows * LD;
   T* my_v = s_v + group * kRows * LD;
   T* my_dz = s_dz + group * kDzTile;
+  float* my_dq = s_dq + group * kRows * kDqCols;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
   const bool want_bias = kBias && p.bias_acc != nullptr;
@@ -969,7 +1069,7 @@ __global__ void __launch_bounds__(kThreads* G)
           const float u = dp[n][e] * sig;
           bool keep = true;
           if constexpr (decltype(masked)::value) {
-            keep = i < s.length && j < s.length && s.mask.visible(i, j);
+            keep = s.pairs.visible(i, j);
           }
           const float g = keep ? fmaf(u, fmaf(-x, t, x), u) : 0.0f;
           sc[n][e] = keep ? z * sig : 0.0f;
@@ -1023,21 +1123,28 @@ __global__ void __launch_bounds__(kThreads* G)
       commit_products<D>();
       if constexpr (kWg<D>) issue_dkv();
       wait_products<D, 1>(dq);
-      add_dq<D>(p, s, h, i0, c_first, dq);
+      add_dq<D>(p, s, h, i0, c_first, dq, my_dq);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
 #pragma unroll
       for (int c0 = c_first + kDqWidth<D>; c0 < c_first + kDqSpan; c0 += kDqWidth<D>) {
         issue_dq<D, kDqTiles>(dq, dz_tiles, k_tiles, c0);
         commit_products<D>();
         wait_products<D, 0>(dq);
-        add_dq<D>(p, s, h, i0, c0, dq);
+        add_dq<D>(p, s, h, i0, c0, dq, my_dq);
       }
       __syncthreads();  // this stage and the staged dZ are free for the next tile
     }
     cp_async_wait<0>();
-    store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, jg, s.length, acc_k, p.alpha);
-    store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, jg, s.length, acc_v, 1.0f);
+    __syncthreads();  // the query stages are free: dK and dV leave through them
+    T* out_stage = s_q + 2 * group * kCols * LD;  // two of the four stage tiles per warpgroup
+    store_rows<D>(d_k + s.kv_start * p.ld_k + h * D, p.ld_k, jg, s.length, acc_k, p.alpha,
+                  out_stage);
+    store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, jg, s.length, acc_v, 1.0f,
+                  out_stage + kCols * LD);
   }
+#if GENREC_WGMMA
+  if constexpr (kWg<D>) finish_dq_bulk();
+#endif
   if (want_bias) {
     runs[0].flush(s_time);
     runs[1].flush(s_time);
@@ -1050,19 +1157,23 @@ __global__ void __launch_bounds__(kThreads* G)
   }
 }
 
-// d_q = alpha times the fp32 sums [rows, cols], rounded to T, in rows ld_q apart; 8 columns at
-// a time (cols is a multiple of 32 and rows of d_q are 16-byte aligned).
+// d_q = alpha times the fp32 sums (laid out as dq_row says, blocks of `width` columns), rounded
+// to T, in rows ld_q apart; 8 columns of a token at a time (two 16-byte chunks of one block).
 template <typename T>
 __global__ void store_dq_kernel(T* __restrict__ d_q, int64_t ld_q, const float* __restrict__ acc,
-                                int64_t rows, int64_t cols, float alpha) {
+                                int64_t tokens, int heads, int dim, int width, float alpha) {
+  const int64_t per_token = heads * dim / 8;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = 8 * (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
-       e < rows * cols; e += 8 * stride) {
-    const float4 lo = *reinterpret_cast<const float4*>(acc + e);
-    const float4 hi = *reinterpret_cast<const float4*>(acc + e + 4);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < tokens * per_token; e += stride) {
+    const int64_t token = e / per_token;
+    const int col = static_cast<int>(e % per_token) * 8, h = col / dim, c = col % dim;
+    const float* row = acc + ((h * (dim / width) + c / width) * tokens + token) * width;
+    const float4 lo = *reinterpret_cast<const float4*>(row + dq_column(c % width, token));
+    const float4 hi = *reinterpret_cast<const float4*>(row + dq_column(c % width + 4, token));
     const uint4 out = {pack2<T>(alpha * lo.x, alpha * lo.y), pack2<T>(alpha * lo.z, alpha * lo.w),
                        pack2<T>(alpha * hi.x, alpha * hi.y), pack2<T>(alpha * hi.z, alpha * hi.w)};
-    *reinterpret_cast<uint4*>(d_q + e / cols * ld_q + e % cols) = out;
+    *reinterpret_cast<uint4*>(d_q + token * ld_q + col) = out;
   }
 }
 
@@ -1233,17 +1344,19 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
     GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.bias_acc), bytes, stream));
     GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bytes, stream));
   }
-  // The key kernel adds dZ K into fp32 sums laid out as d_out ([tokens, H * D], rows ld_o apart).
+  // The key kernel adds dZ K into fp32 sums of H * D per token (dq_row).
   const int64_t dq_elements = num_tokens * p.ld_o;
+  p.dq_tokens = num_tokens;
   const size_t dq_bytes = static_cast<size_t>(dq_elements) * sizeof(float);
   GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.dq_acc), dq_bytes, stream));
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_bytes, stream));
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr bool kBias = decltype(has_bias)::value;
+    const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
     auto launch = [&](auto groups) {
       constexpr int G = decltype(groups)::value;
-      constexpr size_t bytes = key_smem_bytes<T, D, kBias, G>();
+      const size_t bytes = key_smem_bytes<T, D, kBias, G>(hopper && D >= 64);
       Params key_p = p;
       key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
       const dim3 grid(static_cast<unsigned>(key_p.num_tiles),
@@ -1255,7 +1368,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
     // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
     // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
     if constexpr (D == 128) {
-      if (detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9) {
+      if (hopper) {
         launch(std::integral_constant<int, 2>{});
         return;
       }
@@ -1265,7 +1378,9 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
   store_dq_kernel<T>
       <<<detail::grid_for(dq_elements / 8, detail::kThreads), detail::kThreads, 0, stream>>>(
-          d_q, shape.ld_q, p.dq_acc, num_tokens, p.ld_o, shape.alpha);
+          d_q, shape.ld_q, p.dq_acc, num_tokens, static_cast<int>(shape.num_heads),
+          static_cast<int>(shape.dim_qk),
+          static_cast<int>(std::min<int64_t>(shape.dim_qk, kDqCols)), shape.alpha);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
   GENREC_CUDA_CHECK(cudaFreeAsync(p.dq_acc, stream));
   if (p.bias_acc != nullptr) {
