@@ -275,7 +275,8 @@ void cached_table(cudaStream_t stream) {
           [&] {
             genrec::cuda::hstu_attention_cached_forward<bf16>(
                 out.data(), q_new.data(), dev_q_offsets.data(), p.k.data(), p.v.data(),
-                p.dev_offsets.data(), B, p.shape, p.bias(true), mask, fresh, stream);
+                p.dev_offsets.data(), B, p.shape, p.bias(true), mask, fresh, history + fresh,
+                stream);
           },
           stream);
       // Each new token sees the history and itself: 2·2·(history + 1)·D per head.

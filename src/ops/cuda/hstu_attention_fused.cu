@@ -61,6 +61,11 @@ struct Params {
   const int64_t* q_offsets;  // == kv_offsets but for the cached forward
   HstuMask mask;
   int num_tiles;  // blocks per (sequence, head); longer sequences loop
+  // Cached forward: blocks per query tile, each over its share of the key tiles; with more than
+  // one they write fp32 parts (partial: key_splits x part_rows rows of ld_o) that add up to O.
+  int key_splits;
+  int64_t part_rows;
+  float* partial;
   int64_t ld_q, ld_k, ld_v, ld_o;
   float alpha, half_inv_n;  // half_inv_n = inv_n / 2 (sigmoid_over_n)
   const float* pos;
@@ -361,6 +366,25 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, int row0, int val
   }
 }
 
+// store_rows for a key split's part of O: fp32, straight from the fragments (few rows); rows
+// from `valid` on are skipped (valid also keeps a sequence with more than max_new new tokens
+// inside the parts; sum_parts_kernel reports it).
+template <int D>
+__device__ __forceinline__ void store_part(float* dst, int64_t ld, int row0, int64_t valid,
+                                           const float (&acc)[D / 8][4]) {
+  const int lane = lane_id(), w = group_warp();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row0 + 16 * w + lane / 4 + 8 * half;
+    if (r >= valid) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<float2*>(dst + r * ld + 8 * n + 2 * (lane % 4)) =
+          make_float2(acc[n][2 * half], acc[n][2 * half + 1]);
+    }
+  }
+}
+
 // ---- scores ---------------------------------------------------------------------------------
 
 // A sequence's mask as a test of one pair in 32-bit arithmetic without branches (HstuSequenceMask
@@ -585,13 +609,19 @@ __global__ void __launch_bounds__(kThreads)
   const Sequence s = sequence(p, blockIdx.z);
   if constexpr (kBias) load_bias_tables(bs, p);
 
-  for (int tile = p.num_tiles - 1 - blockIdx.x; tile * kRows < s.q_len; tile += p.num_tiles) {
+  const int split = static_cast<int>(blockIdx.x) % p.key_splits;
+  for (int tile = p.num_tiles - 1 - static_cast<int>(blockIdx.x) / p.key_splits;
+       tile * kRows < s.q_len; tile += p.num_tiles) {
     const int m0 = tile * kRows;
     const int i_first = s.q_shift + m0;  // position of the block's row 0
     const int i_last = min(s.q_shift + m0 + kRows, s.length) - 1;
-    const int j_begin = static_cast<int>(s.mask.first_key(i_first)) / kCols * kCols;
+    const int j_first = static_cast<int>(s.mask.first_key(i_first)) / kCols * kCols;
     const int j_end = s.mask.contexts > 0 ? s.length : i_last + 1;
-    const int num_keys = j_begin < j_end ? (j_end - j_begin + kCols - 1) / kCols : 0;
+    const int key_tiles = j_first < j_end ? (j_end - j_first + kCols - 1) / kCols : 0;
+    // This block's share of them: tiles [t_first, t_first + num_keys).
+    const int t_first = key_tiles * split / p.key_splits;
+    const int num_keys = key_tiles * (split + 1) / p.key_splits - t_first;
+    const int j_begin = j_first + t_first * kCols;
 
     __syncthreads();  // the previous tile's readers are done with shared memory
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
@@ -639,6 +669,10 @@ __global__ void __launch_bounds__(kThreads)
     // Scores of tile t -> P; only tiles that cross the diagonal, the end of the sequence or a
     // mask boundary test each element.
     auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal) {
+      if (m0 + 16 * w >= s.q_len) {  // the warp's rows are all padding (few new tokens)
+        zero(sc);
+        return;
+      }
       const int j0 = j_begin + t * kCols;
       const int64_t* ts = s_ts + (t & 1) * kCols;
       auto activate = [&](auto masked, auto diagonal_bias) {
@@ -707,8 +741,13 @@ __global__ void __launch_bounds__(kThreads)
       wait_products<D, 0>(acc, pf);
     }
     cp_async_wait<0>();
-    __syncthreads();  // the key slots are free: O leaves through them
-    store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f, s_k);
+    if (p.key_splits == 1) {
+      __syncthreads();  // the key slots are free: O leaves through them
+      store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f, s_k);
+    } else {
+      store_part<D>(p.partial + (split * p.part_rows + s.q_start) * p.ld_o + h * D, p.ld_o, m0,
+                    min(static_cast<int64_t>(s.q_len), p.part_rows - s.q_start), acc);
+    }
   }
 }
 
@@ -1157,6 +1196,31 @@ __global__ void __launch_bounds__(kThreads* G)
   }
 }
 
+// out [rows, cols] = the sum of the key splits' fp32 parts (each part_rows x cols), rounded to
+// T; rows = q_offsets[batch], read here (the host only knows a bound: more rows than the parts
+// hold broke the caller's max_new, and the kernel fails). 8 columns at a time.
+template <typename T>
+__global__ void sum_parts_kernel(T* __restrict__ out, const float* __restrict__ parts, int splits,
+                                 int64_t part_rows, const int64_t* __restrict__ q_offsets,
+                                 int64_t batch, int64_t cols) {
+  if (q_offsets[batch] > part_rows) __trap();
+  const int64_t n = q_offsets[batch] * cols;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = 8 * (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x); e < n;
+       e += 8 * stride) {
+    float4 lo = make_float4(0, 0, 0, 0), hi = lo;
+    for (int k = 0; k < splits; ++k) {
+      const float* part = parts + k * part_rows * cols + e;
+      const float4 a = *reinterpret_cast<const float4*>(part);
+      const float4 b = *reinterpret_cast<const float4*>(part + 4);
+      lo = make_float4(lo.x + a.x, lo.y + a.y, lo.z + a.z, lo.w + a.w);
+      hi = make_float4(hi.x + b.x, hi.y + b.y, hi.z + b.z, hi.w + b.w);
+    }
+    *reinterpret_cast<uint4*>(out + e) = uint4{pack2<T>(lo.x, lo.y), pack2<T>(lo.z, lo.w),
+                                               pack2<T>(hi.x, hi.y), pack2<T>(hi.z, hi.w)};
+  }
+}
+
 // d_q = alpha times the fp32 sums (laid out as dq_row says, blocks of `width` columns), rounded
 // to T, in rows ld_q apart; 8 columns of a token at a time (two 16-byte chunks of one block).
 template <typename T>
@@ -1230,6 +1294,7 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   p.q_offsets = q_offsets;
   p.mask = mask;
   p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_rows, kRows)));
+  p.key_splits = 1;
   p.ld_q = shape.ld_q;
   p.ld_k = shape.ld_k;
   p.ld_v = shape.ld_v;
@@ -1274,7 +1339,7 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
 template <typename T>
 void launch_query(const Params& p, T* out, const T* q, const T* k, const T* v, int64_t batch_size,
                   int64_t heads, int64_t dim, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(heads),
+  const dim3 grid(static_cast<unsigned>(p.num_tiles * p.key_splits), static_cast<unsigned>(heads),
                   static_cast<unsigned>(batch_size));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
@@ -1304,8 +1369,10 @@ void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
                                   const cpu::HstuAttentionShape& shape,
                                   const cpu::HstuRelativeBias& bias, const HstuMask& mask,
                                   int64_t max_len, cudaStream_t stream) {
+  // No split of the keys: a sequence may be longer than max_len here, and the parts are sized
+  // by it.
   hstu_attention_cached_forward(out, q, offsets, k, v, offsets, batch_size, shape, bias, mask,
-                                max_len, stream);
+                                max_len, 0, stream);
 }
 
 template <typename T>
@@ -1313,13 +1380,35 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
                                    const T* v, const int64_t* kv_offsets, int64_t batch_size,
                                    const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const HstuMask& mask,
-                                   int64_t max_new, cudaStream_t stream) {
+                                   int64_t max_new, int64_t max_len, cudaStream_t stream) {
   GENREC_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v),
                "fused hstu attention: q, k, v and out must be 16-byte aligned");
+  GENREC_CHECK(max_new >= 0 && max_len >= 0, "fused hstu attention: max_new {}, max_len {}",
+               max_new, max_len);
   if (batch_size == 0) return;
-  const Params p = make_params(kv_offsets, q_offsets, batch_size, shape, bias, mask, max_new);
+  Params p = make_params(kv_offsets, q_offsets, batch_size, shape, bias, mask, max_new);
+  // A few new tokens per sequence make a few blocks that each stream the whole history. Split
+  // the key tiles over up to a wave of blocks; their fp32 parts then add up (SiLU attention has
+  // no softmax to renormalise).
+  const int64_t blocks = p.num_tiles * shape.num_heads * batch_size;
+  const int64_t wave = 2 * static_cast<int64_t>(detail::sm_count());  // two blocks fit an SM
+  p.key_splits = static_cast<int>(std::clamp<int64_t>(
+      std::min(wave / std::max<int64_t>(blocks, 1), ceil_div(max_len, kCols)), 1, 64));
+  const int64_t cols = shape.num_heads * shape.dim_v;
+  if (p.key_splits > 1) {
+    p.part_rows = batch_size * max_new;
+    const size_t bytes = static_cast<size_t>(p.key_splits * p.part_rows * cols) * sizeof(float);
+    GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.partial), bytes, stream));
+  }
   launch_query<T>(p, out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
-  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_forward");
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
+  if (p.key_splits > 1) {
+    sum_parts_kernel<T>
+        <<<detail::grid_for(p.part_rows * cols / 8, detail::kThreads), detail::kThreads, 0,
+           stream>>>(out, p.partial, p.key_splits, p.part_rows, q_offsets, batch_size, cols);
+    GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward (sum of parts)");
+    GENREC_CUDA_CHECK(cudaFreeAsync(p.partial, stream));
+  }
 }
 
 template <typename T>
@@ -1405,7 +1494,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   template void hstu_attention_cached_forward<T>(                                                \
       T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t,                 \
       const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,    \
-      cudaStream_t);
+      int64_t, cudaStream_t);
 GENREC_INSTANTIATE_FUSED(__nv_bfloat16)
 GENREC_INSTANTIATE_FUSED(__half)
 template void hstu_attention_fused_backward<__nv_bfloat16>(

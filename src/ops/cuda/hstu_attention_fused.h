@@ -36,13 +36,14 @@ void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
 // tokens are the new queries in q; out [Tq, H * dim] holds their outputs. The mask and the
 // timestamps (indexed by kv token) are those of the whole sequence, so with num_targets = the
 // number of new tokens, candidates see the history and themselves only. max_new bounds the new
-// tokens per sequence.
+// tokens per sequence (more is an error) and max_len the kv tokens: it sizes the split of the
+// history over blocks (0: no split; a longer sequence is still computed, in larger shares).
 template <typename T>
 void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets, const T* k,
                                    const T* v, const int64_t* kv_offsets, int64_t batch_size,
                                    const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
-                                   int64_t max_new, cudaStream_t stream);
+                                   int64_t max_new, int64_t max_len, cudaStream_t stream);
 
 // d_q, d_k, d_v written with the strides of q, k, v; the fp32 bias gradients accumulate (+=)
 // and are skipped when null. num_tokens == offsets[batch_size] (on the host: it sizes the fp32
