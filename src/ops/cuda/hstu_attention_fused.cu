@@ -11,8 +11,10 @@
 // the A operand of the next product without a trip through shared memory (the m16n8
 // accumulator layout of two adjacent tiles is the m16k16 A layout, for wgmma as for mma.sync). HSTU
 // needs no running maximum, so there is no rescaling. Rows owned by a block (O; dK and dV) are
-// written once; dQ is summed over the key tiles in an fp32 buffer with atomics (a small kernel then
-// scales and rounds it), and so are the bias gradients, which all pairs share.
+// written once (through shared memory); dQ is summed over the key tiles in an fp32 buffer (a bulk
+// reduction per tile from shared memory on sm_90a, atomics elsewhere; a small kernel then scales
+// and rounds it), and so are the bias gradients (atomics), which all pairs share. The KV-cache
+// forward may split a query tile's keys over blocks whose fp32 parts a small kernel adds.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
