@@ -351,6 +351,7 @@ void DynamicTable::process_shard(int s, const std::vector<int64_t>& idx, Batch& 
       case Op::kErase:
         if (slot < 0) break;
         shard.erase_slot(slot, stride);
+        if (options_.log_removals) removals_.append(key, b.step);
         ++count;
         break;
       case Op::kUpdate:
@@ -450,6 +451,7 @@ void DynamicTable::plan_insertions(Batch& b, const uint64_t* pinned, int64_t num
       evicted->stamps.push_back(shard.stamps[slot]);
     }
     shard.erase_slot(slot, stride_);
+    if (options_.log_removals) removals_.append(key, step_.load());
     --size_;
   }
   // Not enough unpinned rows: the last new keys of the batch are not stored.
@@ -599,6 +601,7 @@ int64_t DynamicTable::erase(const uint64_t* keys, int64_t n) {
   b.op = Op::kErase;
   b.keys = keys;
   b.n = n;
+  b.step = step_.load();
   run_batch(b);
   size_ -= b.count.load();
   return b.count.load();
@@ -674,8 +677,12 @@ void DynamicTable::reserve(int64_t capacity) {
 
 void DynamicTable::clear() {
   std::unique_lock<std::shared_mutex> lock(table_mutex_);
+  const uint64_t step = step_.load();
   for (auto& shard : shards_) {
-    std::fill(shard->keys.begin(), shard->keys.end(), kEmptyKey);
+    for (uint64_t& key : shard->keys) {
+      if (key != kEmptyKey && options_.log_removals) removals_.append(key, step);
+      key = kEmptyKey;
+    }
     shard->size = 0;
   }
   size_ = 0;

@@ -18,6 +18,7 @@
 
 #include "embedding/admission.h"
 #include "embedding/eviction.h"
+#include "embedding/removal_log.h"
 
 namespace genrec {
 
@@ -55,6 +56,17 @@ struct TableOptions {
   int num_shards = 32;              // power of two
   EvictionPolicy eviction = EvictionPolicy::kLru;
   std::shared_ptr<CountingFilter> admission;  // null: every new key is admitted
+  // Log removed keys for incremental dumps' tombstones (removed_since). The tiers of a tiered
+  // table do not: moving a row between tiers removes it from one, and the tiered table logs
+  // what leaves all of them.
+  bool log_removals = true;
+
+  // These options for a tier of a tiered table (no removal log).
+  TableOptions as_tier() const {
+    TableOptions tier = *this;
+    tier.log_removals = false;
+    return tier;
+  }
 };
 
 // A host-side batch of rows: what export, eviction and the tiers pass around.
@@ -143,6 +155,13 @@ class DynamicTable {
   void reserve(int64_t capacity);
   void clear();  // removes every row, keeps the capacity
 
+  // Keys removed (erase, eviction, clear) at a step after `step`, sorted and distinct, whether
+  // or not they are back: the candidates for an incremental dump's tombstones. Every removal is
+  // logged with the step until forget_removals(s) drops those at or before s (call it once no
+  // dump since an earlier step is wanted).
+  std::vector<uint64_t> removed_since(uint64_t step) const { return removals_.since(step); }
+  void forget_removals(uint64_t step) { removals_.forget(step); }
+
   // int64 ids: the same bits as uint64 (-1 is the reserved empty key).
   void find(const int64_t* keys, int64_t n, float* values_out, uint8_t* found) const {
     find(reinterpret_cast<const uint64_t*>(keys), n, values_out, found);
@@ -188,6 +207,7 @@ class DynamicTable {
   mutable std::atomic<int64_t> size_{0};
   mutable std::atomic<int64_t> total_slots_{0};
   std::atomic<uint64_t> step_{0}, epoch_{0};
+  mutable RemovalLog removals_;
 };
 
 }  // namespace genrec

@@ -5,6 +5,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -34,22 +35,33 @@ TableDumpInfo info_of(const DynamicTable& table, bool incremental, uint64_t sinc
   return table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
 }
 
-// What a dump holds: rows sorted by key and the layout and step of the table they come from.
+// What a dump holds: rows sorted by key, tombstones, and the layout and step of the table they
+// come from.
 TableDump content_of(const DynamicTable& table, bool incremental, uint64_t since) {
-  return {info_of(table, incremental, since),
-          incremental ? table.export_rows(
-                            [since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; })
-                      : table.export_rows()};
+  if (!incremental) return {info_of(table, false, 0), table.export_rows(), {}};
+  TableDump dump{
+      info_of(table, true, since),
+      table.export_rows([since](uint64_t, uint64_t, uint64_t stamp) { return stamp > since; }),
+      table.removed_since(since)};
+  std::vector<uint8_t> present(dump.removed.size());
+  table.contains(dump.removed.data(), static_cast<int64_t>(dump.removed.size()), present.data());
+  size_t kept = 0;
+  for (size_t i = 0; i < dump.removed.size(); ++i) {
+    if (!present[i]) dump.removed[kept++] = dump.removed[i];
+  }
+  dump.removed.resize(kept);
+  return dump;
 }
 
 // All tiers' rows (the hot tier's layout and step).
 TableDump content_of(const TieredTable& table, bool incremental, uint64_t since) {
-  return dump_of_rows(info_of(table.hot(), incremental, since), table.export_rows());
+  return dump_of_rows(info_of(table.hot(), incremental, since), table.export_rows(),
+                      incremental ? table.removed_since(since) : std::vector<uint64_t>{});
 }
 
 // Emits a dump in pieces (header, chunks of about 1 MB of rows, checksum) to `write`, so a
 // file is written without holding all its bytes. The header takes the layout, kind, since stamp
-// and step of dump.info and the count of dump.rows.
+// and step of dump.info and the counts of dump.rows and dump.removed.
 int64_t emit_dump(const TableDump& dump, const std::function<void(const std::string&)>& write) {
   const TableDumpInfo& info = dump.info;
   const TableRows& rows = dump.rows;
@@ -83,7 +95,7 @@ int64_t emit_dump(const TableDump& dump, const std::function<void(const std::str
   put<uint64_t>(header, info.incremental ? info.since_stamp : 0);
   put<uint64_t>(header, static_cast<uint64_t>(n));
   put<uint64_t>(header, info.step);
-  put<uint64_t>(header, 0);  // reserved
+  put<uint64_t>(header, dump.removed.size());
   hashed(header);
   std::string chunk;
   const int64_t rows_per_chunk = std::max<int64_t>(1, (1 << 20) / row_bytes(dim, sd));
@@ -98,6 +110,9 @@ int64_t emit_dump(const TableDump& dump, const std::function<void(const std::str
       chunk.clear();
     }
   }
+  std::string tombstones;
+  for (uint64_t key : dump.removed) put<uint64_t>(tombstones, key);
+  hashed(tombstones);
   std::string trailer;
   put<uint64_t>(trailer, XXH64_digest(hash.get()));
   write(trailer);
@@ -123,11 +138,15 @@ TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPol
   return info;
 }
 
-TableDump dump_of_rows(const TableDumpInfo& info, TableRows all) {
-  if (!info.incremental) return {info, std::move(all)};
-  TableDump dump{info, {}};
+TableDump dump_of_rows(const TableDumpInfo& info, TableRows all,
+                       const std::vector<uint64_t>& removed) {
+  if (!info.incremental) return {info, std::move(all), {}};
+  TableDump dump{info, {}, {}};
   for (int64_t i = 0; i < all.size(); ++i) {
     if (all.stamps[i] > info.since_stamp) dump.rows.append_row(all, i);
+  }
+  for (uint64_t key : removed) {
+    if (!std::binary_search(all.keys.begin(), all.keys.end(), key)) dump.removed.push_back(key);
   }
   return dump;
 }
@@ -193,9 +212,9 @@ TableDump parse_table_dump(const std::string& bytes, const std::string& path) {
   TableDump dump;
   TableDumpInfo& info = dump.info;
   info.version = get<uint32_t>(p + 8);
-  if (info.version != kTableDumpVersion) {
-    fail("table dump {}: unsupported version {} (this build reads version {})", path, info.version,
-         kTableDumpVersion);
+  if (info.version < 1 || info.version > kTableDumpVersion) {
+    fail("table dump {}: unsupported version {} (this build reads versions 1 to {})", path,
+         info.version, kTableDumpVersion);
   }
   const uint32_t kind = get<uint32_t>(p + 12), dim = get<uint32_t>(p + 16),
                  optimizer = get<uint32_t>(p + 20), state_dim = get<uint32_t>(p + 24),
@@ -203,17 +222,20 @@ TableDump parse_table_dump(const std::string& bytes, const std::string& path) {
   info.since_stamp = get<uint64_t>(p + 32);
   const uint64_t count = get<uint64_t>(p + 40);
   info.step = get<uint64_t>(p + 48);
+  const uint64_t removed = info.version >= 2 ? get<uint64_t>(p + 56) : 0;  // 1: reserved
   const uint64_t rb = row_bytes(dim, state_dim);
-  const uint64_t max_rows = (size - kHeaderBytes - kChecksumBytes) / rb;
-  if (count > max_rows || kHeaderBytes + count * rb + kChecksumBytes != size) {
-    if (count > max_rows) {
+  const uint64_t room = size - kHeaderBytes - kChecksumBytes;
+  const uint64_t max_rows = room / rb;
+  const bool fits = count <= max_rows && removed <= (room - count * rb) / 8;
+  if (!fits || kHeaderBytes + count * rb + 8 * removed + kChecksumBytes != size) {
+    if (!fits) {
       fail(
-          "table dump {}: truncated: the header promises {} rows of {} bytes, the file has {} "
-          "bytes (room for {} rows)",
-          path, count, rb, size, max_rows);
+          "table dump {}: truncated: the header promises {} rows of {} bytes and {} tombstones, "
+          "the file has {} bytes",
+          path, count, rb, removed, size);
     }
-    fail("table dump {}: {} unexpected trailing bytes after {} rows", path,
-         size - (kHeaderBytes + count * rb + kChecksumBytes), count);
+    fail("table dump {}: {} unexpected trailing bytes after {} rows and {} tombstones", path,
+         size - (kHeaderBytes + count * rb + 8 * removed + kChecksumBytes), count, removed);
   }
   const uint64_t stored = get<uint64_t>(p + size - kChecksumBytes);
   const uint64_t computed = XXH64(p, size - kChecksumBytes, 0);
@@ -250,6 +272,9 @@ TableDump parse_table_dump(const std::string& bytes, const std::string& path) {
     if (rows.keys[i] == kEmptyKey)
       fail("table dump {}: row {} has the reserved empty key", path, i);
   }
+  dump.removed.resize(removed);
+  for (uint64_t i = 0; i < removed; ++i, r += 8) dump.removed[i] = get<uint64_t>(r);
+  if (removed > 0 && !info.incremental) fail("table dump {}: a full dump with tombstones", path);
   return dump;
 }
 
@@ -261,12 +286,15 @@ TableDumpInfo load_table(DynamicTable& table, const std::string& path) {
 
 void restore_table(DynamicTable& table, const TableDump& dump, const std::string& path) {
   check_layout(dump.info, table, path);
+  // Tombstones first: their room may be what a bounded table needs for the rows.
+  table.erase(dump.removed.data(), static_cast<int64_t>(dump.removed.size()));
   table.insert_rows(dump.rows);
 }
 
 TableDumpInfo load_table(TieredTable& table, const std::string& path) {
   const TableDump dump = read_table_dump(path);
   check_layout(dump.info, table.hot(), path);
+  table.erase(dump.removed.data(), static_cast<int64_t>(dump.removed.size()));
   table.insert_rows(dump.rows);
   return dump.info;
 }

@@ -1,8 +1,9 @@
 // Dump files of a DynamicTable (or of all tiers of a TieredTable): a 64-byte header, fixed-size
 // rows (key, score, stamp, values, optimizer state) and an XXH64 of everything before it, written
 // to a temporary file that is renamed over the target, so a reader sees either the old file or the
-// complete new one. An incremental dump holds the rows whose stamp is after a given stamp; erasures
-// are not recorded. docs/EMBEDDING.md specifies the format. The CUDA table's dumps
+// complete new one. An incremental dump holds the rows whose stamp is after a given stamp and
+// the keys the table removed since then (tombstones; loading erases them). docs/EMBEDDING.md
+// specifies the format. The CUDA table's dumps
 // (embedding/cuda/cuda_table_dump.h) write and read the same files through the row-level
 // functions at the end.
 #pragma once
@@ -15,7 +16,7 @@
 
 namespace genrec {
 
-constexpr uint32_t kTableDumpVersion = 1;
+constexpr uint32_t kTableDumpVersion = 2;  // 1 (no tombstones) is still read
 
 struct TableDumpInfo {
   uint32_t version = kTableDumpVersion;
@@ -31,17 +32,20 @@ struct TableDumpInfo {
 
 struct TableDump {
   TableDumpInfo info;
-  TableRows rows;  // sorted by key
+  TableRows rows;                 // sorted by key
+  std::vector<uint64_t> removed;  // incremental: keys removed since since_stamp, sorted
 };
 
 // Writes every row; returns the number of rows written.
 int64_t dump_table(const DynamicTable& table, const std::string& path);
-// Writes the rows whose update stamp is greater than since_stamp.
+// Writes the rows whose update stamp is greater than since_stamp, and as tombstones the keys the
+// table removed at a later step and does not hold now (DynamicTable::removed_since).
 int64_t dump_table_since(const DynamicTable& table, const std::string& path, uint64_t since_stamp);
 // Reads and validates a dump (magic, version, size, checksum, layout); errors name the file.
 TableDump read_table_dump(const std::string& path);
-// Inserts or overwrites the dump's rows in `table` exactly (values, states, scores, stamps);
-// other rows are kept, so a full dump followed by its incremental dumps restores the table.
+// Inserts or overwrites the dump's rows in `table` exactly (values, states, scores, stamps) and
+// erases its tombstones; other rows are kept, so a full dump followed by its incremental dumps
+// restores the table.
 // The table must have the dump's dim and optimizer state; its step is left unchanged.
 TableDumpInfo load_table(DynamicTable& table, const std::string& path);
 
@@ -64,8 +68,10 @@ void restore_table(DynamicTable& table, const TableDump& dump, const std::string
 TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPolicy eviction,
                               uint64_t step, bool incremental, uint64_t since_stamp);
 // The dump of a table whose rows (sorted by key) are `all`, under `info`: every row, or for an
-// incremental info those with stamp > info.since_stamp. The tiered tables' dumps are built so.
-TableDump dump_of_rows(const TableDumpInfo& info, TableRows all);
+// incremental info those with stamp > info.since_stamp and as tombstones the keys of `removed`
+// (sorted; removed since then) that `all` lacks. The tiered tables' dumps are built so.
+TableDump dump_of_rows(const TableDumpInfo& info, TableRows all,
+                       const std::vector<uint64_t>& removed = {});
 // Writes dump.rows (sorted by key) under the header of dump.info (its count and version are
 // ignored: the rows' and this build's); returns the number of rows written.
 int64_t write_table_dump(const TableDump& dump, const std::string& path);

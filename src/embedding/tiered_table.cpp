@@ -15,7 +15,7 @@
 namespace genrec {
 TieredTable::TieredTable(const TableOptions& hot, const TableOptions& host,
                          std::unique_ptr<ColdTier> cold)
-    : hot_(hot), host_(host), cold_(std::move(cold)) {
+    : hot_(hot.as_tier()), host_(host.as_tier()), cold_(std::move(cold)) {
   GENREC_CHECK(hot.max_capacity > 0, "tiered table: the hot tier needs a max_capacity");
   GENREC_CHECK(hot.dim == host.dim && hot.optimizer == host.optimizer,
                "tiered table: tiers differ (dim {} vs {}, optimizer {} vs {})", hot.dim, host.dim,
@@ -110,7 +110,14 @@ void TieredTable::store_below_hot(const TableRows& rows) {
   TableRows spill;
   std::vector<uint8_t> stored(rows.size());
   host_.insert_rows(rows, &spill, nullptr, 0, stored.data());
-  if (!cold_) return;  // a bounded host without a cold tier drops what it evicts
+  if (!cold_) {  // a bounded host without a cold tier drops what it evicts
+    const uint64_t step = host_.step();
+    removals_.append(spill.keys.data(), spill.size(), step);
+    for (int64_t i = 0; i < rows.size(); ++i) {
+      if (!stored[i]) removals_.append(rows.keys[i], step);
+    }
+    return;
+  }
   // Rows host could not take at all (more than its max_capacity) go straight down too.
   for (int64_t i = 0; i < rows.size(); ++i) {
     if (!stored[i]) spill.append_row(rows, i);
@@ -118,6 +125,25 @@ void TieredTable::store_below_hot(const TableRows& rows) {
   if (spill.size() == 0) return;
   cold_->put(spill);
   stats_.spilled += spill.size();
+}
+
+int64_t TieredTable::erase(const uint64_t* keys, int64_t n) {
+  GENREC_CHECK(n >= 0, "tiered table erase: negative batch size {}", n);
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<uint8_t> in_hot(n), in_host(n);
+  hot_.contains(keys, n, in_hot.data());
+  host_.contains(keys, n, in_host.data());
+  hot_.erase(keys, n);
+  host_.erase(keys, n);
+  const TableRows taken = cold_ ? cold_->take(keys, n) : TableRows{};
+  std::vector<uint64_t> removed(taken.keys);
+  for (int64_t i = 0; i < n; ++i) {
+    if (in_hot[i] || in_host[i]) removed.push_back(keys[i]);
+  }
+  std::sort(removed.begin(), removed.end());
+  removed.erase(std::unique(removed.begin(), removed.end()), removed.end());
+  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), hot_.step());
+  return static_cast<int64_t>(removed.size());
 }
 
 void TieredTable::insert_rows(const TableRows& rows) {

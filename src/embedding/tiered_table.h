@@ -46,6 +46,12 @@ class TieredTable {
   void insert_rows(const TableRows& rows);
   // All rows of every tier, sorted by key.
   TableRows export_rows() const;
+  // Removes the keys from every tier; returns how many were present.
+  int64_t erase(const uint64_t* keys, int64_t n);
+  // Keys that left every tier (erase, or evicted by a bounded host without a cold tier) at a
+  // step after `step`, sorted and distinct; see DynamicTable::removed_since.
+  std::vector<uint64_t> removed_since(uint64_t step) const { return removals_.since(step); }
+  void forget_removals(uint64_t step) { removals_.forget(step); }
 
   void set_step(uint64_t step);
   void set_epoch(uint64_t epoch);
@@ -64,6 +70,7 @@ class TieredTable {
 
   DynamicTable hot_, host_;
   std::unique_ptr<ColdTier> cold_;
+  RemovalLog removals_;
   mutable std::mutex mutex_;
   TierStats stats_;
 };

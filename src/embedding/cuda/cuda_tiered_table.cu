@@ -147,7 +147,7 @@ const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOpti
 }  // namespace
 
 CudaTieredTable::CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host)
-    : hot_(checked_hot(hot, host)), host_(host) {}
+    : hot_(checked_hot(hot, host)), host_(host.as_tier()) {}
 
 void CudaTieredTable::set_step(uint64_t step) {
   hot_.set_step(step);
