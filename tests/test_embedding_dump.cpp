@@ -159,13 +159,7 @@ TEST(EmbeddingDump, VersionOneFilesLoad) {
   test::TempDir dir("genrec_emb_dump_");
   DynamicTable t(adam_options());
   fill(t);
-  const std::string path = dir.file("v2.gre");
-  dump_table(t, path);
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  std::string bytes = table_dump_bytes(t);  // the bytes dump_table writes
   ASSERT_EQ(bytes[8], 2);
   bytes[8] = 1;
   const uint64_t sum = XXH64(bytes.data(), bytes.size() - 8, 0);
@@ -182,11 +176,7 @@ TEST(EmbeddingDump, CorruptionAndTruncationAreDetected) {
   fill(t);
   const std::string path = dir.file("t.gre");
   dump_table(t, path);
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  const std::string bytes = table_dump_bytes(t);  // the file's bytes
   auto write = [&](const std::string& name, const std::string& content) {
     std::ofstream(dir.file(name), std::ios::binary) << content;
     return dir.file(name);
