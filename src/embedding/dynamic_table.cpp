@@ -438,6 +438,7 @@ void DynamicTable::plan_insertions(Batch& b, const uint64_t* pinned, int64_t num
   }
   const int64_t victims = select_victims(candidates, need);
   const int64_t dim = options_.dim, sd = state_dim_;
+  std::vector<uint64_t> removed;  // for the removal log, in one append
   for (int64_t v = 0; v < victims; ++v) {
     const uint64_t key = candidates[v].key;
     Shard& shard = *shards_[shard_index(key)];
@@ -451,9 +452,10 @@ void DynamicTable::plan_insertions(Batch& b, const uint64_t* pinned, int64_t num
       evicted->stamps.push_back(shard.stamps[slot]);
     }
     shard.erase_slot(slot, stride_);
-    if (options_.log_removals) removals_.append(key, step_.load());
+    if (options_.log_removals) removed.push_back(key);
     --size_;
   }
+  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), step_.load());
   // Not enough unpinned rows: the last new keys of the batch are not stored.
   for (int64_t k = static_cast<int64_t>(inserting.size()) - (need - victims);
        k < static_cast<int64_t>(inserting.size()); ++k) {
@@ -677,14 +679,15 @@ void DynamicTable::reserve(int64_t capacity) {
 
 void DynamicTable::clear() {
   std::unique_lock<std::shared_mutex> lock(table_mutex_);
-  const uint64_t step = step_.load();
+  std::vector<uint64_t> removed;  // for the removal log, in one append
   for (auto& shard : shards_) {
     for (uint64_t& key : shard->keys) {
-      if (key != kEmptyKey && options_.log_removals) removals_.append(key, step);
+      if (key != kEmptyKey && options_.log_removals) removed.push_back(key);
       key = kEmptyKey;
     }
     shard->size = 0;
   }
+  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), step_.load());
   size_ = 0;
 }
 
