@@ -42,9 +42,4 @@ void RemovalLog::forget(uint64_t step) {
   steps_.resize(kept);
 }
 
-int64_t RemovalLog::size() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return static_cast<int64_t>(keys_.size());
-}
-
 }  // namespace genrec

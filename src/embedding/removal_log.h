@@ -18,7 +18,6 @@ class RemovalLog {
   std::vector<uint64_t> since(uint64_t step) const;
   // Drops the removals at or before `step`: dumps since an earlier step lose their tombstones.
   void forget(uint64_t step);
-  int64_t size() const;
 
  private:
   mutable std::mutex mutex_;

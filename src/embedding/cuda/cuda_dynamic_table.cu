@@ -768,6 +768,16 @@ void CudaDynamicTable::erase(const uint64_t* keys, int64_t n, cudaStream_t strea
   end(stream);
 }
 
+void CudaDynamicTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  if (n == 0) return;
+  DeviceBuffer<uint64_t> device_keys(n, stream);
+  GENREC_CUDA_CHECK(cudaMemcpyAsync(device_keys.data(), keys.data(), sizeof(uint64_t) * n,
+                                    cudaMemcpyHostToDevice, stream));
+  erase(device_keys.data(), n, stream);
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
 void CudaDynamicTable::launch_export(int64_t offset, int64_t num_slots, uint64_t* keys_out,
                                      float* values_out, int64_t* count, cudaStream_t stream,
                                      float* states_out, uint64_t* scores_out, uint64_t min_score,

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "embedding/cuda/cuda_counting_filter.h"
 #include "embedding/dynamic_table.h"
@@ -132,6 +133,8 @@ class CudaDynamicTable {
   int64_t insert_rows(const TableRows& rows, cudaStream_t stream = nullptr);
   // Removes present keys; erased[i] (optional) = 1 for the occurrence that removed a row.
   void erase(const uint64_t* keys, int64_t n, cudaStream_t stream, uint8_t* erased = nullptr);
+  // The same for host keys, uploaded in one copy. Synchronizes.
+  void erase(const std::vector<uint64_t>& keys, cudaStream_t stream = nullptr);
 
   // Scans slots [offset, offset + num_slots) and appends the rows with score >= min_score and
   // stamp >= min_stamp: keys, values (dim), states (state_dim, optional), scores (optional),

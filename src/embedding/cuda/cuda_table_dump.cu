@@ -3,7 +3,6 @@
 #include "embedding/cuda/cuda_table_dump.h"
 
 #include <limits>
-#include <vector>
 
 #include "core/error.h"
 
@@ -48,20 +47,6 @@ TableDump read_distinct_rows(const std::string& path, int64_t dim, OptimizerStat
   return dump;
 }
 
-// Erases a dump's tombstones (host keys) from a CUDA table; the keys go up in one copy.
-void erase_removed(CudaDynamicTable& table, const std::vector<uint64_t>& keys,
-                   cudaStream_t stream) {
-  if (keys.empty()) return;
-  const size_t bytes = keys.size() * sizeof(uint64_t);
-  uint64_t* device_keys = nullptr;
-  GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&device_keys), bytes, stream));
-  GENREC_CUDA_CHECK(
-      cudaMemcpyAsync(device_keys, keys.data(), bytes, cudaMemcpyHostToDevice, stream));
-  table.erase(device_keys, static_cast<int64_t>(keys.size()), stream);
-  GENREC_CUDA_CHECK(cudaFreeAsync(device_keys, stream));
-  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-}
-
 }  // namespace
 
 int64_t dump_table(const CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
@@ -76,7 +61,7 @@ int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
 TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path, cudaStream_t stream) {
   const TableDump dump = read_distinct_rows(path, table.dim(), table.options().optimizer);
   const TableRows& rows = dump.rows;
-  erase_removed(table, dump.removed, stream);  // first: their room may be what the rows need
+  table.erase(dump.removed, stream);  // first: their room may be what the rows need
   const int64_t stored = table.insert_rows(rows, stream);
   if (stored != rows.size()) {
     fail(
@@ -99,8 +84,7 @@ int64_t dump_table_since(const CudaTieredTable& table, const std::string& path,
 TableDumpInfo load_table(CudaTieredTable& table, const std::string& path, cudaStream_t stream) {
   const CudaTableOptions& o = table.hot().options();
   const TableDump dump = read_distinct_rows(path, o.dim, o.optimizer);
-  erase_removed(table.hot(), dump.removed, stream);
-  table.host().erase(dump.removed.data(), static_cast<int64_t>(dump.removed.size()));
+  table.erase(dump.removed, stream);
   table.insert_rows(dump.rows, stream);
   return dump.info;
 }

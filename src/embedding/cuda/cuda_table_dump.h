@@ -2,7 +2,8 @@
 // (which writes and reads them for both tables): a dump of a CUDA table loads into a DynamicTable
 // and the other way round, full or incremental. The rows pass through the host: export_rows (sorted
 // by key, with scores and stamps) for a dump, the host insert_rows for a load. The CUDA tables do
-// not log removals, so their incremental dumps carry no tombstones; loads erase a dump's.
+// not log removals, so their incremental dumps carry no tombstones; loads erase a dump's
+// (CudaDynamicTable::erase and CudaTieredTable::erase of host keys).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -374,13 +374,15 @@ TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
 
 void CudaTieredTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const int64_t n = rows.size();
-  if (n == 0) return;
-  DeviceBuffer<uint64_t> keys(n, stream);
-  copy_async(keys.data(), rows.keys.data(), sizeof(uint64_t) * n, cudaMemcpyHostToDevice, stream);
-  hot_.erase(keys.data(), n, stream);
-  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (rows.size() == 0) return;
+  hot_.erase(rows.keys, stream);
   host_.insert_rows(rows);  // host is unbounded: every row is stored
+}
+
+void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  hot_.erase(keys, stream);
+  host_.erase(keys.data(), static_cast<int64_t>(keys.size()));
 }
 
 int64_t CudaTieredTable::size(cudaStream_t stream) const {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <vector>
 
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/pinned_pool.h"
@@ -49,6 +50,8 @@ class CudaTieredTable {
   // below hot: each key's row leaves hot if it is there, and the rows go into host. For
   // restoring dumps (cuda_table_dump.h). Nothing is counted in the statistics.
   void insert_rows(const TableRows& rows, cudaStream_t stream = nullptr);
+  // Removes the (host) keys from both tiers.
+  void erase(const std::vector<uint64_t>& keys, cudaStream_t stream = nullptr);
 
   int64_t size(cudaStream_t stream = nullptr) const;  // both tiers; synchronizes
   void set_step(uint64_t step);

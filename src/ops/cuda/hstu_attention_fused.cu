@@ -163,6 +163,13 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return r;
 }
 
+// Eight floats times `scale`, rounded to T: 16 bytes for one vector store.
+template <typename T>
+__device__ __forceinline__ uint4 pack8(float4 lo, float4 hi, float scale) {
+  return {pack2<T>(scale * lo.x, scale * lo.y), pack2<T>(scale * lo.z, scale * lo.w),
+          pack2<T>(scale * hi.x, scale * hi.y), pack2<T>(scale * hi.z, scale * hi.w)};
+}
+
 // ---- tiles ----------------------------------------------------------------------------------
 
 // Whether the kernels for head dim D multiply with wgmma (compiled for sm_90a, D >= 64); they
@@ -850,10 +857,14 @@ __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T*
 __host__ __device__ constexpr int dq_column(int c, int64_t token) {
   return (((c >> 2) ^ static_cast<int>(token & 7)) << 2) | (c & 3);
 }
+// The offset of token's row of head h's block of `width` columns holding column c.
+__host__ __device__ constexpr int64_t dq_offset(int64_t h, int c, int64_t token, int64_t tokens,
+                                                int dim, int width) {
+  return ((h * (dim / width) + c / width) * tokens + token) * width;
+}
 template <int D>
 __device__ __forceinline__ float* dq_row(const Params& p, int64_t h, int c0, int64_t token) {
-  constexpr int W = kDqWidth<D>;
-  return p.dq_acc + ((h * (D / W) + c0 / W) * p.dq_tokens + token) * W;
+  return p.dq_acc + dq_offset(h, c0, token, p.dq_tokens, D, kDqWidth<D>);
 }
 
 // Adds a warp's 16 x W accumulator fragment (C layout) to its dQ rows, dst at the thread's first
@@ -1221,8 +1232,7 @@ __global__ void sum_parts_kernel(T* __restrict__ out, const float* __restrict__ 
       lo = make_float4(lo.x + a.x, lo.y + a.y, lo.z + a.z, lo.w + a.w);
       hi = make_float4(hi.x + b.x, hi.y + b.y, hi.z + b.z, hi.w + b.w);
     }
-    *reinterpret_cast<uint4*>(out + e) = uint4{pack2<T>(lo.x, lo.y), pack2<T>(lo.z, lo.w),
-                                               pack2<T>(hi.x, hi.y), pack2<T>(hi.z, hi.w)};
+    *reinterpret_cast<uint4*>(out + e) = pack8<T>(lo, hi, 1.0f);
   }
 }
 
@@ -1237,12 +1247,10 @@ __global__ void store_dq_kernel(T* __restrict__ d_q, int64_t ld_q, const float* 
        e < tokens * per_token; e += stride) {
     const int64_t token = e / per_token;
     const int col = static_cast<int>(e % per_token) * 8, h = col / dim, c = col % dim;
-    const float* row = acc + ((h * (dim / width) + c / width) * tokens + token) * width;
+    const float* row = acc + dq_offset(h, c, token, tokens, dim, width);
     const float4 lo = *reinterpret_cast<const float4*>(row + dq_column(c % width, token));
     const float4 hi = *reinterpret_cast<const float4*>(row + dq_column(c % width + 4, token));
-    const uint4 out = {pack2<T>(alpha * lo.x, alpha * lo.y), pack2<T>(alpha * lo.z, alpha * lo.w),
-                       pack2<T>(alpha * hi.x, alpha * hi.y), pack2<T>(alpha * hi.z, alpha * hi.w)};
-    *reinterpret_cast<uint4*>(d_q + token * ld_q + col) = out;
+    *reinterpret_cast<uint4*>(d_q + token * ld_q + col) = pack8<T>(lo, hi, alpha);
   }
 }
 
