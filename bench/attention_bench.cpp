@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cuda/caching_allocator.h"
@@ -294,11 +295,15 @@ void cached_table(cudaStream_t stream) {
 
 int main(int argc, char** argv) {
   genrec::bench::g_iters = 100;
+  std::string table = "all";  // or one table, e.g. to profile its kernels alone
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
       genrec::bench::g_iters = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--table") == 0 && i + 1 < argc) {
+      table = argv[++i];
     } else {
-      std::printf("usage: genrec_attention_bench [--iters N]\n");
+      std::printf(
+          "usage: genrec_attention_bench [--iters N] [--table all|main|bias|reference|cached]\n");
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
@@ -313,10 +318,20 @@ int main(int argc, char** argv) {
     std::printf("bf16, median of %d runs; peers: H100 80GB HBM3 (issue figures)\n\n",
                 genrec::bench::g_iters);
     genrec::cuda::Stream stream;
-    main_table(stream);
-    bias_table(stream);
-    reference_row(stream);
-    cached_table(stream);
+    const std::pair<const char*, void (*)(cudaStream_t)> tables[] = {{"main", main_table},
+                                                                     {"bias", bias_table},
+                                                                     {"reference", reference_row},
+                                                                     {"cached", cached_table}};
+    bool known = table == "all";
+    for (const auto& [name, run] : tables) {
+      if (table != "all" && table != name) continue;
+      known = true;
+      run(stream);
+    }
+    if (!known) {
+      std::fprintf(stderr, "genrec_attention_bench: unknown table %s\n", table.c_str());
+      return 2;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "genrec_attention_bench: %s\n", e.what());
     return 1;

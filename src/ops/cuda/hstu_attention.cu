@@ -507,7 +507,7 @@ void hstu_attention_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias, flo
   double* bias_acc = nullptr;
   if (num_pos + num_time > 0) {
     const size_t bytes = static_cast<size_t>(num_pos + num_time) * sizeof(double);
-    GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&bias_acc), bytes, stream));
+    bias_acc = detail::malloc_async<double>(num_pos + num_time, stream);
     GENREC_CUDA_CHECK(cudaMemsetAsync(bias_acc, 0, bytes, stream));
   }
   if (shape.dim_qk > 0 || bias_acc != nullptr) {

@@ -48,14 +48,30 @@ constexpr int kDqCols = 64;              // dQ columns per pass over the staged 
 template <int D>
 constexpr int kDqWidth = D < kDqCols ? D : kDqCols;  // dQ columns per pass (and block of the sums)
 constexpr int kTimeSlots = 160;                      // > 145, the bucket of the largest int64 |dt|
+// The key kernel sums time-slot gradients in kTimeCopies copies, lane l adding to copy l %
+// kTimeCopies: the lanes of a warp mostly flush to one slot, and shared fp32 atomics are
+// compare-and-swap loops that retry once per lane on the address. Copies kTimeSlots + 1 floats
+// apart put one slot of every copy in distinct banks.
+constexpr int kTimeCopies = 16;
+constexpr int kTimeStride = kTimeSlots + 1;
+// The relative biases a kernel adds, a mask: each combination is a kernel of its own (with a
+// runtime test per pair of each, the biased kernels' code outgrew the instruction cache:
+// instruction fetch took 43% of the position-only forward's stall samples).
+enum Bias : int { kNoBias = 0, kPositionBias = 1, kTimeBias = 2 };
 
 // hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
 // start[msb(|dt|)] + #{b in start + 1 .. start + 3 : |dt| >= threshold[b]}, exact because the
 // bucket is monotone in |dt| and grows by at most 3 within a power of two (ln 2 / 0.301 < 3).
+// For |dt| < 2^31 the start and the three thresholds of each power of two are one 16-byte
+// entry: one shared load per pair instead of four gathers.
+struct alignas(16) TimeOctave {
+  uint32_t next[3];  // threshold[first + 1 + k] capped at UINT32_MAX
+  int32_t first;     // start[e]
+};
 struct TimeBuckets {
   int32_t start[64];
-  int64_t threshold[kTimeSlots + 4];     // smallest |dt| of bucket b; INT64_MAX past the last
-  uint32_t threshold32[kTimeSlots + 4];  // the same capped at UINT32_MAX, for |dt| < 2^31
+  int64_t threshold[kTimeSlots + 4];  // smallest |dt| of bucket b; INT64_MAX past the last
+  TimeOctave octave[32];              // by msb(|dt|), for |dt| < 2^31
 };
 
 struct Params {
@@ -467,14 +483,13 @@ __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int
 // time_slot for |dt| < 2^31 (a narrow tile): half the instructions of the 64-bit lookup.
 __device__ __forceinline__ int time_slot32(const TimeBuckets& t, int num_time, int32_t dt) {
   const uint32_t a = static_cast<uint32_t>(abs(dt));
-  const int b = t.start[31 - __clz(static_cast<int>(a | 1))];
-  const int slot =
-      b + (a >= t.threshold32[b + 1]) + (a >= t.threshold32[b + 2]) + (a >= t.threshold32[b + 3]);
+  const uint4 o = *reinterpret_cast<const uint4*>(&t.octave[31 - __clz(static_cast<int>(a | 1))]);
+  const int slot = static_cast<int>(o.w) + (a >= o.x) + (a >= o.y) + (a >= o.z);
   return min(slot, num_time - 1);
 }
 
 // A block's shared bias state: the bucket and time tables, and the position bias of the current
-// tile's diagonals (stage_diagonals: 127 for one warpgroup's rows, 191 for two).
+// tile's diagonals (127 for one warpgroup's rows, 191 for two).
 struct BiasSmem {
   TimeBuckets buckets;
   float time[kTimeSlots];
@@ -499,13 +514,15 @@ __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0)
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
 
-// Stages the position bias of the diagonals i - j = lowest + x at diagonal[x], x < count.
-__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, const Params& p, int lowest,
-                                                int count) {
+// The position bias of diagonal i - j = lowest + x for thread x < count: a tile's diagonals are
+// fetched a step before stage_diagonals puts them in shared memory, so that the load's latency
+// hides behind the step's products instead of stalling the barrier that follows the staging.
+__device__ __forceinline__ float fetch_diagonal(const Params& p, int lowest, int count) {
   const int x = threadIdx.x;
-  if (p.pos != nullptr && x < count) {
-    bs->diagonal[x] = __ldg(p.pos + min(abs(lowest + x), p.num_pos - 1));
-  }
+  return x < count ? __ldg(p.pos + min(abs(lowest + x), p.num_pos - 1)) : 0.0f;
+}
+__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, int count, float fetched) {
+  if (threadIdx.x < count) bs->diagonal[threadIdx.x] = fetched;
 }
 
 // Position bias of the pair (query i, key j): the staged value of its diagonal in a diagonal
@@ -576,21 +593,22 @@ __device__ __forceinline__ bool rows_wide(const Params& p, const Sequence& s, co
                                (i[1] < s.length && !near_base(ts[1], s.ts_base)));
 }
 
-// The barrier before a tile's products. With a bias it also says whether the tile is narrow:
-// no thread saw a wide timestamp among its rows or the stage's columns.
-template <bool kBias>
+// The barrier before a tile's products. With a time bias it also says whether the tile is
+// narrow: no thread saw a wide timestamp among its rows or the stage's columns (without one,
+// every tile is).
+template <bool kTime>
 __device__ __forceinline__ bool sync_narrow(bool wide) {
-  if constexpr (kBias) {
+  if constexpr (kTime) {
     return !__syncthreads_or(wide);
   } else {
     __syncthreads();
-    return false;
+    return true;
   }
 }
 
 // ---- query kernel: forward ------------------------------------------------------------------
 
-template <typename T, int D, bool kBias>
+template <typename T, int D, int kBias>
 constexpr size_t query_smem_bytes() {
   // own rows Q, two slots each of K and V, two of key timestamps, bias state
   return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
@@ -604,7 +622,7 @@ constexpr size_t query_smem_bytes() {
 // a step after it is issued. kSplit: the cached forward's split of the key tiles over blocks
 // (p.key_splits > 1); the other launches carry none of its code (with a runtime split of one in
 // every launch the training forward measured 7% slower).
-template <typename T, int D, bool kBias, bool kSplit>
+template <typename T, int D, int kBias, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
                  const T* __restrict__ v) {
@@ -615,10 +633,11 @@ __global__ void __launch_bounds__(kThreads)
   T* s_v = s_k + 2 * kCols * LD;
   int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);  // kBias only
+  constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
   const int lane = lane_id(), w = group_warp();
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
-  if constexpr (kBias) load_bias_tables(bs, p);
+  if constexpr (kBias != kNoBias) load_bias_tables(bs, p);
 
   const int splits = kSplit ? p.key_splits : 1;
   const int split = kSplit ? static_cast<int>(blockIdx.x) % splits : 0;
@@ -658,20 +677,24 @@ __global__ void __launch_bounds__(kThreads)
 
     const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, i_row[0]), timestamp(p, s, i_row[1])};
-    const bool wide_rows = kBias && rows_wide(p, s, i_row, ts_row);
+    const bool wide_rows = kTime && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
     uint32_t pf[4][4];  // P_{t-1} as A fragments
     auto key_slot = [&](int t) -> const T* { return s_k + (t & 1) * kCols * LD; };
     auto value_slot = [&](int t) -> const T* { return s_v + (t & 1) * kCols * LD; };
+    constexpr int kDiagonals = 2 * kCols - 1;
+    auto lowest_diagonal = [&](int t) { return i_first - j_begin - t * kCols - (kCols - 1); };
+    float next_diagonal = kPos ? fetch_diagonal(p, lowest_diagonal(0), kDiagonals) : 0.0f;
     // Waits for group t; returns whether tile t takes the staged-diagonal path.
     auto begin_step = [&](int t) {
       const int j0 = j_begin + t * kCols;
       const bool diagonal_candidate = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
-      if (diagonal_candidate) stage_diagonals(bs, p, i_first - j0 - (kCols - 1), 2 * kCols - 1);
+      if (kPos && diagonal_candidate) stage_diagonals(bs, kDiagonals, next_diagonal);
+      if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
-      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_slots >> (t & 1)) & 1));
+      const bool narrow = sync_narrow<kTime>(wide_rows || ((wide_slots >> (t & 1)) & 1));
       return diagonal_candidate && narrow;
     };
     auto end_step = [&](int t) {
@@ -692,16 +715,13 @@ __global__ void __launch_bounds__(kThreads)
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int i = i_first + row, j = j0 + col;
           float z = p.alpha * sc[n][e];
-          if constexpr (kBias) {
-            if (p.pos != nullptr) {
-              z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
-            }
-            if (p.time != nullptr) {
-              const int64_t dt = ts_row[half] - ts[col];
-              z += bs->time[kDiagonal
-                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                : time_slot(bs->buckets, p.num_time, dt)];
-            }
+          if constexpr (kPos) {
+            z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+          }
+          if constexpr (kTime) {
+            const int64_t dt = ts_row[half] - ts[col];
+            z += bs->time[kDiagonal ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                    : time_slot(bs->buckets, p.num_time, dt)];
           }
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = s.pairs.visible(i, j);
@@ -767,13 +787,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // dq_staged: the kernel stages dQ rows for bulk reductions (kWg<D>, which the host cannot see:
 // it asks for them on Hopper at D >= 64, the only place sm_90a code runs).
-template <typename T, int D, bool kBias, int G>
+template <typename T, int D, int kBias, int G>
 constexpr size_t key_smem_bytes(bool dq_staged) {
   // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
   // Q and dO and of query timestamps; with bias: its state and the gradient sums
   return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
          sizeof(T) * G * kRows * kDzLd + (dq_staged ? sizeof(float) * G * kRows * kDqCols : 0) +
-         (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeSlots) * sizeof(float) : 0);
+         (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeCopies * kTimeStride) * sizeof(float)
+                : 0);
 }
 
 // Position slots past the shared array: straight to the global sums (out of line: rare).
@@ -828,25 +849,24 @@ __device__ __forceinline__ void stage_dz(T* s_dz, const uint32_t (&dz)[4][4]) {
   }
 }
 
-// The position gradient of a diagonal tile from its staged dZ: thread t < 64 of the warpgroup
-// sums the diagonals c - r = t and t - 64 (64 elements together), whose pairs have i - j = base +
-// c - r.
+// The position gradient of a diagonal tile from its staged dZ: thread t of the warpgroup sums
+// half the rows of the diagonals c - r = x and x - 64 (x = t % 64; 32 elements together), whose
+// pairs have i - j = base + c - r. The loop is unrolled so that its loads overlap: one thread
+// summing all 64 rows of a diagonal pair held the whole block at the next barrier.
 template <int D, typename T>
 __device__ __forceinline__ void add_diagonal_gradients(const Params& p, const T* s_dz, float* s_pos,
                                                        int smem_pos, int base) {
-  const int t = group_thread();
-  if (t >= kCols) return;
-  float near = 0.0f, far = 0.0f;  // diagonals t and t - 64
-  for (int r = 0; r < kRows; ++r) {
-    const float g = static_cast<float>(s_dz[tile_offset<D, kCols>(r, (r + t) & (kCols - 1))]);
-    if (r + t < kCols) {
-      near += g;
-    } else {
-      far += g;
-    }
+  const int t = group_thread(), x = t % kCols, r0 = t / kCols * (kRows / 2);
+  float near = 0.0f, far = 0.0f;  // diagonals x and x - 64
+#pragma unroll
+  for (int k = 0; k < kRows / 2; ++k) {
+    const int r = r0 + k;
+    const float g = static_cast<float>(s_dz[tile_offset<D, kCols>(r, (r + x) & (kCols - 1))]);
+    near += r + x < kCols ? g : 0.0f;
+    far += r + x < kCols ? 0.0f : g;
   }
-  add_position_gradient(p, s_pos, smem_pos, min(abs(base + t), p.num_pos - 1), near);
-  add_position_gradient(p, s_pos, smem_pos, min(abs(base + t - kCols), p.num_pos - 1), far);
+  add_position_gradient(p, s_pos, smem_pos, min(abs(base + x), p.num_pos - 1), near);
+  add_position_gradient(p, s_pos, smem_pos, min(abs(base + x - kCols), p.num_pos - 1), far);
 }
 
 // The fp32 dQ sums: per head and block of W = kDqWidth columns, the batch's tokens' rows of W
@@ -1003,7 +1023,7 @@ __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64
 // their K, V, dZ tiles and dK, dV accumulators. The query tiles stream through all of them; two
 // warpgroups share each tile's loads and, at D = 128 with wgmma, each computes half of dQ's
 // columns over both key tiles, which halves the dQ atomics.
-template <typename T, int D, bool kBias, int G>
+template <typename T, int D, int kBias, int G>
 __global__ void __launch_bounds__(kThreads* G)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
@@ -1028,15 +1048,16 @@ __global__ void __launch_bounds__(kThreads* G)
   float* my_dq = s_dq + group * kRows * kDqCols;
   const int64_t h = blockIdx.y;
   const Sequence s = sequence(p, blockIdx.z);
+  constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
   const bool want_bias = kBias && p.bias_acc != nullptr;
-  const bool want_pos = want_bias && p.pos != nullptr && p.acc_pos > 0;
-  const bool want_time = want_bias && p.time != nullptr && p.acc_time > 0;
-  if constexpr (kBias) load_bias_tables(bs, p);
+  const bool want_pos = kPos && want_bias && p.acc_pos > 0;
+  const bool want_time = kTime && want_bias && p.acc_time > 0;
+  if constexpr (kBias != kNoBias) load_bias_tables(bs, p);
   const int smem_pos = min(p.acc_pos, kMaxSmemPositions);
-  float* s_time = s_bias + smem_pos;
-  for (int e = threadIdx.x; want_bias && e < smem_pos + p.acc_time; e += blockDim.x) {
-    s_bias[e] = 0.0f;
-  }
+  float* s_time = s_bias + smem_pos;  // kTimeCopies copies of the slots
+  float* my_time = s_time + lane % kTimeCopies * kTimeStride;
+  const int bias_words = smem_pos + (want_time ? kTimeCopies * kTimeStride : 0);
+  for (int e = threadIdx.x; want_bias && e < bias_words; e += blockDim.x) s_bias[e] = 0.0f;
   SlotRun runs[2];  // this thread's two rows
 
   for (int tile = blockIdx.x; tile * kKeys < s.length; tile += p.num_tiles) {
@@ -1068,10 +1089,13 @@ __global__ void __launch_bounds__(kThreads* G)
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
+    constexpr int kDiagonals = kKeys + kCols - 1;
+    auto lowest_diagonal = [&](int i0) { return i0 - j0 - (kKeys - 1); };
+    float next_diagonal = kPos ? fetch_diagonal(p, lowest_diagonal(i_begin), kDiagonals) : 0.0f;
 
     const int j_row[2] = {jg + 16 * w + lane / 4, jg + 16 * w + lane / 4 + 8};
     const int64_t ts_row[2] = {timestamp(p, s, j_row[0]), timestamp(p, s, j_row[1])};
-    const bool wide_rows = kBias && rows_wide(p, s, j_row, ts_row);
+    const bool wide_rows = kTime && rows_wide(p, s, j_row, ts_row);
     float acc_k[D / 8][4], acc_v[D / 8][4];
     zero(acc_k);
     zero(acc_v);
@@ -1082,12 +1106,11 @@ __global__ void __launch_bounds__(kThreads* G)
       cp_async_commit();
       // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
       const bool diagonal_candidate = kBias && diagonal_tile(s, jg, i0);
-      if (kBias && diagonal_tile(s, j0, i0)) {
-        stage_diagonals(bs, p, i0 - j0 - (kKeys - 1), kKeys + kCols - 1);
-      }
+      if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
+      if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
-      const bool narrow = sync_narrow<kBias>(wide_rows || ((wide_stages >> stage) & 1));
+      const bool narrow = sync_narrow<kTime>(wide_rows || ((wide_stages >> stage) & 1));
       const bool diagonal = diagonal_candidate && narrow;
       const T* tq = s_q + stage * kCols * LD;
       const T* tdo = s_do + stage * kCols * LD;
@@ -1105,18 +1128,15 @@ __global__ void __launch_bounds__(kThreads* G)
           const int j = jg + row, i = i0 + col;
           float z = p.alpha * sc[n][e];
           [[maybe_unused]] int time_bucket = 0;
-          if constexpr (kBias) {
-            if (p.pos != nullptr) {
-              z += position_bias<kDiagonal>(
-                  p, s, bs->diagonal + (col - row + kKeys - 1 - group * kRows), i, j);
-            }
-            if (p.time != nullptr) {
-              const int64_t dt = ts[col] - ts_row[half];
-              time_bucket = kDiagonal
-                                ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                : time_slot(bs->buckets, p.num_time, dt);
-              z += bs->time[time_bucket];
-            }
+          if constexpr (kPos) {
+            z += position_bias<kDiagonal>(
+                p, s, bs->diagonal + (col - row + kKeys - 1 - group * kRows), i, j);
+          }
+          if constexpr (kTime) {
+            const int64_t dt = ts[col] - ts_row[half];
+            time_bucket = kDiagonal ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
+                                    : time_slot(bs->buckets, p.num_time, dt);
+            z += bs->time[time_bucket];
           }
           // With x = z / 2, t = tanh x and sig = sigmoid(z) / N: P = z sig and dZ = dP / N
           // sigmoid(z) (1 + z (1 - sigmoid(z))) = u (1 + x (1 - t)), u = dP sig.
@@ -1129,12 +1149,12 @@ __global__ void __launch_bounds__(kThreads* G)
           const float g = keep ? fmaf(u, fmaf(-x, t, x), u) : 0.0f;
           sc[n][e] = keep ? z * sig : 0.0f;
           dp[n][e] = g;
-          if constexpr (kBias) {
+          if constexpr (kBias != kNoBias) {
             if (!kDiagonal && want_pos) {
               add_position_gradient(p, s_bias, smem_pos,
                                     min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1), g);
             }
-            if (want_time) runs[half].add(time_bucket, g, s_time);
+            if (want_time) runs[half].add(time_bucket, g, my_time);
           }
         });
       };
@@ -1201,13 +1221,21 @@ __global__ void __launch_bounds__(kThreads* G)
   if constexpr (kWg<D>) finish_dq_bulk();
 #endif
   if (want_bias) {
-    runs[0].flush(s_time);
-    runs[1].flush(s_time);
+    runs[0].flush(my_time);
+    runs[1].flush(my_time);
     __syncthreads();
-    for (int e = threadIdx.x; e < smem_pos + p.acc_time; e += blockDim.x) {
-      if (s_bias[e] == 0.0f) continue;
-      const int slot = e < smem_pos ? e : p.acc_pos + (e - smem_pos);
-      atomicAdd(p.bias_acc + slot, static_cast<double>(s_bias[e]));
+    const int time_slots = want_time ? p.acc_time : 0;
+    for (int e = threadIdx.x; e < smem_pos + time_slots; e += blockDim.x) {
+      float sum = 0.0f;
+      if (e < smem_pos) {
+        sum = s_bias[e];
+      } else {
+        for (int c = 0; c < kTimeCopies; ++c) sum += s_time[c * kTimeStride + e - smem_pos];
+      }
+      if (sum != 0.0f) {
+        atomicAdd(p.bias_acc + (e < smem_pos ? e : p.acc_pos + (e - smem_pos)),
+                  static_cast<double>(sum));
+      }
     }
   }
 }
@@ -1273,11 +1301,14 @@ const TimeBuckets& time_buckets() {
       t.threshold[b] = static_cast<int64_t>(
           std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<int64_t>::max()));
     }
-    for (int b = 0; b < kTimeSlots + 4; ++b) {
-      t.threshold32[b] = static_cast<uint32_t>(
-          std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<uint32_t>::max()));
-    }
     for (int e = 0; e < 64; ++e) t.start[e] = cpu_table.start(e);
+    for (int e = 0; e < 32; ++e) {
+      t.octave[e].first = t.start[e];
+      for (int k = 0; k < 3; ++k) {
+        t.octave[e].next[k] = static_cast<uint32_t>(std::min<uint64_t>(
+            cpu_table.threshold(t.start[e] + 1 + k), std::numeric_limits<uint32_t>::max()));
+      }
+    }
     return t;
   }();
   return table;
@@ -1329,15 +1360,20 @@ void allow_smem(Kernel kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
-// Calls f(integral_constant D, bool_constant bias) for the head dim and whether any relative
-// bias applies: kernels without bias carry none of its code.
+// Calls f(integral_constant D, integral_constant bias) for the head dim and the relative biases
+// that apply (a Bias mask): a kernel carries the code of its biases only.
 template <typename F>
 void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
   auto with_bias = [&](auto d) {
-    if (p.pos != nullptr || p.time != nullptr) {
-      f(d, std::true_type{});
+    const bool pos = p.pos != nullptr, time = p.time != nullptr;
+    if (pos && time) {
+      f(d, std::integral_constant<int, kPositionBias | kTimeBias>{});
+    } else if (pos) {
+      f(d, std::integral_constant<int, kPositionBias>{});
+    } else if (time) {
+      f(d, std::integral_constant<int, kTimeBias>{});
     } else {
-      f(d, std::false_type{});
+      f(d, std::integral_constant<int, kNoBias>{});
     }
   };
   if (dim == 32) {
@@ -1356,7 +1392,7 @@ void launch_query(const Params& p, T* out, const T* q, const T* k, const T* v, i
                   static_cast<unsigned>(batch_size));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
-    constexpr bool kBias = decltype(has_bias)::value;
+    constexpr int kBias = decltype(has_bias)::value;
     constexpr size_t bytes = query_smem_bytes<T, D, kBias>();
     auto launch = [&](auto kernel) {
       allow_smem(kernel, bytes);
@@ -1417,8 +1453,7 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
   const int64_t cols = shape.num_heads * shape.dim_v;
   if (p.key_splits > 1) {
     p.part_rows = batch_size * max_new;
-    const size_t bytes = static_cast<size_t>(p.key_splits * p.part_rows * cols) * sizeof(float);
-    GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.partial), bytes, stream));
+    p.partial = detail::malloc_async<float>(p.key_splits * p.part_rows * cols, stream);
   }
   launch_query<T>(p, out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
@@ -1450,18 +1485,18 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   p.acc_time = want_time ? p.num_time : 0;
   if (p.acc_pos + p.acc_time > 0) {
     const size_t bytes = static_cast<size_t>(p.acc_pos + p.acc_time) * sizeof(double);
-    GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.bias_acc), bytes, stream));
+    p.bias_acc = detail::malloc_async<double>(p.acc_pos + p.acc_time, stream);
     GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bytes, stream));
   }
   // The key kernel adds dZ K into fp32 sums of H * D per token (dq_row).
   const int64_t dq_elements = num_tokens * p.ld_o;
   p.dq_tokens = num_tokens;
   const size_t dq_bytes = static_cast<size_t>(dq_elements) * sizeof(float);
-  GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p.dq_acc), dq_bytes, stream));
+  p.dq_acc = detail::malloc_async<float>(dq_elements, stream);
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_bytes, stream));
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
-    constexpr bool kBias = decltype(has_bias)::value;
+    constexpr int kBias = decltype(has_bias)::value;
     const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
     auto launch = [&](auto groups) {
       constexpr int G = decltype(groups)::value;

@@ -204,9 +204,7 @@ void sampled_softmax_forward_async(float* loss, float* probs, const float* query
   const float inv_t = 1.0f / temperature;
   gemm<false, true>(N, K, D, inv_t, query, D, negatives, D, probs + 1, K + 1, stream,
                     "sampled_softmax_forward (logits)");
-  float* row_loss = nullptr;
-  GENREC_CUDA_CHECK(
-      cudaMallocAsync(reinterpret_cast<void**>(&row_loss), N * sizeof(float), stream));
+  float* row_loss = detail::malloc_async<float>(N, stream);
   softmax_rows_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
       probs, row_loss, query, positive, positive_ids, negative_ids, K, D, inv_t);
   GENREC_CUDA_LAUNCH_CHECK("sampled_softmax_forward (softmax)");
@@ -221,8 +219,7 @@ float sampled_softmax_forward(float* probs, const float* query, const float* pos
                               float temperature, cudaStream_t stream) {
   check_args(N, K, D, temperature, positive_ids, negative_ids);
   if (N == 0) return 0.0f;
-  float* loss = nullptr;
-  GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&loss), sizeof(float), stream));
+  float* loss = detail::malloc_async<float>(1, stream);
   sampled_softmax_forward_async(loss, probs, query, positive, positive_ids, negatives, negative_ids,
                                 N, K, D, temperature, stream);
   float host = 0.0f;
