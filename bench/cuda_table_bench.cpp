@@ -273,6 +273,9 @@ int main(int argc, char** argv) {
       opt.dim = row.dim;
       opt.capacity = capacity;
       opt.max_hbm_row_bytes = hbm_bytes;
+      // The raw table against HierarchicalKV, which logs no removals (and insert_and_evict would
+      // grow the log by every timed call).
+      opt.log_removals = false;
       cuda::CudaDynamicTable table(opt);
       const int64_t present = static_cast<int64_t>(row.load * static_cast<double>(capacity));
       std::vector<uint64_t> keys(kKeys);

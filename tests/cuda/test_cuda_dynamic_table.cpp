@@ -1,8 +1,8 @@
 // CudaDynamicTable against a std::unordered_map model (keys, values, states, scores, stamps)
 // under random batches with duplicates, and against the CPU DynamicTable where the two coincide
 // (the same random batches on an unbounded table, eviction order in a one-bucket table, initial
-// rows). Every output is poisoned (all bytes 0xFF: NaN rows, flag 255) before each call, so an
-// unwritten output fails.
+// rows), and its removal log against the removals the calls report. Every output is poisoned (all
+// bytes 0xFF: NaN rows, flag 255) before each call, so an unwritten output fails.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -109,6 +109,26 @@ FindOrInsertResult find_or_insert_evicting(CudaDynamicTable& table,
   r.evicted.resize(ev_count.download_raw()[0]);
   return r;
 }
+
+// Where a call writes the keys it evicts (an EvictedRows of keys only).
+class EvictedKeys {
+ public:
+  explicit EvictedKeys(int64_t n) : keys_(n), count_(upload_raw(std::vector<int64_t>{0})) {
+    rows_.keys = keys_.get();
+    rows_.count = count_.get();
+  }
+  const cuda::EvictedRows* rows() const { return &rows_; }
+  std::vector<uint64_t> keys() const {
+    std::vector<uint64_t> k = keys_.download_raw();
+    k.resize(count_.download_raw()[0]);
+    return k;
+  }
+
+ private:
+  DeviceArray<uint64_t> keys_;
+  DeviceArray<int64_t> count_;
+  cuda::EvictedRows rows_;
+};
 
 struct Config {
   int64_t dim = 8;
@@ -1006,6 +1026,143 @@ TEST(CudaDynamicTable, ReserveKeepsRowsAndGrows) {
   table.find_or_insert(d_more.get(), 20000, d_more_out.get(), d_stored.get(), stream);
   for (uint8_t s : d_stored.download_raw()) ASSERT_EQ(s, 1);
   EXPECT_EQ(table.size(stream), 20600);
+}
+
+// Every removal is logged with the table step of its call: erase (present keys only, once per
+// row however often the batch repeats the key), the evictions of find_or_insert, insert_or_assign
+// and insert_rows (the rows they write out) and clear (every key). removed_since(s) is the keys
+// removed after step s, sorted and distinct; forget_removals drops the older entries and the log
+// goes on after it.
+TEST(CudaDynamicTable, RemovalLogKeepsEachRemovalWithItsStep) {
+  GENREC_REQUIRE_CUDA();
+  const int64_t dim = 4;
+  CudaDynamicTable table(one_bucket(dim, 3));
+  ASSERT_TRUE(table.options().log_removals) << "on by default, as on the CPU";
+  cuda::Stream stream;
+  std::vector<std::pair<uint64_t, uint64_t>> logged;  // (key, step): what the log must hold
+  auto log = [&](const std::vector<uint64_t>& keys, uint64_t step) {
+    for (uint64_t k : keys) logged.emplace_back(k, step);
+  };
+  auto since = [&](uint64_t step) {
+    std::set<uint64_t> keys;
+    for (const auto& [key, s] : logged) {
+      if (s > step) keys.insert(key);
+    }
+    return std::vector<uint64_t>(keys.begin(), keys.end());
+  };
+  auto sorted = [](std::vector<uint64_t> keys) {
+    std::sort(keys.begin(), keys.end());
+    return keys;
+  };
+  insert_old_rows(table, 128, 10, stream);  // keys 10 to 137 at step 1: the bucket is full
+  EXPECT_TRUE(table.removed_since(0, stream).empty());
+
+  table.set_step(2);
+  auto d_erase = upload_raw(std::vector<uint64_t>{10, 11, 500, 10});
+  auto d_erased = poisoned<uint8_t>(4);
+  table.erase(d_erase.get(), 4, stream, d_erased.get());
+  const auto erased = d_erased.download_raw();
+  EXPECT_EQ(erased[0] + erased[3], 1) << "one occurrence of 10 removed its row";
+  EXPECT_EQ(erased[1], 1);
+  EXPECT_EQ(erased[2], 0);
+  log({10, 11}, 2);
+
+  table.set_step(3);  // 4 new keys: 2 into the erased rows' room, 2 evicting the oldest rows
+  const auto fresh = find_or_insert_evicting(table, {1000, 1001, 1002, 1003}, stream);
+  EXPECT_EQ(sorted(fresh.evicted), (std::vector<uint64_t>{12, 13}));
+  log(fresh.evicted, 3);
+
+  table.set_step(4);  // 10 comes back, evicting one row
+  EvictedKeys back_evicted(1);
+  auto d_back = upload_raw(std::vector<uint64_t>{10});
+  auto d_back_values = upload_raw(std::vector<float>(dim, 2.0f));
+  table.insert_or_assign(d_back.get(), d_back_values.get(), 1, stream, nullptr, nullptr,
+                         back_evicted.rows());
+  EXPECT_EQ(back_evicted.keys(), std::vector<uint64_t>{14});
+  log(back_evicted.keys(), 4);
+
+  table.set_step(5);  // and goes again: removed at two steps, listed once
+  table.erase(std::vector<uint64_t>{10}, stream);
+  log({10}, 5);
+
+  table.set_step(6);  // 2 whole rows: one into the room, one evicting
+  EvictedKeys rows_evicted(2);
+  auto d_rows = upload_raw(std::vector<uint64_t>{2000, 2001});
+  auto d_rows_values = upload_raw(std::vector<float>(2 * dim, 3.0f));
+  auto d_rows_scores = upload_raw(std::vector<uint64_t>{6, 6});
+  table.insert_rows(d_rows.get(), d_rows_values.get(), nullptr, d_rows_scores.get(), 2, stream,
+                    nullptr, rows_evicted.rows());
+  EXPECT_EQ(rows_evicted.keys(), std::vector<uint64_t>{15});
+  log(rows_evicted.keys(), 6);
+
+  table.set_step(7);
+  const TableRows cleared = table.export_rows(0, stream);
+  ASSERT_EQ(cleared.size(), 128);
+  table.clear(stream);
+  EXPECT_EQ(table.size(stream), 0);
+  log(cleared.keys, 7);
+  for (uint64_t s = 0; s <= 8; ++s) EXPECT_EQ(table.removed_since(s, stream), since(s)) << s;
+  EXPECT_EQ(since(1).size(), 6u + 128u) << "10 once";
+
+  table.forget_removals(4, stream);
+  std::erase_if(logged, [](const auto& entry) { return entry.second <= 4; });
+  for (uint64_t s = 0; s <= 8; ++s) EXPECT_EQ(table.removed_since(s, stream), since(s)) << s;
+  table.forget_removals(7, stream);
+  EXPECT_TRUE(table.removed_since(0, stream).empty());
+  table.clear(stream);                      // empty: nothing to log
+  insert_old_rows(table, 1, 3000, stream);  // at step 1
+  table.erase(std::vector<uint64_t>{3000}, stream);
+  EXPECT_EQ(table.removed_since(0, stream), std::vector<uint64_t>{3000});
+}
+
+// The log starts small and grows as removals come, by erasing calls queued back to back (the host
+// only bounds the count) and by a clear of more keys than it has room for: no removal is lost
+// and none is written twice.
+TEST(CudaDynamicTable, RemovalLogGrowsWithoutLosingRemovals) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions opt;
+  opt.dim = 4;
+  opt.capacity = 1 << 16;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  constexpr int64_t kKeys = 24000, kBatch = 1000, kBatches = 12;
+  std::vector<uint64_t> keys(kKeys);
+  for (int64_t i = 0; i < kKeys; ++i) keys[i] = 1 + static_cast<uint64_t>(i) * 7919;
+  auto d_keys = upload_raw(keys);
+  auto d_values = upload_raw(std::vector<float>(kKeys * opt.dim, 1.0f));
+  table.set_step(1);
+  table.insert_or_assign(d_keys.get(), d_values.get(), kKeys, stream);
+  ASSERT_EQ(table.size(stream), kKeys) << "no bucket filled";
+  for (int64_t b = 0; b < kBatches; ++b) {  // batch b at step 2 + b
+    table.set_step(2 + b);
+    table.erase(d_keys.get() + b * kBatch, kBatch, stream);
+  }
+  table.set_step(2 + kBatches);
+  table.clear(stream);
+  for (uint64_t s : {0, 1, 2, 7, 13, 14}) {
+    // After step s: the batches from s - 1 on and the clear (step 14).
+    const int64_t first = std::min<int64_t>(std::max<int64_t>(s, 1) - 1, kBatches) * kBatch;
+    std::vector<uint64_t> want(keys.begin() + (s < 14 ? first : kKeys), keys.end());
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(table.removed_since(s, stream), want) << s;
+  }
+}
+
+TEST(CudaDynamicTable, NoRemovalLogWhenOff) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions opt = one_bucket(4, 4);
+  EXPECT_FALSE(opt.as_tier().log_removals);
+  opt.log_removals = false;
+  CudaDynamicTable table(opt);
+  cuda::Stream stream;
+  insert_old_rows(table, 128, 10, stream);
+  table.set_step(2);
+  table.erase(std::vector<uint64_t>{10, 11}, stream);
+  EXPECT_EQ(find_or_insert_evicting(table, {1000, 1001, 1002, 1003}, stream).evicted.size(), 2u);
+  table.clear(stream);
+  EXPECT_EQ(table.size(stream), 0);
+  EXPECT_TRUE(table.removed_since(0, stream).empty());
+  table.forget_removals(0, stream);  // nothing to drop
 }
 
 TEST(CudaDynamicTable, EmptyBatchesAndReservedKey) {

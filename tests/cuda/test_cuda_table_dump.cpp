@@ -3,14 +3,17 @@
 // table with identical rows (values, optimizer states, scores, stamps), an incremental dump holds
 // exactly the rows written since its stamp and restores the final table on top of the full dump,
 // a CPU table's dumps load into a CUDA table, a CudaTieredTable's dumps restore both of its tiers,
+// incremental dumps carry the keys the tables removed as tombstones (and restore without them),
 // and bad files are refused.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -86,6 +89,25 @@ void expect_same_rows(const TableRows& a, const TableRows& b, const char* where,
   ASSERT_EQ(a.states.size(), b.states.size()) << where;
   EXPECT_EQ(0, std::memcmp(a.values.data(), b.values.data(), 4 * a.values.size())) << where;
   EXPECT_EQ(0, std::memcmp(a.states.data(), b.states.data(), 4 * a.states.size())) << where;
+}
+
+// find_or_insert of host keys; returns the stored flags.
+std::vector<uint8_t> find_or_insert(CudaDynamicTable& table, const std::vector<uint64_t>& keys,
+                                    cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  auto d_keys = upload_raw(keys);
+  auto d_out = poisoned<float>(n * table.dim());
+  auto d_stored = poisoned<uint8_t>(n);
+  table.find_or_insert(d_keys.get(), n, d_out.get(), d_stored.get(), stream);
+  return d_stored.download_raw();
+}
+
+// The keys of `from` (sorted) that `to` (sorted) lacks.
+std::vector<uint64_t> keys_missing(const TableRows& from, const TableRows& to) {
+  std::vector<uint64_t> missing;
+  std::set_difference(from.keys.begin(), from.keys.end(), to.keys.begin(), to.keys.end(),
+                      std::back_inserter(missing));
+  return missing;
 }
 
 std::vector<uint64_t> draw_keys(int64_t n, Philox& rng) {
@@ -255,6 +277,136 @@ TEST(CudaTableDump, IncrementalDumpHoldsRowsWrittenSince) {
   expect_same_rows(on_cpu.export_rows(), final_rows, "full + incremental -> CPU", &written);
 }
 
+// Removals after a full dump, every way a one-bucket table (128 rows) has: erase, evictions by
+// find_or_insert, insert_or_assign and insert_rows, and an erased key put back. The incremental
+// dump's tombstones are exactly the full dump's keys the table no longer holds, and the full dump
+// plus the incremental one restore the table exactly (keys, values, states, scores, stamps), into
+// a CUDA table and into a CPU table: without the tombstones both would keep rows the table lost
+// (the one-bucket table would evict others to make room).
+TEST(CudaTableDump, IncrementalDumpCarriesTheRemovedKeys) {
+  GENREC_REQUIRE_CUDA();
+  test::TempDir dir("genrec_cuda_dump_");
+  CudaTableOptions opt = gpu_options();
+  opt.capacity = 128;
+  opt.eviction = EvictionPolicy::kLru;
+  CudaDynamicTable gpu(opt);
+  ASSERT_EQ(gpu.capacity(), 128);
+  cuda::Stream stream;
+  Philox rng(9);
+  const int64_t sd = gpu.state_dim();
+  // Whole rows of distinct keys with optimizer states of their own and LRU scores 1 to 3.
+  auto rows_of = [&](uint64_t first, int64_t n, uint64_t step) {
+    TableRows rows;
+    for (int64_t i = 0; i < n; ++i) {
+      rows.keys.push_back(first + i);
+      rows.scores.push_back(1 + i % 3);
+    }
+    rows.values.resize(n * kDim);
+    rows.states.resize(n * sd);
+    for (auto& v : rows.values) v = rng.uniform();
+    for (auto& v : rows.states) v = rng.uniform();
+    rows.stamps.assign(n, step);
+    return rows;
+  };
+  auto keys_from = [](uint64_t first, int n) {
+    std::vector<uint64_t> keys(n);
+    std::iota(keys.begin(), keys.end(), first);
+    return keys;
+  };
+  // Steps 1 and 2 fill the bucket: 120 whole rows, then 8 new keys (LRU score 2).
+  gpu.set_step(1);
+  ASSERT_EQ(gpu.insert_rows(rows_of(1000, 120, 1), stream), 120);
+  gpu.set_step(2);
+  EXPECT_EQ(find_or_insert(gpu, keys_from(5000, 8), stream), std::vector<uint8_t>(8, 1));
+  ASSERT_EQ(gpu.size(stream), 128);
+  const std::string full = dir.file("full.gre"), inc = dir.file("inc.gre");
+  cuda::dump_table(gpu, full, stream);
+  const TableRows before = gpu.export_rows(0, stream);
+
+  // Step 3: 3 rows erased (9999 is absent); 20 new keys, 3 in their room and 17 evicting rows of
+  // score 1 (the 39 left of the 40 full-dump rows with score 1 are the lowest).
+  gpu.set_step(3);
+  auto d_erase = upload_raw(std::vector<uint64_t>{1000, 1001, 5000, 9999});
+  auto d_erased = poisoned<uint8_t>(4);
+  gpu.erase(d_erase.get(), 4, stream, d_erased.get());
+  EXPECT_EQ(d_erased.download_raw(), (std::vector<uint8_t>{1, 1, 1, 0}));
+  EXPECT_EQ(find_or_insert(gpu, keys_from(6000, 20), stream), std::vector<uint8_t>(20, 1));
+  const TableRows mid = gpu.export_rows(0, stream);
+  // Step 4: 1000 comes back (insert_or_assign), and 3 whole rows (insert_rows): 4 evictions.
+  gpu.set_step(4);
+  auto d_back = upload_raw(std::vector<uint64_t>{1000});
+  auto d_back_values = upload_raw(std::vector<float>(kDim, 1.5f));
+  auto d_back_stored = poisoned<uint8_t>(1);
+  gpu.insert_or_assign(d_back.get(), d_back_values.get(), 1, stream, d_back_stored.get());
+  EXPECT_EQ(d_back_stored.download_raw(), std::vector<uint8_t>{1});
+  const TableRows extra = rows_of(7000, 3, 4);
+  auto d_keys = upload_raw(extra.keys);
+  auto d_values = upload_raw(extra.values);
+  auto d_states = upload_raw(extra.states);
+  auto d_scores = upload_raw(extra.scores);
+  auto d_stamps = upload_raw(extra.stamps);
+  auto d_stored = poisoned<uint8_t>(3);
+  gpu.insert_rows(d_keys.get(), d_values.get(), d_states.get(), d_scores.get(), 3, stream,
+                  d_stored.get(), nullptr, nullptr, 0, d_stamps.get());
+  EXPECT_EQ(d_stored.download_raw(), std::vector<uint8_t>(3, 1));
+  const TableRows live = gpu.export_rows(0, stream);
+  ASSERT_EQ(live.size(), 128);
+
+  const std::vector<uint64_t> gone = keys_missing(before, live);
+  EXPECT_EQ(gone.size(), 2u + 17u + 1u + 3u) << "1001 and 5000 erased, 21 rows evicted";
+  std::vector<uint64_t> removed = gone;
+  removed.insert(std::upper_bound(removed.begin(), removed.end(), 1000), 1000);  // back now
+  EXPECT_EQ(gpu.removed_since(2, stream), removed);
+  const std::vector<uint64_t> at_step_4 = keys_missing(mid, live);
+  EXPECT_EQ(at_step_4.size(), 4u);
+  EXPECT_EQ(gpu.removed_since(3, stream), at_step_4);
+
+  EXPECT_EQ(cuda::dump_table_since(gpu, inc, 2, stream), 20 + 1 + 3);
+  EXPECT_EQ(read_table_dump(inc).removed, gone);
+  CudaDynamicTable on_gpu(opt);
+  cuda::load_table(on_gpu, full, stream);
+  cuda::load_table(on_gpu, inc, stream);
+  expect_same_rows(on_gpu.export_rows(0, stream), live, "full + incremental -> CUDA");
+  TableOptions copt = cpu_options();
+  copt.eviction = EvictionPolicy::kLru;
+  DynamicTable on_cpu(copt);
+  load_table(on_cpu, full);
+  load_table(on_cpu, inc);
+  expect_same_rows(on_cpu.export_rows(), live, "full + incremental -> CPU");
+
+  // Forgotten removals are no longer written.
+  gpu.forget_removals(3, stream);
+  EXPECT_EQ(gpu.removed_since(0, stream), at_step_4);
+  cuda::dump_table_since(gpu, inc, 2, stream);
+  EXPECT_EQ(read_table_dump(inc).removed, at_step_4);
+  gpu.forget_removals(4, stream);
+  cuda::dump_table_since(gpu, inc, 2, stream);
+  EXPECT_TRUE(read_table_dump(inc).removed.empty());
+}
+
+// A table without a removal log (log_removals off) writes no tombstones for the same removals.
+TEST(CudaTableDump, NoTombstonesWithoutTheRemovalLog) {
+  GENREC_REQUIRE_CUDA();
+  test::TempDir dir("genrec_cuda_dump_");
+  CudaTableOptions opt = gpu_options();
+  opt.capacity = 128;
+  opt.log_removals = false;
+  CudaDynamicTable gpu(opt);
+  cuda::Stream stream;
+  std::vector<uint64_t> keys(128);
+  std::iota(keys.begin(), keys.end(), 1);
+  gpu.set_step(1);
+  find_or_insert(gpu, keys, stream);
+  gpu.set_step(2);
+  gpu.erase(std::vector<uint64_t>{1, 2}, stream);
+  EXPECT_EQ(find_or_insert(gpu, {501, 502, 503, 504, 505}, stream), std::vector<uint8_t>(5, 1));
+  EXPECT_EQ(gpu.size(stream), 128) << "3 rows evicted";
+  EXPECT_TRUE(gpu.removed_since(0, stream).empty());
+  const std::string inc = dir.file("inc.gre");
+  EXPECT_EQ(cuda::dump_table_since(gpu, inc, 1, stream), 5);
+  EXPECT_TRUE(read_table_dump(inc).removed.empty());
+}
+
 // A CPU table's dumps (rows stamped by its writes and by optimizer updates) load into a CUDA
 // table: a full dump, and a full dump followed by an incremental one.
 TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
@@ -341,6 +493,82 @@ TEST(CudaTableDump, TieredTableRoundTrip) {
   cuda::load_table(t, dir.file("since.dump"), stream);
   EXPECT_EQ(t.size(stream), want.size());
   expect_same_rows(t.export_rows(stream), want, "loaded over itself");
+}
+
+// A CudaTieredTable logs the keys that leave it (erase), never the rows moving between its tiers
+// (the tiers log nothing). Lookups move rows both ways around an erase of keys of either tier
+// (one of them put back later, one key in no tier), and a full dump before the erase plus an
+// incremental dump at the end restore the table exactly, into a CudaTieredTable and into a CPU
+// table; every looked-up row is rewritten in hot (values and stamp), as in TieredTableRoundTrip.
+TEST(CudaTableDump, TieredTableDumpCarriesErasedKeys) {
+  GENREC_REQUIRE_CUDA();
+  CudaTableOptions hot = gpu_options();
+  hot.capacity = 128;
+  TableOptions host = cpu_options();
+  auto make = [&] { return std::make_unique<cuda::CudaTieredTable>(hot, host); };
+  cuda::Stream stream;
+  test::TempDir dir("genrec_cuda_tiered_dump_");
+  auto table = make();
+  cuda::CudaTieredTable& t = *table;
+  Philox rng(44);
+  auto lookup = [&](uint64_t step, const std::vector<uint64_t>& keys) {
+    t.set_step(step);
+    const int64_t n = static_cast<int64_t>(keys.size());
+    std::vector<float> values(n * kDim);
+    for (auto& v : values) v = rng.uniform();
+    auto d_keys = upload_raw(keys);
+    auto d_out = poisoned<float>(n * kDim);
+    auto d_values = upload_raw(values);
+    t.find_or_insert(d_keys.get(), n, d_out.get(), nullptr, stream);
+    t.hot().assign(d_keys.get(), d_values.get(), n, stream);
+  };
+  constexpr int64_t kBatch = 48;  // under a bucket: every key of a batch is in hot after it
+  for (uint64_t step = 1; step <= 10; ++step) lookup(step, draw_keys(kBatch, rng));
+  const std::string full = dir.file("full.dump"), inc = dir.file("inc.dump");
+  cuda::dump_table(t, full, stream);
+
+  // Step 11: 3 keys of hot and 3 of host erased, with a repeat and a key in no tier (draw_keys
+  // never makes 2).
+  const TableRows in_hot = t.hot().export_rows(0, stream), in_host = t.host().export_rows();
+  ASSERT_GE(in_hot.size(), 3);
+  ASSERT_GE(in_host.size(), 3);
+  std::vector<uint64_t> erased(in_hot.keys.begin(), in_hot.keys.begin() + 3);
+  erased.insert(erased.end(), in_host.keys.begin(), in_host.keys.begin() + 3);
+  std::vector<uint64_t> batch = erased;
+  batch.push_back(2);
+  batch.push_back(erased[0]);
+  const int64_t size_before = t.size(stream);
+  t.set_step(11);
+  t.erase(batch, stream);
+  EXPECT_EQ(t.size(stream), size_before - 6);
+  // Steps 12 to 14: the first erased key comes back, the others stay out.
+  const std::set<uint64_t> out(erased.begin() + 1, erased.end());
+  for (uint64_t step = 12; step <= 14; ++step) {
+    std::vector<uint64_t> keys = draw_keys(kBatch, rng);
+    std::erase_if(keys, [&](uint64_t k) { return out.count(k) != 0; });
+    if (step == 12) keys.push_back(erased[0]);
+    lookup(step, keys);
+  }
+  EXPECT_GT(t.stats().demoted, 0) << "hot evicted rows to host";
+  std::sort(erased.begin(), erased.end());
+  EXPECT_EQ(t.removed_since(10), erased) << "what left the table, once each";
+  EXPECT_TRUE(t.removed_since(11).empty());
+  EXPECT_TRUE(t.hot().removed_since(0, stream).empty()) << "the tiers log nothing";
+  EXPECT_TRUE(t.host().removed_since(0).empty());
+
+  const TableRows live = t.export_rows(stream);
+  cuda::dump_table_since(t, inc, 10, stream);
+  EXPECT_EQ(read_table_dump(inc).removed, std::vector<uint64_t>(out.begin(), out.end()));
+  auto restored = make();
+  cuda::load_table(*restored, full, stream);
+  cuda::load_table(*restored, inc, stream);
+  expect_same_rows(restored->export_rows(stream), live, "full + incremental -> tiered");
+  DynamicTable on_cpu(host);
+  load_table(on_cpu, full);
+  load_table(on_cpu, inc);
+  expect_same_rows(on_cpu.export_rows(), live, "full + incremental -> CPU");
+  t.forget_removals(11);
+  EXPECT_TRUE(t.removed_since(0).empty());
 }
 
 TEST(CudaTableDump, BadFilesAreRefused) {

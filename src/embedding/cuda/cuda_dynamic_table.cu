@@ -15,6 +15,8 @@
 //    custom score) of the occurrence their mark names, the last one, as on the CPU.
 // Because every present key of the batch is marked before any eviction can happen, no row of
 // the batch's keys is ever evicted by the call.
+// Removals are logged where a row goes (the evict kernel, insert_rows, erase, clear), never in
+// the lookup, find or insert kernels: a table that logs costs them nothing.
 #include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
 
 #include "embedding/cuda/cuda_dynamic_table.h"
@@ -54,6 +56,7 @@ struct BatchArgs {
   int64_t* rewrites = nullptr;  // room for n (slot, occurrence) pairs, see mark_and_write
   HostRowQueue host_queue;      // lookup_kernel<., true>: host-row copies left to copy_host_rows
   EvictedRows evicted;
+  RemovalSink removals;  // the evict kernel logs its victims here
   InitParams init;
   int64_t dim = 0, state_dim = 0;
   uint64_t step = 0, epoch = 0;
@@ -61,6 +64,15 @@ struct BatchArgs {
   EvictionPolicy policy = EvictionPolicy::kLru;
   BatchOp op = BatchOp::kFindOrInsert;
 };
+
+// Appends a removed key to the table's removal log; one thread per removal, nothing without a log.
+// The call made room for every row it may remove (DeviceRemovalLog::make_room).
+__device__ __forceinline__ void log_removal(const RemovalSink& log, uint64_t key, uint64_t step) {
+  if (log.count == nullptr) return;
+  const unsigned long long at = atomicAdd(log.count, 1ull);
+  log.keys[at] = key;
+  log.steps[at] = step;
+}
 
 // Size changes summed per block, then one atomic per block: per-key atomics on the one size
 // word serialize in L2.
@@ -396,7 +408,10 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs 
         inserted = true;
         write_out_victim(tile, a.evicted, row_ptr(t, base + slot), a.dim + a.state_dim, victim_key,
                          victim_score, &t.slots[base + slot].stamp);
-        if (tile.thread_rank() == 0) t.digests[base + slot] = static_cast<uint8_t>(digest);
+        if (tile.thread_rank() == 0) {
+          t.digests[base + slot] = static_cast<uint8_t>(digest);
+          log_removal(a.removals, victim_key, a.step);
+        }
         write_new_row(tile, t, a, i, key, base + slot);
       }
     }
@@ -429,7 +444,8 @@ __global__ void __launch_bounds__(kThreads) rewrite_kernel(TableView t, BatchArg
 }
 
 __global__ void __launch_bounds__(kThreads)
-    erase_kernel(TableView t, const uint64_t* keys, int64_t n, uint8_t* erased) {
+    erase_kernel(TableView t, const uint64_t* keys, int64_t n, uint8_t* erased, RemovalSink log,
+                 uint64_t step) {
   __shared__ unsigned long long removed;  // negated: added in two's complement
   begin_block_count(removed);
   for_each_key(n, [&](const Tile& tile, int64_t i) {
@@ -445,6 +461,7 @@ __global__ void __launch_bounds__(kThreads)
       if (done) {
         t.digests[b * kBucketSlots + slot] = 0;  // free: no insertion runs during an erase
         atomicAdd(&removed, ~0ull);              // -1
+        log_removal(log, key, step);
       }
     }
     if (erased != nullptr) erased[i] = done;
@@ -492,6 +509,28 @@ __global__ void __launch_bounds__(kThreads)
       tile_copy<false>(tile, values_out + out * dim, row, dim);
       if (states_out != nullptr)
         tile_copy<false>(tile, states_out + out * state_dim, row + dim, state_dim);
+    }
+  }
+}
+
+// Logs the key of every occupied slot (clear): a warp appends its keys at one atomic.
+__global__ void __launch_bounds__(kThreads)
+    log_keys_kernel(TableView t, int64_t slots, RemovalSink log, uint64_t step) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  // Whole warps iterate together, so the ballots see every lane.
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + (threadIdx.x & ~31u);
+       first < slots; first += stride) {
+    const int64_t s = first + lane;
+    const uint64_t key = s < slots ? t.slots[s].key : kEmptyKey;
+    const unsigned live = __ballot_sync(0xFFFFFFFFu, key != kEmptyKey);
+    if (live == 0) continue;
+    unsigned long long at = 0;
+    if (lane == 0) at = atomicAdd(log.count, static_cast<unsigned long long>(__popc(live)));
+    at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(live & ((1u << lane) - 1));
+    if (key != kEmptyKey) {
+      log.keys[at] = key;
+      log.steps[at] = step;
     }
   }
 }
@@ -552,6 +591,7 @@ CudaDynamicTable::CudaDynamicTable(const CudaTableOptions& options) : options_(o
   state_dim_ = optimizer_state_dim(options.optimizer, options.dim);
   storage_ = std::make_unique<TableStorage>(buckets_for(options.capacity), (row_dim() + 3) / 4 * 4,
                                             options.max_hbm_row_bytes);
+  if (options.log_removals) removals_ = std::make_unique<DeviceRemovalLog>();
   int device = 0, sms = 0, per_sm = 0;
   GENREC_CUDA_CHECK(cudaGetDevice(&device));
   GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -645,6 +685,10 @@ void CudaDynamicTable::contains(const uint64_t* keys, int64_t n, uint8_t* out,
   find(keys, n, nullptr, out, stream);
 }
 
+RemovalSink CudaDynamicTable::log_room(int64_t n, cudaStream_t stream) {
+  return removals_ != nullptr ? removals_->make_room(n, stream) : RemovalSink{};
+}
+
 uint32_t CudaDynamicTable::next_batch(cudaStream_t stream) {
   if (batch_ == 0xFFFFFFFFu) {  // marks of old batches would alias new ids
     storage_->clear_marks(stream);
@@ -677,6 +721,8 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   a.policy = options_.eviction;
   a.op = op;
   const bool inserting = op != BatchOp::kAssign;
+  // Each key evicts at most one row, only in the evict kernel.
+  if (inserting) a.removals = log_room(n, stream);
   DeviceBuffer<uint8_t> pending(inserting ? n : 0, stream);
   a.pending = pending.data();
   const bool writing = op != BatchOp::kFindOrInsert || scores != nullptr;
@@ -763,7 +809,9 @@ void CudaDynamicTable::erase(const uint64_t* keys, int64_t n, cudaStream_t strea
   if (n == 0) return;
   GENREC_CHECK(keys != nullptr, "CUDA dynamic table erase: null keys");
   auto lock = begin(stream);
-  erase_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(storage_->view(), keys, n, erased);
+  const RemovalSink log = log_room(n, stream);
+  erase_kernel<<<grid_for_keys(n), kThreads, 0, stream>>>(storage_->view(), keys, n, erased, log,
+                                                          step_.load());
   GENREC_CUDA_LAUNCH_CHECK("dynamic table erase");
   end(stream);
 }
@@ -899,7 +947,37 @@ void CudaDynamicTable::reserve(int64_t capacity, cudaStream_t stream) {
 
 void CudaDynamicTable::clear(cudaStream_t stream) {
   auto lock = begin(stream);
+  if (removals_ != nullptr) {
+    // Every row is a removal: room for the size, then the keys straight from the slots.
+    unsigned long long live = 0;
+    GENREC_CUDA_CHECK(cudaMemcpyAsync(&live, storage_->view().size, sizeof(live),
+                                      cudaMemcpyDeviceToHost, stream));
+    GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (live > 0) {
+      const RemovalSink log = log_room(static_cast<int64_t>(live), stream);
+      const int64_t slots = storage_->slots();
+      const auto grid = static_cast<unsigned>(
+          std::clamp<int64_t>((slots + kThreads - 1) / kThreads, 1, int64_t{1} << 20));
+      log_keys_kernel<<<grid, kThreads, 0, stream>>>(storage_->view(), slots, log, step_.load());
+      GENREC_CUDA_LAUNCH_CHECK("dynamic table clear log");
+    }
+  }
   storage_->clear(stream);
+  end(stream);
+}
+
+std::vector<uint64_t> CudaDynamicTable::removed_since(uint64_t step, cudaStream_t stream) const {
+  if (removals_ == nullptr) return {};
+  auto lock = begin(stream);
+  std::vector<uint64_t> keys = removals_->since(step, stream);
+  end(stream);
+  return keys;
+}
+
+void CudaDynamicTable::forget_removals(uint64_t step, cudaStream_t stream) {
+  if (removals_ == nullptr) return;
+  auto lock = begin(stream);
+  removals_->forget(step, stream);
   end(stream);
 }
 
@@ -923,6 +1001,7 @@ struct RowsArgs {
   int64_t n = 0;
   uint8_t* stored = nullptr;
   EvictedRows evicted;
+  RemovalSink removals;  // the rows it evicts are logged here
   int64_t dim = 0, state_dim = 0;
   uint64_t step = 0;
   uint32_t batch = 0;
@@ -975,6 +1054,7 @@ __global__ void __launch_bounds__(kThreads) insert_rows_kernel(TableView t, Rows
         if (evicting) {
           write_out_victim(tile, a.evicted, row, row_dim, victim_key, victim_score,
                            &t.slots[base + slot].stamp);
+          if (lane == 0) log_removal(a.removals, victim_key, a.step);
         }
         tile_copy<false>(tile, row, a.values + i * a.dim, a.dim);
         if (a.state_dim > 0) {
@@ -1004,7 +1084,8 @@ void CudaDynamicTable::launch_insert_rows(const uint64_t* keys, const float* val
                                           const float* states, const uint64_t* scores,
                                           const uint64_t* stamps, int64_t n, uint8_t* stored,
                                           const EvictedRows* evicted, const uint64_t* pinned,
-                                          int64_t num_pinned, uint32_t batch, cudaStream_t stream) {
+                                          int64_t num_pinned, uint32_t batch,
+                                          const RemovalSink& removals, cudaStream_t stream) {
   table::RowsArgs a;
   a.keys = keys;
   a.values = values;
@@ -1014,6 +1095,7 @@ void CudaDynamicTable::launch_insert_rows(const uint64_t* keys, const float* val
   a.n = n;
   a.stored = stored;
   if (evicted != nullptr) a.evicted = *evicted;
+  a.removals = removals;
   a.dim = dim();
   a.state_dim = state_dim_;
   a.step = step_.load();
@@ -1041,8 +1123,9 @@ void CudaDynamicTable::insert_rows(const uint64_t* keys, const float* values, co
                    (state_dim_ == 0 || states != nullptr),
                "CUDA dynamic table insert_rows: null keys, values, scores or states");
   auto lock = begin(stream);
+  const uint32_t batch = next_batch(stream);
   launch_insert_rows(keys, values, states, scores, stamps, n, stored, evicted, pinned, num_pinned,
-                     next_batch(stream), stream);
+                     batch, log_room(n, stream), stream);
   end(stream);
 }
 
@@ -1079,8 +1162,10 @@ int64_t CudaDynamicTable::insert_rows(const TableRows& rows, cudaStream_t stream
     upload(stamps.data(), rows.stamps.data() + at, sizeof(uint64_t) * m);
     upload(values.data(), rows.values.data() + at * d, sizeof(float) * m * d);
     upload(states.data(), rows.states.data() + at * sd, sizeof(float) * m * sd);
+    // Room per chunk (each row evicts at most one): the log's bound follows the chunks' real
+    // removals (each chunk synchronizes), not the rows of a whole load.
     launch_insert_rows(keys.data(), values.data(), states.data(), scores.data(), stamps.data(), m,
-                       stored.data(), nullptr, nullptr, 0, batch, stream);
+                       stored.data(), nullptr, nullptr, 0, batch, log_room(m, stream), stream);
     GENREC_CUDA_CHECK(
         cudaMemcpyAsync(h_stored.data(), stored.data(), m, cudaMemcpyDeviceToHost, stream));
     GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));

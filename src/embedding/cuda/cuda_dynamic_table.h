@@ -22,8 +22,12 @@
 //   (for keys that share no sketch counter) the filter's counters therefore end as the CPU's;
 //   only those early occurrences' stored flags differ (1 here, 0 there) and, with (epoch-)LFU,
 //   the new row counts them as accesses.
+// - removals (erase, eviction, clear) are logged with the table step in device memory, as
+//   DynamicTable logs them (options.log_removals), for incremental dumps' tombstones.
 // Batch calls queue work on `stream` and do not synchronize; size(), export_rows(), reserve()
-// synchronize. Keys equal to kEmptyKey are never found nor stored.
+// synchronize, and so, rarely, does a call that may remove rows while the table logs removals
+// (when its log may be full, see device_removal_log.h). Keys equal to kEmptyKey are never found
+// nor stored.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -35,6 +39,7 @@
 #include <vector>
 
 #include "embedding/cuda/cuda_counting_filter.h"
+#include "embedding/cuda/device_removal_log.h"
 #include "embedding/dynamic_table.h"
 #include "embedding/eviction.h"
 
@@ -55,6 +60,17 @@ struct CudaTableOptions {
   // device memory.
   int64_t max_hbm_row_bytes = -1;
   std::shared_ptr<CudaCountingFilter> admission;  // null: every new key is admitted
+  // Log removed keys for incremental dumps' tombstones (removed_since), as
+  // TableOptions::log_removals: off for the hot tier of a CudaTieredTable (a row it evicts moves
+  // to host), and where nothing dumps incrementally (the log grows until forget_removals).
+  bool log_removals = true;
+
+  // These options for a tier of a tiered table (no removal log).
+  CudaTableOptions as_tier() const {
+    CudaTableOptions tier = *this;
+    tier.log_removals = false;
+    return tier;
+  }
 };
 
 // Where an inserting call writes the rows it evicts (device pointers, room for n rows each):
@@ -152,7 +168,14 @@ class CudaDynamicTable {
   // Grows to at least `capacity` slots (never shrinks), keeping every row; synchronizes. The
   // HBM budget stays max_hbm_row_bytes: with one, the added rows live in host memory.
   void reserve(int64_t capacity, cudaStream_t stream = nullptr);
-  void clear(cudaStream_t stream = nullptr);
+  void clear(cudaStream_t stream = nullptr);  // with a log: synchronizes, logs every key
+
+  // As DynamicTable::removed_since: the keys removed (erase, eviction, clear) at a step after
+  // `step`, sorted and distinct, whether or not they are back; empty without a log.
+  // Synchronizes.
+  std::vector<uint64_t> removed_since(uint64_t step, cudaStream_t stream = nullptr) const;
+  // Drops the removals at or before `step` (DynamicTable::forget_removals). Synchronizes.
+  void forget_removals(uint64_t step, cudaStream_t stream = nullptr);
 
  private:
   void run_batch(BatchOp op, const uint64_t* keys, int64_t n, const float* values_in,
@@ -165,10 +188,14 @@ class CudaDynamicTable {
   // The id of a new marking batch (marks are cleared when the ids wrap); called between begin
   // and end.
   uint32_t next_batch(cudaStream_t stream);
+  // Room in the removal log for n more removals by the kernels queued next on `stream` (between
+  // begin and end); the sink they append to, a null one without a log.
+  RemovalSink log_room(int64_t n, cudaStream_t stream);
   void launch_insert_rows(const uint64_t* keys, const float* values, const float* states,
                           const uint64_t* scores, const uint64_t* stamps, int64_t n,
                           uint8_t* stored, const EvictedRows* evicted, const uint64_t* pinned,
-                          int64_t num_pinned, uint32_t batch, cudaStream_t stream);
+                          int64_t num_pinned, uint32_t batch, const RemovalSink& removals,
+                          cudaStream_t stream);
   void launch_export(int64_t offset, int64_t num_slots, uint64_t* keys_out, float* values_out,
                      int64_t* count, cudaStream_t stream, float* states_out, uint64_t* scores_out,
                      uint64_t min_score, uint64_t* stamps_out, uint64_t min_stamp) const;
@@ -176,6 +203,7 @@ class CudaDynamicTable {
   CudaTableOptions options_;
   int64_t state_dim_ = 0;
   std::unique_ptr<TableStorage> storage_;
+  std::unique_ptr<DeviceRemovalLog> removals_;  // null: options.log_removals is off
   mutable std::mutex mutex_;
   cudaEvent_t last_ = nullptr;
   uint32_t batch_ = 0;          // id of the last marking batch (see marks in the .cu)

@@ -3,23 +3,50 @@
 #include "embedding/cuda/cuda_table_dump.h"
 
 #include <limits>
+#include <vector>
 
+#include "core/cuda/caching_allocator.h"
 #include "core/error.h"
 
 namespace genrec::cuda {
 namespace {
+
+// The keys of `keys` that the table does not hold now: an incremental dump's tombstones.
+std::vector<uint64_t> absent_keys(const CudaDynamicTable& table, std::vector<uint64_t> keys,
+                                  cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  if (n == 0) return keys;
+  DeviceBuffer<uint64_t> d_keys(n, stream);
+  DeviceBuffer<uint8_t> d_present(n, stream);
+  GENREC_CUDA_CHECK(cudaMemcpyAsync(d_keys.data(), keys.data(), sizeof(uint64_t) * n,
+                                    cudaMemcpyHostToDevice, stream));
+  table.contains(d_keys.data(), n, d_present.data(), stream);
+  std::vector<uint8_t> present(n);
+  GENREC_CUDA_CHECK(
+      cudaMemcpyAsync(present.data(), d_present.data(), n, cudaMemcpyDeviceToHost, stream));
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  size_t kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!present[i]) keys[kept++] = keys[i];
+  }
+  keys.resize(kept);
+  return keys;
+}
 
 TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t since,
                      cudaStream_t stream) {
   const CudaTableOptions& o = table.options();
   TableDump dump;
   dump.info = table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since);
-  // Rows with stamp > since are those with stamp >= since + 1; none is above the largest stamp.
   if (!incremental) {
     dump.rows = table.export_rows(0, stream);
-  } else if (since < std::numeric_limits<uint64_t>::max()) {
+    return dump;
+  }
+  // Rows with stamp > since are those with stamp >= since + 1; none is above the largest stamp.
+  if (since < std::numeric_limits<uint64_t>::max()) {
     dump.rows = table.export_rows(0, stream, since + 1);
   }
+  dump.removed = absent_keys(table, table.removed_since(since, stream), stream);
   return dump;
 }
 
@@ -29,7 +56,8 @@ TableDump content_of(const CudaTieredTable& table, bool incremental, uint64_t si
   const CudaTableOptions& o = table.hot().options();
   return dump_of_rows(
       table_dump_info(o.dim, o.optimizer, o.eviction, table.step(), incremental, since),
-      table.export_rows(stream));
+      table.export_rows(stream),
+      incremental ? table.removed_since(since) : std::vector<uint64_t>{});
 }
 
 // Reads a dump for a table of this dim and optimizer state; its keys must be distinct (the CUDA

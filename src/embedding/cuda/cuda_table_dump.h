@@ -1,8 +1,9 @@
 // Dump files of a CudaDynamicTable or a CudaTieredTable, in the format of embedding/table_dump.h
 // (which writes and reads them for both tables): a dump of a CUDA table loads into a DynamicTable
 // and the other way round, full or incremental. The rows pass through the host: export_rows (sorted
-// by key, with scores and stamps) for a dump, the host insert_rows for a load. The CUDA tables do
-// not log removals, so their incremental dumps carry no tombstones; loads erase a dump's
+// by key, with scores and stamps) for a dump, the host insert_rows for a load. Incremental dumps
+// carry as tombstones the keys the table removed since (removed_since) and does not hold now, as
+// the CPU tables' do; loads erase a dump's tombstones before inserting its rows
 // (CudaDynamicTable::erase and CudaTieredTable::erase of host keys).
 #pragma once
 
@@ -20,7 +21,8 @@ namespace genrec::cuda {
 // Writes every row; returns the number of rows written. Synchronizes.
 int64_t dump_table(const CudaDynamicTable& table, const std::string& path,
                    cudaStream_t stream = nullptr);
-// Writes the rows whose stamp is greater than since_stamp. Synchronizes.
+// Writes the rows whose stamp is greater than since_stamp, and as tombstones the keys the table
+// removed at a later step and does not hold now. Synchronizes.
 int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
                          uint64_t since_stamp, cudaStream_t stream = nullptr);
 // Validates the whole file, then inserts or overwrites its rows exactly (values, states, scores,

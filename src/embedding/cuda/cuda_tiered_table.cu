@@ -147,7 +147,7 @@ const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOpti
 }  // namespace
 
 CudaTieredTable::CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host)
-    : hot_(checked_hot(hot, host)), host_(host.as_tier()) {}
+    : hot_(checked_hot(hot, host).as_tier()), host_(host.as_tier()) {}
 
 void CudaTieredTable::set_step(uint64_t step) {
   hot_.set_step(step);
@@ -381,8 +381,25 @@ void CudaTieredTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
 
 void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
-  hot_.erase(keys, stream);
-  host_.erase(keys.data(), static_cast<int64_t>(keys.size()));
+  const int64_t n = static_cast<int64_t>(keys.size());
+  if (n == 0) return;
+  // The keys either tier held leave the table: hot's from its erased flags, host's by contains.
+  DeviceBuffer<uint64_t> d_keys(n, stream);
+  DeviceBuffer<uint8_t> d_erased(n, stream);
+  std::vector<uint8_t> in_hot(n), in_host(n);
+  copy_async(d_keys.data(), keys.data(), sizeof(uint64_t) * n, cudaMemcpyHostToDevice, stream);
+  hot_.erase(d_keys.data(), n, stream, d_erased.data());
+  copy_async(in_hot.data(), d_erased.data(), n, cudaMemcpyDeviceToHost, stream);
+  host_.contains(keys.data(), n, in_host.data());
+  host_.erase(keys.data(), n);
+  GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint64_t> removed;
+  for (int64_t i = 0; i < n; ++i) {
+    if (in_hot[i] || in_host[i]) removed.push_back(keys[i]);
+  }
+  std::sort(removed.begin(), removed.end());
+  removed.erase(std::unique(removed.begin(), removed.end()), removed.end());
+  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), hot_.step());
 }
 
 int64_t CudaTieredTable::size(cudaStream_t stream) const {

@@ -7,6 +7,8 @@
 // the host table in one batch, their rows uploaded in one transfer and inserted into hot in one
 // call; the rows hot evicts for them come back in one transfer and go into the host table in one
 // batch.
+// The tiers log no removals (a row moving between them leaves one); the table logs the keys that
+// leave it, as TieredTable does: with an unbounded host tier that is erase() alone.
 // Calls are serialized by one mutex and synchronize `stream` (the host table is on the host).
 #pragma once
 
@@ -20,6 +22,7 @@
 #include "core/cuda/pinned_pool.h"
 #include "embedding/cuda/cuda_dynamic_table.h"
 #include "embedding/dynamic_table.h"
+#include "embedding/removal_log.h"
 #include "embedding/tiered_table.h"
 
 namespace genrec::cuda {
@@ -28,7 +31,8 @@ class CudaTieredTable {
  public:
   // Both tiers need the same dim, optimizer state and eviction policy (not kCustom: a lookup
   // takes no scores). hot: all rows in HBM (max_hbm_row_bytes < 0); host: unbounded
-  // (max_capacity 0), so that no row is ever dropped. New rows take hot's initializer.
+  // (max_capacity 0), so that no row is ever dropped. New rows take hot's initializer. Both
+  // tiers are built without a removal log (as_tier).
   CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host);
 
   // Like CudaDynamicTable::find_or_insert: every occurrence gets its key's row in values_out
@@ -50,8 +54,11 @@ class CudaTieredTable {
   // below hot: each key's row leaves hot if it is there, and the rows go into host. For
   // restoring dumps (cuda_table_dump.h). Nothing is counted in the statistics.
   void insert_rows(const TableRows& rows, cudaStream_t stream = nullptr);
-  // Removes the (host) keys from both tiers.
+  // Removes the (host) keys from both tiers, logging those that were in one.
   void erase(const std::vector<uint64_t>& keys, cudaStream_t stream = nullptr);
+  // Keys erased at a step after `step`, sorted and distinct; see DynamicTable::removed_since.
+  std::vector<uint64_t> removed_since(uint64_t step) const { return removals_.since(step); }
+  void forget_removals(uint64_t step) { removals_.forget(step); }
 
   int64_t size(cudaStream_t stream = nullptr) const;  // both tiers; synchronizes
   void set_step(uint64_t step);
@@ -88,6 +95,7 @@ class CudaTieredTable {
 
   CudaDynamicTable hot_;
   DynamicTable host_;
+  RemovalLog removals_;
   mutable std::mutex mutex_;
   mutable Scratch scratch_;
   TableRows demoted_;  // reused: its vectors keep their capacity
