@@ -143,6 +143,9 @@ TableOptions item_table_options(const RetrievalConfig& config, uint64_t seed) {
   options.optimizer = OptimizerState::kAdam;
   // Keyed by (seed, id): an item's first row does not depend on which batch inserts it.
   options.initializer = {InitKind::kNormal, kItemInitStd, mix64(seed ^ kItemSeedSalt)};
+  // Checkpoints hold full dumps, so tombstones have no reader here; a log would keep 16 bytes
+  // per removal (every row at each clear of a mirror table) for the whole run.
+  options.log_removals = false;
   return options;
 }
 

@@ -166,6 +166,7 @@ void DynamicItemRows::initialize(uint64_t seed) {
   device.optimizer = options.optimizer;
   device.initializer = options.initializer;
   device.eviction = options.eviction;
+  device.log_removals = options.log_removals;
   device.capacity = 2 * config_.num_items;
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing queued still uses the old slots
   table_.reset();
