@@ -16,30 +16,37 @@ void RemovalLog::append(const uint64_t* keys, int64_t n, uint64_t step) {
   steps_.insert(steps_.end(), static_cast<size_t>(n), step);
 }
 
-std::vector<uint64_t> RemovalLog::since(uint64_t step) const {
+std::vector<uint64_t> keys_removed_after(const std::vector<uint64_t>& keys,
+                                         const std::vector<uint64_t>& steps, uint64_t step) {
   std::vector<uint64_t> out;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t i = 0; i < keys_.size(); ++i) {
-      if (steps_[i] > step) out.push_back(keys_[i]);
-    }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (steps[i] > step) out.push_back(keys[i]);
   }
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 
-void RemovalLog::forget(uint64_t step) {
-  std::lock_guard<std::mutex> lock(mutex_);
+void keep_removals_after(std::vector<uint64_t>& keys, std::vector<uint64_t>& steps, uint64_t step) {
   size_t kept = 0;
-  for (size_t i = 0; i < keys_.size(); ++i) {
-    if (steps_[i] <= step) continue;
-    keys_[kept] = keys_[i];
-    steps_[kept] = steps_[i];
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (steps[i] <= step) continue;
+    keys[kept] = keys[i];
+    steps[kept] = steps[i];
     ++kept;
   }
-  keys_.resize(kept);
-  steps_.resize(kept);
+  keys.resize(kept);
+  steps.resize(kept);
+}
+
+std::vector<uint64_t> RemovalLog::since(uint64_t step) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return keys_removed_after(keys_, steps_, step);
+}
+
+void RemovalLog::forget(uint64_t step) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  keep_removals_after(keys_, steps_, step);
 }
 
 }  // namespace genrec

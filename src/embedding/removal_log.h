@@ -10,6 +10,13 @@
 
 namespace genrec {
 
+// The filters of a log held as parallel arrays (also the CUDA table's, once downloaded):
+// the keys of the entries after `step`, sorted and distinct; and the entries after `step` kept
+// in place, in order (the arrays shrink to them).
+std::vector<uint64_t> keys_removed_after(const std::vector<uint64_t>& keys,
+                                         const std::vector<uint64_t>& steps, uint64_t step);
+void keep_removals_after(std::vector<uint64_t>& keys, std::vector<uint64_t>& steps, uint64_t step);
+
 class RemovalLog {
  public:
   void append(uint64_t key, uint64_t step);

@@ -441,6 +441,29 @@ TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
                    &written);
 }
 
+// A CudaTieredTable whose hot tier is one bucket, so that lookups move rows between its tiers.
+std::unique_ptr<cuda::CudaTieredTable> one_bucket_tiered_table() {
+  CudaTableOptions hot = gpu_options();
+  hot.capacity = 128;
+  return std::make_unique<cuda::CudaTieredTable>(hot, cpu_options());
+}
+constexpr int64_t kTieredBatch = 48;  // under a bucket: every key of a batch is in hot after it
+
+// Looks keys up at `step` (rows move between the tiers), then rewrites their rows in hot with
+// random values (new values and stamps).
+void look_up_and_rewrite(cuda::CudaTieredTable& t, uint64_t step, const std::vector<uint64_t>& keys,
+                         Philox& rng, cudaStream_t stream) {
+  t.set_step(step);
+  const int64_t n = static_cast<int64_t>(keys.size());
+  std::vector<float> values(n * kDim);
+  for (auto& v : values) v = rng.uniform();
+  auto d_keys = upload_raw(keys);
+  auto d_out = poisoned<float>(n * kDim);
+  auto d_values = upload_raw(values);
+  t.find_or_insert(d_keys.get(), n, d_out.get(), nullptr, stream);
+  t.hot().assign(d_keys.get(), d_values.get(), n, stream);
+}
+
 // A CudaTieredTable's dumps hold both tiers. Random lookups move rows between a one-bucket hot
 // tier and host, and every looked-up row is then rewritten in hot (values and stamp), so a full
 // dump taken halfway plus an incremental dump at the end, and a full dump at the end, must each
@@ -448,27 +471,14 @@ TEST(CudaTableDump, CpuDumpsLoadIntoCudaTable) {
 // key in one tier.
 TEST(CudaTableDump, TieredTableRoundTrip) {
   GENREC_REQUIRE_CUDA();
-  CudaTableOptions hot = gpu_options();
-  hot.capacity = 128;
-  TableOptions host = cpu_options();
-  auto make = [&] { return std::make_unique<cuda::CudaTieredTable>(hot, host); };
   cuda::Stream stream;
   test::TempDir dir("genrec_cuda_tiered_dump_");
-  auto table = make();
+  auto table = one_bucket_tiered_table();
   cuda::CudaTieredTable& t = *table;
   Philox rng(43);
   constexpr uint64_t kHalf = 20, kSteps = 40;
-  constexpr int64_t kBatch = 48;  // under a bucket: every key of a batch is in hot after it
   for (uint64_t step = 1; step <= kSteps; ++step) {
-    t.set_step(step);
-    const auto keys = draw_keys(kBatch, rng);
-    std::vector<float> values(kBatch * kDim);
-    for (auto& v : values) v = rng.uniform();
-    auto d_keys = upload_raw(keys);
-    auto d_out = poisoned<float>(kBatch * kDim);
-    auto d_values = upload_raw(values);
-    t.find_or_insert(d_keys.get(), kBatch, d_out.get(), nullptr, stream);
-    t.hot().assign(d_keys.get(), d_values.get(), kBatch, stream);
+    look_up_and_rewrite(t, step, draw_keys(kTieredBatch, rng), rng, stream);
     if (step == kHalf) {
       EXPECT_GT(cuda::dump_table(t, dir.file("half.dump"), stream), 0);
     }
@@ -478,12 +488,12 @@ TEST(CudaTableDump, TieredTableRoundTrip) {
   EXPECT_LT(cuda::dump_table_since(t, dir.file("since.dump"), kHalf, stream), want.size());
   EXPECT_EQ(cuda::dump_table(t, dir.file("all.dump"), stream), want.size());
 
-  auto from_full = make();
+  auto from_full = one_bucket_tiered_table();
   cuda::load_table(*from_full, dir.file("all.dump"), stream);
   expect_same_rows(from_full->export_rows(stream), want, "full dump");
   EXPECT_EQ(from_full->size(stream), want.size());
 
-  auto from_increments = make();
+  auto from_increments = one_bucket_tiered_table();
   cuda::load_table(*from_increments, dir.file("half.dump"), stream);
   EXPECT_TRUE(cuda::load_table(*from_increments, dir.file("since.dump"), stream).incremental);
   expect_same_rows(from_increments->export_rows(stream), want, "half + incremental dump");
@@ -502,28 +512,15 @@ TEST(CudaTableDump, TieredTableRoundTrip) {
 // table; every looked-up row is rewritten in hot (values and stamp), as in TieredTableRoundTrip.
 TEST(CudaTableDump, TieredTableDumpCarriesErasedKeys) {
   GENREC_REQUIRE_CUDA();
-  CudaTableOptions hot = gpu_options();
-  hot.capacity = 128;
-  TableOptions host = cpu_options();
-  auto make = [&] { return std::make_unique<cuda::CudaTieredTable>(hot, host); };
   cuda::Stream stream;
   test::TempDir dir("genrec_cuda_tiered_dump_");
-  auto table = make();
+  auto table = one_bucket_tiered_table();
   cuda::CudaTieredTable& t = *table;
   Philox rng(44);
   auto lookup = [&](uint64_t step, const std::vector<uint64_t>& keys) {
-    t.set_step(step);
-    const int64_t n = static_cast<int64_t>(keys.size());
-    std::vector<float> values(n * kDim);
-    for (auto& v : values) v = rng.uniform();
-    auto d_keys = upload_raw(keys);
-    auto d_out = poisoned<float>(n * kDim);
-    auto d_values = upload_raw(values);
-    t.find_or_insert(d_keys.get(), n, d_out.get(), nullptr, stream);
-    t.hot().assign(d_keys.get(), d_values.get(), n, stream);
+    look_up_and_rewrite(t, step, keys, rng, stream);
   };
-  constexpr int64_t kBatch = 48;  // under a bucket: every key of a batch is in hot after it
-  for (uint64_t step = 1; step <= 10; ++step) lookup(step, draw_keys(kBatch, rng));
+  for (uint64_t step = 1; step <= 10; ++step) lookup(step, draw_keys(kTieredBatch, rng));
   const std::string full = dir.file("full.dump"), inc = dir.file("inc.dump");
   cuda::dump_table(t, full, stream);
 
@@ -544,7 +541,7 @@ TEST(CudaTableDump, TieredTableDumpCarriesErasedKeys) {
   // Steps 12 to 14: the first erased key comes back, the others stay out.
   const std::set<uint64_t> out(erased.begin() + 1, erased.end());
   for (uint64_t step = 12; step <= 14; ++step) {
-    std::vector<uint64_t> keys = draw_keys(kBatch, rng);
+    std::vector<uint64_t> keys = draw_keys(kTieredBatch, rng);
     std::erase_if(keys, [&](uint64_t k) { return out.count(k) != 0; });
     if (step == 12) keys.push_back(erased[0]);
     lookup(step, keys);
@@ -559,11 +556,11 @@ TEST(CudaTableDump, TieredTableDumpCarriesErasedKeys) {
   const TableRows live = t.export_rows(stream);
   cuda::dump_table_since(t, inc, 10, stream);
   EXPECT_EQ(read_table_dump(inc).removed, std::vector<uint64_t>(out.begin(), out.end()));
-  auto restored = make();
+  auto restored = one_bucket_tiered_table();
   cuda::load_table(*restored, full, stream);
   cuda::load_table(*restored, inc, stream);
   expect_same_rows(restored->export_rows(stream), live, "full + incremental -> tiered");
-  DynamicTable on_cpu(host);
+  DynamicTable on_cpu(cpu_options());
   load_table(on_cpu, full);
   load_table(on_cpu, inc);
   expect_same_rows(on_cpu.export_rows(), live, "full + incremental -> CPU");

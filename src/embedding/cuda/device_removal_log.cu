@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "embedding/removal_log.h"
 
 namespace genrec::cuda {
 namespace {
@@ -90,28 +91,16 @@ RemovalSink DeviceRemovalLog::make_room(int64_t n, cudaStream_t stream) {
 std::vector<uint64_t> DeviceRemovalLog::since(uint64_t step, cudaStream_t stream) const {
   std::vector<uint64_t> keys, steps;
   download(read_count(stream), keys, steps, stream);
-  size_t kept = 0;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (steps[i] > step) keys[kept++] = keys[i];
-  }
-  keys.resize(kept);
-  std::sort(keys.begin(), keys.end());
-  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-  return keys;
+  return keys_removed_after(keys, steps, step);
 }
 
 void DeviceRemovalLog::forget(uint64_t step, cudaStream_t stream) {
   std::vector<uint64_t> keys, steps;
   download(read_count(stream), keys, steps, stream);
-  size_t kept = 0;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (steps[i] <= step) continue;
-    keys[kept] = keys[i];
-    steps[kept] = steps[i];
-    ++kept;
-  }
-  if (kept < keys.size()) {
-    const uint64_t count = kept;
+  const size_t logged = keys.size();
+  keep_removals_after(keys, steps, step);
+  const uint64_t kept = keys.size();
+  if (kept < logged) {
     if (kept > 0) {
       GENREC_CUDA_CHECK(cudaMemcpyAsync(sink_.keys, keys.data(), sizeof(uint64_t) * kept,
                                         cudaMemcpyHostToDevice, stream));
@@ -119,7 +108,7 @@ void DeviceRemovalLog::forget(uint64_t step, cudaStream_t stream) {
                                         cudaMemcpyHostToDevice, stream));
     }
     GENREC_CUDA_CHECK(
-        cudaMemcpyAsync(sink_.count, &count, sizeof(count), cudaMemcpyHostToDevice, stream));
+        cudaMemcpyAsync(sink_.count, &kept, sizeof(kept), cudaMemcpyHostToDevice, stream));
     GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   bound_ = static_cast<int64_t>(kept);
