@@ -8,6 +8,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "core/cuda/caching_allocator.h"
 #include "core/error.h"
 #include "ops/cuda/hstu_attention.h"
 
@@ -504,11 +505,10 @@ void hstu_attention_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias, flo
   const dim3 grid(static_cast<unsigned>(batch_size * p.num_tiles),
                   static_cast<unsigned>(shape.num_heads));
 
-  double* bias_acc = nullptr;
-  if (num_pos + num_time > 0) {
-    const size_t bytes = static_cast<size_t>(num_pos + num_time) * sizeof(double);
-    bias_acc = detail::malloc_async<double>(num_pos + num_time, stream);
-    GENREC_CUDA_CHECK(cudaMemsetAsync(bias_acc, 0, bytes, stream));
+  DeviceBuffer<double> bias_sums(num_pos + num_time, stream);
+  double* bias_acc = bias_sums.data();  // null without bias gradients
+  if (bias_acc != nullptr) {
+    GENREC_CUDA_CHECK(cudaMemsetAsync(bias_acc, 0, bias_sums.bytes(), stream));
   }
   if (shape.dim_qk > 0 || bias_acc != nullptr) {
     with_columns(shape.dim_qk, [&](auto nc) {
@@ -536,7 +536,6 @@ void hstu_attention_backward(T* d_q, T* d_k, T* d_v, float* d_position_bias, flo
                                                            num_time);
       GENREC_CUDA_LAUNCH_CHECK("hstu_attention_backward (time bias)");
     }
-    GENREC_CUDA_CHECK(cudaFreeAsync(bias_acc, stream));
   }
 }
 

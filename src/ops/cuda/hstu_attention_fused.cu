@@ -24,6 +24,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "core/cuda/caching_allocator.h"
 #include "core/error.h"
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
@@ -1451,10 +1452,9 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
   p.key_splits = static_cast<int>(std::clamp<int64_t>(
       std::min(wave / std::max<int64_t>(blocks, 1), ceil_div(max_len, kCols)), 1, 64));
   const int64_t cols = shape.num_heads * shape.dim_v;
-  if (p.key_splits > 1) {
-    p.part_rows = batch_size * max_new;
-    p.partial = detail::malloc_async<float>(p.key_splits * p.part_rows * cols, stream);
-  }
+  if (p.key_splits > 1) p.part_rows = batch_size * max_new;
+  DeviceBuffer<float> parts(p.key_splits > 1 ? p.key_splits * p.part_rows * cols : 0, stream);
+  p.partial = parts.data();
   launch_query<T>(p, out, q, k, v, batch_size, shape.num_heads, shape.dim_qk, stream);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
   if (p.key_splits > 1) {
@@ -1462,7 +1462,6 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
         <<<detail::grid_for(p.part_rows * cols / 8, detail::kThreads), detail::kThreads, 0,
            stream>>>(out, p.partial, p.key_splits, p.part_rows, q_offsets, batch_size, cols);
     GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward (sum of parts)");
-    GENREC_CUDA_CHECK(cudaFreeAsync(p.partial, stream));
   }
 }
 
@@ -1483,17 +1482,17 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   const bool want_time = d_time_bias != nullptr && bias.time != nullptr;
   p.acc_pos = want_pos ? p.num_pos : 0;
   p.acc_time = want_time ? p.num_time : 0;
-  if (p.acc_pos + p.acc_time > 0) {
-    const size_t bytes = static_cast<size_t>(p.acc_pos + p.acc_time) * sizeof(double);
-    p.bias_acc = detail::malloc_async<double>(p.acc_pos + p.acc_time, stream);
-    GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bytes, stream));
+  DeviceBuffer<double> bias_sums(p.acc_pos + p.acc_time, stream);
+  p.bias_acc = bias_sums.data();  // null without bias gradients
+  if (p.bias_acc != nullptr) {
+    GENREC_CUDA_CHECK(cudaMemsetAsync(p.bias_acc, 0, bias_sums.bytes(), stream));
   }
   // The key kernel adds dZ K into fp32 sums of H * D per token (dq_row).
   const int64_t dq_elements = num_tokens * p.ld_o;
   p.dq_tokens = num_tokens;
-  const size_t dq_bytes = static_cast<size_t>(dq_elements) * sizeof(float);
-  p.dq_acc = detail::malloc_async<float>(dq_elements, stream);
-  GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_bytes, stream));
+  DeviceBuffer<float> dq_sums(dq_elements, stream);
+  p.dq_acc = dq_sums.data();
+  GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_sums.bytes(), stream));
   with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr int kBias = decltype(has_bias)::value;
@@ -1526,7 +1525,6 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
           static_cast<int>(shape.dim_qk),
           static_cast<int>(std::min<int64_t>(shape.dim_qk, kDqCols)), shape.alpha);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
-  GENREC_CUDA_CHECK(cudaFreeAsync(p.dq_acc, stream));
   if (p.bias_acc != nullptr) {
     constexpr int kAddThreads = 256;
     if (p.acc_pos > 0) {
@@ -1538,7 +1536,6 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
                                                            p.acc_time);
     }
     GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (bias)");
-    GENREC_CUDA_CHECK(cudaFreeAsync(p.bias_acc, stream));
   }
 }
 

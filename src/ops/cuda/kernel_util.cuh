@@ -61,28 +61,6 @@ inline int sm_count() {
   return device_attribute<cudaDevAttrMultiProcessorCount>();
 }
 
-// Stream-ordered scratch of `count` T for one op call, freed with cudaFreeAsync. It comes from
-// the device's default pool, whose release threshold is raised once per device and thread:
-// at the default of 0 the pool hands its memory back at every synchronisation, and an op taking
-// a large buffer per call (the attention backward's dQ sums) then maps it again on every call.
-template <typename T>
-T* malloc_async(int64_t count, cudaStream_t stream) {
-  static thread_local int pool_device = -1;
-  int device = 0;
-  GENREC_CUDA_CHECK(cudaGetDevice(&device));
-  if (device != pool_device) {
-    cudaMemPool_t pool = nullptr;
-    GENREC_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
-    uint64_t keep = uint64_t{1} << 30;  // bytes the pool may hold while nothing uses them
-    GENREC_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    pool_device = device;
-  }
-  T* p = nullptr;
-  GENREC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p),
-                                    static_cast<size_t>(count) * sizeof(T), stream));
-  return p;
-}
-
 // Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill the GPU
 // (16 blocks per SM), never more than the work needs.
 inline unsigned grid_for(int64_t work, int64_t per_block) {

@@ -6,6 +6,7 @@
 
 #include <limits>
 
+#include "core/cuda/caching_allocator.h"
 #include "core/error.h"
 #include "ops/cuda/sampled_softmax.h"
 
@@ -204,13 +205,12 @@ void sampled_softmax_forward_async(float* loss, float* probs, const float* query
   const float inv_t = 1.0f / temperature;
   gemm<false, true>(N, K, D, inv_t, query, D, negatives, D, probs + 1, K + 1, stream,
                     "sampled_softmax_forward (logits)");
-  float* row_loss = detail::malloc_async<float>(N, stream);
+  DeviceBuffer<float> row_loss(N, stream);
   softmax_rows_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
-      probs, row_loss, query, positive, positive_ids, negative_ids, K, D, inv_t);
+      probs, row_loss.data(), query, positive, positive_ids, negative_ids, K, D, inv_t);
   GENREC_CUDA_LAUNCH_CHECK("sampled_softmax_forward (softmax)");
-  mean_kernel<<<1, kThreads, 0, stream>>>(loss, row_loss, N);
+  mean_kernel<<<1, kThreads, 0, stream>>>(loss, row_loss.data(), N);
   GENREC_CUDA_LAUNCH_CHECK("sampled_softmax_forward (mean)");
-  GENREC_CUDA_CHECK(cudaFreeAsync(row_loss, stream));
 }
 
 float sampled_softmax_forward(float* probs, const float* query, const float* positive,
@@ -219,12 +219,12 @@ float sampled_softmax_forward(float* probs, const float* query, const float* pos
                               float temperature, cudaStream_t stream) {
   check_args(N, K, D, temperature, positive_ids, negative_ids);
   if (N == 0) return 0.0f;
-  float* loss = detail::malloc_async<float>(1, stream);
-  sampled_softmax_forward_async(loss, probs, query, positive, positive_ids, negatives, negative_ids,
-                                N, K, D, temperature, stream);
+  DeviceBuffer<float> loss(1, stream);
+  sampled_softmax_forward_async(loss.data(), probs, query, positive, positive_ids, negatives,
+                                negative_ids, N, K, D, temperature, stream);
   float host = 0.0f;
-  GENREC_CUDA_CHECK(cudaMemcpyAsync(&host, loss, sizeof(float), cudaMemcpyDeviceToHost, stream));
-  GENREC_CUDA_CHECK(cudaFreeAsync(loss, stream));
+  GENREC_CUDA_CHECK(
+      cudaMemcpyAsync(&host, loss.data(), sizeof(float), cudaMemcpyDeviceToHost, stream));
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   return host;
 }
