@@ -11,6 +11,7 @@ void RemovalLog::append(uint64_t key, uint64_t step) {
 }
 
 void RemovalLog::append(const uint64_t* keys, int64_t n, uint64_t step) {
+  if (n == 0) return;  // callers append a batch's removals whether or not there were any
   std::lock_guard<std::mutex> lock(mutex_);
   keys_.insert(keys_.end(), keys, keys + n);
   steps_.insert(steps_.end(), static_cast<size_t>(n), step);

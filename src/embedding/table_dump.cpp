@@ -13,6 +13,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <utility>
 
 #include "core/atomic_file.h"
 #include "core/byte_io.h"
@@ -45,11 +46,7 @@ TableDump content_of(const DynamicTable& table, bool incremental, uint64_t since
       table.removed_since(since)};
   std::vector<uint8_t> present(dump.removed.size());
   table.contains(dump.removed.data(), static_cast<int64_t>(dump.removed.size()), present.data());
-  size_t kept = 0;
-  for (size_t i = 0; i < dump.removed.size(); ++i) {
-    if (!present[i]) dump.removed[kept++] = dump.removed[i];
-  }
-  dump.removed.resize(kept);
+  dump.removed = absent_keys(std::move(dump.removed), present);
   return dump;
 }
 
@@ -149,6 +146,16 @@ TableDump dump_of_rows(const TableDumpInfo& info, TableRows all,
     if (!std::binary_search(all.keys.begin(), all.keys.end(), key)) dump.removed.push_back(key);
   }
   return dump;
+}
+
+std::vector<uint64_t> absent_keys(std::vector<uint64_t> removed,
+                                  const std::vector<uint8_t>& present) {
+  size_t kept = 0;
+  for (size_t i = 0; i < removed.size(); ++i) {
+    if (!present[i]) removed[kept++] = removed[i];
+  }
+  removed.resize(kept);
+  return removed;
 }
 
 int64_t write_table_dump(const TableDump& dump, const std::string& path) {

@@ -72,6 +72,10 @@ TableDumpInfo table_dump_info(int64_t dim, OptimizerState optimizer, EvictionPol
 // (sorted; removed since then) that `all` lacks. The tiered tables' dumps are built so.
 TableDump dump_of_rows(const TableDumpInfo& info, TableRows all,
                        const std::vector<uint64_t>& removed = {});
+// The keys of `removed` whose `present` flag is 0, in order: an incremental dump's tombstones
+// when present[i] says whether the table holds removed[i] now (a removed key may be back).
+std::vector<uint64_t> absent_keys(std::vector<uint64_t> removed,
+                                  const std::vector<uint8_t>& present);
 // Writes dump.rows (sorted by key) under the header of dump.info (its count and version are
 // ignored: the rows' and this build's); returns the number of rows written.
 int64_t write_table_dump(const TableDump& dump, const std::string& path);

@@ -3,6 +3,7 @@
 #include "embedding/cuda/cuda_table_dump.h"
 
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/cuda/caching_allocator.h"
@@ -12,7 +13,7 @@ namespace genrec::cuda {
 namespace {
 
 // The keys of `keys` that the table does not hold now: an incremental dump's tombstones.
-std::vector<uint64_t> absent_keys(const CudaDynamicTable& table, std::vector<uint64_t> keys,
+std::vector<uint64_t> absent_from(const CudaDynamicTable& table, std::vector<uint64_t> keys,
                                   cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(keys.size());
   if (n == 0) return keys;
@@ -25,12 +26,7 @@ std::vector<uint64_t> absent_keys(const CudaDynamicTable& table, std::vector<uin
   GENREC_CUDA_CHECK(
       cudaMemcpyAsync(present.data(), d_present.data(), n, cudaMemcpyDeviceToHost, stream));
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  size_t kept = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!present[i]) keys[kept++] = keys[i];
-  }
-  keys.resize(kept);
-  return keys;
+  return absent_keys(std::move(keys), present);
 }
 
 TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t since,
@@ -46,7 +42,7 @@ TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t s
   if (since < std::numeric_limits<uint64_t>::max()) {
     dump.rows = table.export_rows(0, stream, since + 1);
   }
-  dump.removed = absent_keys(table, table.removed_since(since, stream), stream);
+  dump.removed = absent_from(table, table.removed_since(since, stream), stream);
   return dump;
 }
 
