@@ -21,7 +21,8 @@ TYPED_TEST_SUITE(CudaElementwiseTest, Types);
 TYPED_TEST(CudaElementwiseTest, SiluForwardAndBackwardMatchCpu) {
   GENREC_REQUIRE_CUDA();
   using T = TypeParam;
-  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1} << 20}) {
+  // 1003: 16-byte packs and a tail; 1 only a tail.
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{1003}, int64_t{1} << 20}) {
     SCOPED_TRACE(testing::Message() << test::type_name<T>() << " n=" << n);
     auto x = test::round_through<T>(test::random_normal(n, n, 3.0f));
     auto g = test::round_through<T>(test::random_normal(n, n + 1));
@@ -37,6 +38,15 @@ TYPED_TEST(CudaElementwiseTest, SiluForwardAndBackwardMatchCpu) {
     cuda::silu_backward<T>(d_dx.get(), d_g.get(), d_x.get(), n, nullptr);
     EXPECT_LT(test::rel_l2(d_out.download(), out), test::rel_tol<T>());
     EXPECT_LT(test::rel_l2(d_dx.download(), dx), test::rel_tol<T>());
+    if (n > 1) {  // views one element in are not 16-byte aligned: one element per access
+      test::DeviceArray<T> d_shifted(n);
+      d_shifted.poison();
+      cuda::silu_backward<T>(d_shifted.get() + 1, d_g.get() + 1, d_x.get() + 1, n - 1, nullptr);
+      const std::vector<float> shifted = d_shifted.download();
+      EXPECT_LT(test::rel_l2(std::vector<float>(shifted.begin() + 1, shifted.end()),
+                             std::vector<float>(dx.begin() + 1, dx.end())),
+                test::rel_tol<T>());
+    }
     // In place: out == in, d_in == d_out.
     cuda::silu_backward<T>(d_g.get(), d_g.get(), d_x.get(), n, nullptr);
     cuda::silu_forward<T>(d_x.get(), d_x.get(), n, nullptr);

@@ -23,9 +23,15 @@ using test::make_softmax_problem;
 using test::SoftmaxProblem;
 
 // Tolerance kCudaF32RelTol: both ops compute in fp32 with different summation orders (dot
-// products over D <= 64, softmax sums over K + 1 <= 1001 terms, gradient GEMMs over K or
-// N <= 1000): relative differences of order 1e-7 to 1e-6. 1e-5 still flags a single wrong
-// element.
+// products over D <= 128, softmax sums over K + 1 <= 1001 terms, gradient GEMMs over K or
+// N <= 4096, which cuBLASLt may split): relative differences of order 1e-7 to 1e-6. 1e-5 still
+// flags a single wrong element.
+
+// One cuBLASLt context for the file's calls (plans cached per shape, as in a model).
+cuda::GemmContext& gemm_context() {
+  static cuda::GemmContext ctx;
+  return ctx;
+}
 
 struct DeviceProblem {
   test::DeviceArray<float> query, positive, negatives;
@@ -42,8 +48,8 @@ float cuda_forward(const SoftmaxProblem& p, const DeviceProblem& d, std::vector<
   test::DeviceArray<float> dev_probs(p.N * (p.K + 1));
   dev_probs.poison();
   const float loss = cuda::sampled_softmax_forward(
-      dev_probs.get(), d.query.get(), d.positive.get(), d.positive_ids.get(), d.negatives.get(),
-      d.negative_ids.get(), p.N, p.K, p.D, p.temperature, nullptr);
+      gemm_context(), dev_probs.get(), d.query.get(), d.positive.get(), d.positive_ids.get(),
+      d.negatives.get(), d.negative_ids.get(), p.N, p.K, p.D, p.temperature, nullptr);
   probs = dev_probs.download();
   return loss;
 }
@@ -57,11 +63,12 @@ struct Case {
   float temperature, scale;
 };
 
-// Batch sizes 1..300, no / one / many negatives, cosine-like logits at temperature 0.05.
+// Batch sizes 1..4096, no / one / many negatives, cosine-like logits at temperature 0.05; the
+// last case's d_negatives reduces over 4096 rows into few outputs (a training step's shape).
 const Case kCases[] = {
     {1, 1, 8, 1.0f, 1.0f},      {7, 5, 8, 1.0f, 1.0f},        {64, 0, 16, 0.5f, 1.0f},
     {256, 128, 32, 0.5f, 2.0f}, {300, 1000, 48, 0.05f, 1.0f}, {64, 200, 64, 0.05f, 1.0f},
-    {33, 77, 1, 1.0f, 1.0f},
+    {33, 77, 1, 1.0f, 1.0f},    {4096, 64, 128, 0.05f, 1.0f},
 };
 
 TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
@@ -94,13 +101,14 @@ TEST(CudaSampledSoftmax, AsyncVariantWritesTheSameLossOnTheDevice) {
   dev_loss.poison();
   cudaStream_t stream;
   GENREC_CUDA_CHECK(cudaStreamCreate(&stream));
-  cuda::sampled_softmax_forward_async(dev_loss.get(), dev_probs.get(), d.query.get(),
-                                      d.positive.get(), d.positive_ids.get(), d.negatives.get(),
-                                      d.negative_ids.get(), p.N, p.K, p.D, p.temperature, stream);
+  cuda::sampled_softmax_forward_async(gemm_context(), dev_loss.get(), dev_probs.get(),
+                                      d.query.get(), d.positive.get(), d.positive_ids.get(),
+                                      d.negatives.get(), d.negative_ids.get(), p.N, p.K, p.D,
+                                      p.temperature, stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   GENREC_CUDA_CHECK(cudaStreamDestroy(stream));
   const float loss = dev_loss.download()[0];
-  EXPECT_EQ(loss, host_loss);  // same kernels, deterministic reduction
+  EXPECT_EQ(loss, host_loss);  // same kernels and plans, deterministic reductions
   const std::vector<float> probs2 = dev_probs.download();
   EXPECT_EQ(0, std::memcmp(probs.data(), probs2.data(), probs.size() * sizeof(float)));
 }
@@ -149,9 +157,9 @@ TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
     gq.poison();
     gp.poison();
     gn.poison();
-    cuda::sampled_softmax_backward(gq.get(), gp.get(), gn.get(), dev_probs.get(), d.query.get(),
-                                   d.positive.get(), d.negatives.get(), p.N, p.K, p.D,
-                                   p.temperature, nullptr);
+    cuda::sampled_softmax_backward(gemm_context(), gq.get(), gp.get(), gn.get(), dev_probs.get(),
+                                   d.query.get(), d.positive.get(), d.negatives.get(), p.N, p.K,
+                                   p.D, p.temperature, nullptr);
     EXPECT_LT(test::rel_l2(gq.download(), dq), kCudaF32RelTol) << "d_query";
     EXPECT_LT(test::rel_l2(gp.download(), dp), kCudaF32RelTol) << "d_positive";
     EXPECT_LT(test::rel_l2(gn.download(), dn), kCudaF32RelTol) << "d_negatives";
@@ -163,14 +171,14 @@ TEST(CudaSampledSoftmax, EmptyBatch) {
   SoftmaxProblem p = make_softmax_problem(0, 6, 4, 1.0f, 1.0f, 3);
   DeviceProblem d(p);
   test::DeviceArray<int64_t> no_positive_ids(1);  // never read, but must be given when K > 0
-  EXPECT_EQ(cuda::sampled_softmax_forward(nullptr, nullptr, nullptr, no_positive_ids.get(),
-                                          d.negatives.get(), d.negative_ids.get(), 0, p.K, p.D,
-                                          p.temperature, nullptr),
+  EXPECT_EQ(cuda::sampled_softmax_forward(
+                gemm_context(), nullptr, nullptr, nullptr, no_positive_ids.get(), d.negatives.get(),
+                d.negative_ids.get(), 0, p.K, p.D, p.temperature, nullptr),
             0.0f);
   test::DeviceArray<float> gn(p.K * p.D);
   gn.poison();
-  cuda::sampled_softmax_backward(nullptr, nullptr, gn.get(), nullptr, nullptr, nullptr,
-                                 d.negatives.get(), 0, p.K, p.D, p.temperature, nullptr);
+  cuda::sampled_softmax_backward(gemm_context(), nullptr, nullptr, gn.get(), nullptr, nullptr,
+                                 nullptr, d.negatives.get(), 0, p.K, p.D, p.temperature, nullptr);
   EXPECT_EQ(gn.download(), std::vector<float>(p.K * p.D, 0.0f));
 }
 
@@ -179,10 +187,11 @@ TEST(CudaSampledSoftmax, RejectsNonPositiveTemperature) {
   SoftmaxProblem p = make_softmax_problem(2, 3, 4, 1.0f, 1.0f, 41);
   DeviceProblem d(p);
   test::DeviceArray<float> probs(2 * 4);
-  EXPECT_THROW(cuda::sampled_softmax_forward(probs.get(), d.query.get(), d.positive.get(),
-                                             d.positive_ids.get(), d.negatives.get(),
-                                             d.negative_ids.get(), 2, 3, 4, 0.0f, nullptr),
-               Error);
+  EXPECT_THROW(
+      cuda::sampled_softmax_forward(gemm_context(), probs.get(), d.query.get(), d.positive.get(),
+                                    d.positive_ids.get(), d.negatives.get(), d.negative_ids.get(),
+                                    2, 3, 4, 0.0f, nullptr),
+      Error);
 }
 
 }  // namespace

@@ -22,8 +22,8 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
-#include "ops/cuda/kernel_util.cuh"
 #include "ops/cuda/layer_norm.h"
+#include "ops/cuda/pointwise.cuh"
 #include "ops/cuda/sampled_softmax.h"
 #include "ops/cuda/topk.h"
 
@@ -58,13 +58,9 @@ T* grow(DeviceBuffer<T>& buffer, int64_t n) {
   return buffer.data();
 }
 
-// y += x, in bf16 storage with fp32 arithmetic.
-__global__ void add_inplace_kernel(bf16* y, const bf16* x, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(x[i]));
-  }
-}
+struct Add {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
 
 // y = float(x) * scale: a dynamic table's input-row gradients from the bf16 backward.
 __global__ void scale_to_float_kernel(float* y, const bf16* x, float scale, int64_t n) {
@@ -109,10 +105,9 @@ __global__ void sum_squares_kernel(float* sum, const float* x, int64_t n) {
   }
 }
 
+// y += x, in bf16 storage with fp32 arithmetic.
 void add_inplace(bf16* y, const bf16* x, int64_t n, cudaStream_t s) {
-  if (n == 0) return;
-  add_inplace_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(y, x, n);
-  GENREC_CUDA_LAUNCH_CHECK("add_inplace");
+  cuda::detail::map(y, static_cast<const bf16*>(y), x, n, Add{}, s, "add_inplace");
 }
 
 void scale_to_float(float* y, const bf16* x, float scale, int64_t n, cudaStream_t s) {
@@ -243,14 +238,14 @@ class CudaRetrievalModel : public RetrievalModel {
     cuda::l2_normalize_forward<float>(neg, grow(inv_neg_, K), neg_raw, K, D, kEmbeddingNormEps,
                                       stream_);
     float* probs = grow(probs_, T * (K + 1));
-    cuda::sampled_softmax_forward_async(grow(loss_, 1), probs, user_.data(), pos, targets, neg,
-                                        negs, T, K, D, config_.temperature, stream_);
+    cuda::sampled_softmax_forward_async(gemm_, grow(loss_, 1), probs, user_.data(), pos, targets,
+                                        neg, negs, T, K, D, config_.temperature, stream_);
 
     float* d_user = grow(d_user_, T * D);
     float* d_pos = grow(d_pos_, T * D);
     float* d_neg = grow(d_neg_, K * D);
-    cuda::sampled_softmax_backward(d_user, d_pos, d_neg, probs, user_.data(), pos, neg, T, K, D,
-                                   config_.temperature, stream_);
+    cuda::sampled_softmax_backward(gemm_, d_user, d_pos, d_neg, probs, user_.data(), pos, neg, T, K,
+                                   D, config_.temperature, stream_);
     // Dynamic: the row gradients go straight to the table's per-token rows, in lookup order.
     float* d_rows = dynamic ? dynamic_items_->gradient_rows(targets, 2 * T + K) : nullptr;
     float* d_pos_raw = dynamic ? d_rows : grow(d_raw_, std::max(T, K) * D);

@@ -1,13 +1,16 @@
 // As on the CPU, the negative logits are one GEMM written straight into probs[:, 1:] and each
 // row is then made a softmax in place by one block; the per-row losses are reduced to the mean
 // by a single block in fp64, so the loss is deterministic and never leaves the device unless
-// asked. The GEMMs are a plain 64x64-tile fp32 kernel of this file (no cuBLAS dependency).
+// asked. The products are the project's fp32 cuBLASLt GEMMs (ops/cuda/gemm.h): d_negatives
+// reduces over every token (K x D outputs from N = 65536 rows in training), which a tiled kernel
+// without a split of the reduction ran on 16 blocks for 12 ms a step.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <limits>
 
 #include "core/cuda/caching_allocator.h"
 #include "core/error.h"
+#include "ops/cuda/gemm.h"
 #include "ops/cuda/sampled_softmax.h"
 
 namespace genrec::cuda {
@@ -16,80 +19,6 @@ namespace {
 using detail::ceil_div;
 
 constexpr int kThreads = 256;
-constexpr int kTile = 64;
-constexpr int kChunk = 32;
-constexpr int kStageLd = kChunk + 1;
-
-// C[M, N] = alpha * op(A) · op(B) (C overwritten, never read); row-major with row strides.
-// op(A) is [M, K], op(B) is [K, N]; TA / TB: A / B stored transposed.
-template <bool TA, bool TB>
-__global__ void __launch_bounds__(kThreads)
-    gemm_kernel(int64_t M, int64_t N, int64_t K, float alpha, const float* __restrict__ A,
-                int64_t lda, const float* __restrict__ B, int64_t ldb, float* __restrict__ C,
-                int64_t ldc) {
-  __shared__ float sa[kTile * kStageLd];  // sa[m][kk] = op(A)[m0 + m][k0 + kk]
-  __shared__ float sb[kTile * kStageLd];  // sb[n][kk] = op(B)[k0 + kk][n0 + n]
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-    __syncthreads();
-    // Consecutive threads walk the contiguous direction of each operand.
-    for (int e = threadIdx.x; e < kTile * kChunk; e += kThreads) {
-      const int m = TA ? e % kTile : e / kChunk, kk = TA ? e / kTile : e % kChunk;
-      const int64_t gm = m0 + m, gk = k0 + kk;
-      float x = 0.0f;
-      if (gm < M && gk < K) x = TA ? A[gk * lda + gm] : A[gm * lda + gk];
-      sa[m * kStageLd + kk] = x;
-    }
-    for (int e = threadIdx.x; e < kTile * kChunk; e += kThreads) {
-      const int n = TB ? e / kChunk : e % kTile, kk = TB ? e % kChunk : e / kTile;
-      const int64_t gn = n0 + n, gk = k0 + kk;
-      float x = 0.0f;
-      if (gn < N && gk < K) x = TB ? B[gn * ldb + gk] : B[gk * ldb + gn];
-      sb[n * kStageLd + kk] = x;
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int kk = 0; kk < kChunk; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int a = 0; a < 4; ++a) av[a] = sa[(ty + 16 * a) * kStageLd + kk];
-#pragma unroll
-      for (int b = 0; b < 4; ++b) bv[b] = sb[(tx + 16 * b) * kStageLd + kk];
-#pragma unroll
-      for (int a = 0; a < 4; ++a) {
-#pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
-      }
-    }
-  }
-#pragma unroll
-  for (int a = 0; a < 4; ++a) {
-    const int64_t m = m0 + ty + 16 * a;
-    if (m >= M) continue;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int64_t n = n0 + tx + 16 * b;
-      if (n < N) C[m * ldc + n] = alpha * acc[a][b];
-    }
-  }
-}
-
-template <bool TA, bool TB>
-void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-          int64_t ldb, float* C, int64_t ldc, cudaStream_t stream, const char* what) {
-  if (M == 0 || N == 0) return;
-  const int64_t gx = ceil_div(M, kTile), gy = ceil_div(N, kTile);
-  GENREC_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535,
-               "cuda sampled softmax: GEMM of {} x {} too large", M, N);
-  gemm_kernel<TA, TB>
-      <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, 0, stream>>>(
-          M, N, K, alpha, A, lda, B, ldb, C, ldc);
-  GENREC_CUDA_LAUNCH_CHECK(what);
-}
-
 // Block-wide reductions of one value per thread (all threads get the result).
 template <typename F>
 __device__ __forceinline__ float block_reduce(float x, F op, float* scratch) {
@@ -193,18 +122,19 @@ void check_args(int64_t N, int64_t K, int64_t D, float temperature, const int64_
 
 }  // namespace
 
-void sampled_softmax_forward_async(float* loss, float* probs, const float* query,
-                                   const float* positive, const int64_t* positive_ids,
-                                   const float* negatives, const int64_t* negative_ids, int64_t N,
-                                   int64_t K, int64_t D, float temperature, cudaStream_t stream) {
+void sampled_softmax_forward_async(GemmContext& gemm_ctx, float* loss, float* probs,
+                                   const float* query, const float* positive,
+                                   const int64_t* positive_ids, const float* negatives,
+                                   const int64_t* negative_ids, int64_t N, int64_t K, int64_t D,
+                                   float temperature, cudaStream_t stream) {
   check_args(N, K, D, temperature, positive_ids, negative_ids);
   if (N == 0) {
     GENREC_CUDA_CHECK(cudaMemsetAsync(loss, 0, sizeof(float), stream));
     return;
   }
   const float inv_t = 1.0f / temperature;
-  gemm<false, true>(N, K, D, inv_t, query, D, negatives, D, probs + 1, K + 1, stream,
-                    "sampled_softmax_forward (logits)");
+  gemm<float>(gemm_ctx, false, true, N, K, D, inv_t, query, D, negatives, D, 0.0f, probs + 1, K + 1,
+              stream);
   DeviceBuffer<float> row_loss(N, stream);
   softmax_rows_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
       probs, row_loss.data(), query, positive, positive_ids, negative_ids, K, D, inv_t);
@@ -213,15 +143,15 @@ void sampled_softmax_forward_async(float* loss, float* probs, const float* query
   GENREC_CUDA_LAUNCH_CHECK("sampled_softmax_forward (mean)");
 }
 
-float sampled_softmax_forward(float* probs, const float* query, const float* positive,
-                              const int64_t* positive_ids, const float* negatives,
-                              const int64_t* negative_ids, int64_t N, int64_t K, int64_t D,
-                              float temperature, cudaStream_t stream) {
+float sampled_softmax_forward(GemmContext& gemm_ctx, float* probs, const float* query,
+                              const float* positive, const int64_t* positive_ids,
+                              const float* negatives, const int64_t* negative_ids, int64_t N,
+                              int64_t K, int64_t D, float temperature, cudaStream_t stream) {
   check_args(N, K, D, temperature, positive_ids, negative_ids);
   if (N == 0) return 0.0f;
   DeviceBuffer<float> loss(1, stream);
-  sampled_softmax_forward_async(loss.data(), probs, query, positive, positive_ids, negatives,
-                                negative_ids, N, K, D, temperature, stream);
+  sampled_softmax_forward_async(gemm_ctx, loss.data(), probs, query, positive, positive_ids,
+                                negatives, negative_ids, N, K, D, temperature, stream);
   float host = 0.0f;
   GENREC_CUDA_CHECK(
       cudaMemcpyAsync(&host, loss.data(), sizeof(float), cudaMemcpyDeviceToHost, stream));
@@ -229,10 +159,10 @@ float sampled_softmax_forward(float* probs, const float* query, const float* pos
   return host;
 }
 
-void sampled_softmax_backward(float* d_query, float* d_positive, float* d_negatives,
-                              const float* probs, const float* query, const float* positive,
-                              const float* negatives, int64_t N, int64_t K, int64_t D,
-                              float temperature, cudaStream_t stream) {
+void sampled_softmax_backward(GemmContext& gemm_ctx, float* d_query, float* d_positive,
+                              float* d_negatives, const float* probs, const float* query,
+                              const float* positive, const float* negatives, int64_t N, int64_t K,
+                              int64_t D, float temperature, cudaStream_t stream) {
   GENREC_CHECK(temperature > 0.0f, "cuda sampled softmax: temperature {} must be > 0", temperature);
   GENREC_CHECK(N >= 0 && K >= 0 && D >= 0, "cuda sampled softmax: bad sizes N={} K={} D={}", N, K,
                D);
@@ -245,10 +175,10 @@ void sampled_softmax_backward(float* d_query, float* d_positive, float* d_negati
   // dloss/dlogit = (probs - onehot(0)) / N; a logit is q·x / temperature.
   const float scale = 1.0f / (static_cast<float>(N) * temperature);
   const int64_t ld = K + 1;
-  gemm<false, false>(N, D, K, scale, probs + 1, ld, negatives, D, d_query, D, stream,
-                     "sampled_softmax_backward (d_query)");
-  gemm<true, false>(K, D, N, scale, probs + 1, ld, query, D, d_negatives, D, stream,
-                    "sampled_softmax_backward (d_negatives)");
+  gemm<float>(gemm_ctx, false, false, N, D, K, scale, probs + 1, ld, negatives, D, 0.0f, d_query, D,
+              stream);
+  gemm<float>(gemm_ctx, true, false, K, D, N, scale, probs + 1, ld, query, D, 0.0f, d_negatives, D,
+              stream);
   if (N * D > 0) {
     const int64_t blocks = ceil_div(N * D, kThreads);
     GENREC_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
