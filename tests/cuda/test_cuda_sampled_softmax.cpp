@@ -1,5 +1,6 @@
 // CUDA sampled softmax against the CPU op on the same random problems (shared negatives, some
-// equal to a row's positive and so masked), forward and backward.
+// equal to a row's positive and so masked), forward and backward. Each test holds a cuBLASLt
+// context for the op's products, as a model does.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -27,12 +28,6 @@ using test::SoftmaxProblem;
 // N <= 4096, which cuBLASLt may split): relative differences of order 1e-7 to 1e-6. 1e-5 still
 // flags a single wrong element.
 
-// One cuBLASLt context for the file's calls (plans cached per shape, as in a model).
-cuda::GemmContext& gemm_context() {
-  static cuda::GemmContext ctx;
-  return ctx;
-}
-
 struct DeviceProblem {
   test::DeviceArray<float> query, positive, negatives;
   test::DeviceArray<int64_t> positive_ids, negative_ids;
@@ -44,11 +39,12 @@ struct DeviceProblem {
         negative_ids(test::upload_raw(p.negative_ids)) {}
 };
 
-float cuda_forward(const SoftmaxProblem& p, const DeviceProblem& d, std::vector<float>& probs) {
+float cuda_forward(cuda::GemmContext& ctx, const SoftmaxProblem& p, const DeviceProblem& d,
+                   std::vector<float>& probs) {
   test::DeviceArray<float> dev_probs(p.N * (p.K + 1));
   dev_probs.poison();
   const float loss = cuda::sampled_softmax_forward(
-      gemm_context(), dev_probs.get(), d.query.get(), d.positive.get(), d.positive_ids.get(),
+      ctx, dev_probs.get(), d.query.get(), d.positive.get(), d.positive_ids.get(),
       d.negatives.get(), d.negative_ids.get(), p.N, p.K, p.D, p.temperature, nullptr);
   probs = dev_probs.download();
   return loss;
@@ -73,6 +69,7 @@ const Case kCases[] = {
 
 TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   for (const Case& c : kCases) {
     SCOPED_TRACE(testing::Message()
                  << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
@@ -80,7 +77,7 @@ TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
     DeviceProblem d(p);
     std::vector<float> ref_probs, probs;
     const float ref_loss = cpu_softmax_forward(p, ref_probs);
-    const float loss = cuda_forward(p, d, probs);
+    const float loss = cuda_forward(ctx, p, d, probs);
     EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
     EXPECT_LT(test::rel_l2(probs, ref_probs), kCudaF32RelTol);
     if (c.K >= 3) {
@@ -92,19 +89,19 @@ TEST(CudaSampledSoftmax, ForwardMatchesCpu) {
 
 TEST(CudaSampledSoftmax, AsyncVariantWritesTheSameLossOnTheDevice) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   SoftmaxProblem p = make_softmax_problem(100, 50, 24, 0.1f, 1.0f, 11);
   DeviceProblem d(p);
   std::vector<float> probs;
-  const float host_loss = cuda_forward(p, d, probs);
+  const float host_loss = cuda_forward(ctx, p, d, probs);
   test::DeviceArray<float> dev_probs(p.N * (p.K + 1)), dev_loss(1);
   dev_probs.poison();
   dev_loss.poison();
   cudaStream_t stream;
   GENREC_CUDA_CHECK(cudaStreamCreate(&stream));
-  cuda::sampled_softmax_forward_async(gemm_context(), dev_loss.get(), dev_probs.get(),
-                                      d.query.get(), d.positive.get(), d.positive_ids.get(),
-                                      d.negatives.get(), d.negative_ids.get(), p.N, p.K, p.D,
-                                      p.temperature, stream);
+  cuda::sampled_softmax_forward_async(ctx, dev_loss.get(), dev_probs.get(), d.query.get(),
+                                      d.positive.get(), d.positive_ids.get(), d.negatives.get(),
+                                      d.negative_ids.get(), p.N, p.K, p.D, p.temperature, stream);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   GENREC_CUDA_CHECK(cudaStreamDestroy(stream));
   const float loss = dev_loss.download()[0];
@@ -115,6 +112,7 @@ TEST(CudaSampledSoftmax, AsyncVariantWritesTheSameLossOnTheDevice) {
 
 TEST(CudaSampledSoftmax, LogitsInTheThousandsStayFinite) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   // Probabilities are only as accurate as the logits (an absolute logit error e is a relative
   // probability error e, here ~1e-4), so they are checked for being finite and normalised,
   // and the loss (~1e3) against the CPU op.
@@ -122,7 +120,7 @@ TEST(CudaSampledSoftmax, LogitsInTheThousandsStayFinite) {
   DeviceProblem d(p);
   std::vector<float> ref_probs, probs;
   const float ref_loss = cpu_softmax_forward(p, ref_probs);
-  const float loss = cuda_forward(p, d, probs);
+  const float loss = cuda_forward(ctx, p, d, probs);
   EXPECT_GT(ref_loss, 100.0f);
   EXPECT_LT(rel_diff(loss, ref_loss), kCudaF32RelTol) << loss << " vs " << ref_loss;
   for (int64_t n = 0; n < p.N; ++n) {
@@ -138,6 +136,7 @@ TEST(CudaSampledSoftmax, LogitsInTheThousandsStayFinite) {
 // The backward of both ops from the same probs (the CPU forward's), gradients poisoned first.
 TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   for (const Case& c : kCases) {
     SCOPED_TRACE(testing::Message()
                  << "N=" << c.N << " K=" << c.K << " D=" << c.D << " t=" << c.temperature);
@@ -157,7 +156,7 @@ TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
     gq.poison();
     gp.poison();
     gn.poison();
-    cuda::sampled_softmax_backward(gemm_context(), gq.get(), gp.get(), gn.get(), dev_probs.get(),
+    cuda::sampled_softmax_backward(ctx, gq.get(), gp.get(), gn.get(), dev_probs.get(),
                                    d.query.get(), d.positive.get(), d.negatives.get(), p.N, p.K,
                                    p.D, p.temperature, nullptr);
     EXPECT_LT(test::rel_l2(gq.download(), dq), kCudaF32RelTol) << "d_query";
@@ -168,30 +167,31 @@ TEST(CudaSampledSoftmax, BackwardMatchesCpu) {
 
 TEST(CudaSampledSoftmax, EmptyBatch) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   SoftmaxProblem p = make_softmax_problem(0, 6, 4, 1.0f, 1.0f, 3);
   DeviceProblem d(p);
   test::DeviceArray<int64_t> no_positive_ids(1);  // never read, but must be given when K > 0
-  EXPECT_EQ(cuda::sampled_softmax_forward(
-                gemm_context(), nullptr, nullptr, nullptr, no_positive_ids.get(), d.negatives.get(),
-                d.negative_ids.get(), 0, p.K, p.D, p.temperature, nullptr),
+  EXPECT_EQ(cuda::sampled_softmax_forward(ctx, nullptr, nullptr, nullptr, no_positive_ids.get(),
+                                          d.negatives.get(), d.negative_ids.get(), 0, p.K, p.D,
+                                          p.temperature, nullptr),
             0.0f);
   test::DeviceArray<float> gn(p.K * p.D);
   gn.poison();
-  cuda::sampled_softmax_backward(gemm_context(), nullptr, nullptr, gn.get(), nullptr, nullptr,
-                                 nullptr, d.negatives.get(), 0, p.K, p.D, p.temperature, nullptr);
+  cuda::sampled_softmax_backward(ctx, nullptr, nullptr, gn.get(), nullptr, nullptr, nullptr,
+                                 d.negatives.get(), 0, p.K, p.D, p.temperature, nullptr);
   EXPECT_EQ(gn.download(), std::vector<float>(p.K * p.D, 0.0f));
 }
 
 TEST(CudaSampledSoftmax, RejectsNonPositiveTemperature) {
   GENREC_REQUIRE_CUDA();
+  cuda::GemmContext ctx;
   SoftmaxProblem p = make_softmax_problem(2, 3, 4, 1.0f, 1.0f, 41);
   DeviceProblem d(p);
   test::DeviceArray<float> probs(2 * 4);
-  EXPECT_THROW(
-      cuda::sampled_softmax_forward(gemm_context(), probs.get(), d.query.get(), d.positive.get(),
-                                    d.positive_ids.get(), d.negatives.get(), d.negative_ids.get(),
-                                    2, 3, 4, 0.0f, nullptr),
-      Error);
+  EXPECT_THROW(cuda::sampled_softmax_forward(ctx, probs.get(), d.query.get(), d.positive.get(),
+                                             d.positive_ids.get(), d.negatives.get(),
+                                             d.negative_ids.get(), 2, 3, 4, 0.0f, nullptr),
+               Error);
 }
 
 }  // namespace
