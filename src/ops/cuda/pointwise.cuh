@@ -15,7 +15,7 @@ struct alignas(sizeof(T) * W) Pack {
   T v[W];
 };
 
-// b may be null (a unary op then sees 0 for it); out may be a (an update in place). Packs of W
+// b may be null (a unary op then sees 0 for it); out may be a or b (in place). Packs of W
 // from the start, then the n % W elements of the tail one per thread.
 template <int W, typename T, typename Op>
 __global__ void map_kernel(T* out, const T* a, const T* b, int64_t n, Op op) {
