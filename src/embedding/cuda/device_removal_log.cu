@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "embedding/cuda/device_alloc.h"
 #include "embedding/removal_log.h"
 
 namespace genrec::cuda {
@@ -12,18 +13,6 @@ namespace {
 
 constexpr int64_t kMinCapacity =
     1 << 12;  // entries (64 KiB): a table that seldom removes stays small
-
-// cudaMalloc that leaves no sticky "last error" behind when it fails (as in table_storage.cu).
-uint64_t* alloc_entries(int64_t count) {
-  void* ptr = nullptr;
-  const cudaError_t err = cudaMalloc(&ptr, sizeof(uint64_t) * count);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    fail("CUDA dynamic table: cannot allocate {} bytes of device memory for the removal log: {}",
-         sizeof(uint64_t) * count, cudaGetErrorString(err));
-  }
-  return static_cast<uint64_t*>(ptr);
-}
 
 }  // namespace
 
@@ -140,10 +129,10 @@ void DeviceRemovalLog::download(int64_t count, std::vector<uint64_t>& keys,
 }
 
 void DeviceRemovalLog::grow(int64_t capacity, int64_t count, cudaStream_t stream) {
-  uint64_t* keys = alloc_entries(capacity);
-  uint64_t* steps = nullptr;
+  uint64_t *keys = nullptr, *steps = nullptr;
+  device_alloc(&keys, capacity, "the removal log");
   try {
-    steps = alloc_entries(capacity);
+    device_alloc(&steps, capacity, "the removal log");
   } catch (...) {
     cudaFree(keys);
     throw;

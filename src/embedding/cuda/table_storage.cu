@@ -5,23 +5,9 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "embedding/cuda/device_alloc.h"
+
 namespace genrec::cuda {
-namespace {
-
-// cudaMalloc that leaves no sticky "last error" behind when it fails: callers that catch the
-// exception (the benchmark skips what does not fit) must not see it again at the next launch.
-template <typename T>
-void device_alloc(T** ptr, int64_t count, const char* what) {
-  const cudaError_t err = cudaMalloc(reinterpret_cast<void**>(ptr), sizeof(T) * count);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    *ptr = nullptr;
-    fail("CUDA dynamic table: cannot allocate {} bytes of device memory for {}: {}",
-         sizeof(T) * count, what, cudaGetErrorString(err));
-  }
-}
-
-}  // namespace
 
 TableStorage::TableStorage(int64_t num_buckets, int64_t stride, int64_t hbm_row_bytes)
     : num_buckets_(num_buckets) {
