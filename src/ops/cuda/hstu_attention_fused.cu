@@ -1394,12 +1394,12 @@ int heads_per_group(const Params& p, int64_t bytes_per_pair) {
       std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_pair, 1), 1, pairs));
 }
 
-// Blocks of a 1-D grid of tiles x heads x batch (block_work).
-unsigned grid_blocks(int64_t tiles, int64_t heads, int64_t batch_size) {
-  const int64_t blocks = tiles * heads * batch_size;
+// Blocks of a 1-D grid of `tiles` per (sequence, head) pair (block_work).
+unsigned grid_blocks(const Params& p, int64_t tiles) {
+  const int64_t blocks = tiles * p.num_heads * p.batch_size;
   GENREC_CHECK(blocks < (int64_t{1} << 31),
                "fused hstu attention: {} blocks ({} tiles x {} heads x {} sequences) exceed a grid",
-               blocks, tiles, heads, batch_size);
+               blocks, tiles, p.num_heads, p.batch_size);
   return static_cast<unsigned>(blocks);
 }
 
@@ -1435,9 +1435,9 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
 }
 
 template <typename T>
-void launch_query(Params p, T* out, const T* q, const T* k, const T* v, int64_t batch_size,
-                  int64_t heads, int64_t dim, int64_t kv_rows, cudaStream_t stream) {
-  const dim3 grid(grid_blocks(p.num_tiles * p.key_splits, heads, batch_size));
+void launch_query(Params p, T* out, const T* q, const T* k, const T* v, int64_t dim,
+                  int64_t kv_rows, cudaStream_t stream) {
+  const dim3 grid(grid_blocks(p, p.num_tiles * p.key_splits));
   // The blocks of a pair share its K and V.
   p.heads_per_group = heads_per_group(p, kv_rows * dim * 2 * static_cast<int64_t>(sizeof(T)));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
@@ -1504,8 +1504,7 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
   if (p.key_splits > 1) p.part_rows = batch_size * max_new;
   DeviceBuffer<float> parts(p.key_splits > 1 ? p.key_splits * p.part_rows * cols : 0, stream);
   p.partial = parts.data();
-  launch_query<T>(p, out, q, k, v, batch_size, shape.num_heads, shape.dim_qk,
-                  std::max(max_new, max_len), stream);
+  launch_query<T>(p, out, q, k, v, shape.dim_qk, std::max(max_new, max_len), stream);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
   if (p.key_splits > 1) {
     sum_parts_kernel<T>
@@ -1555,7 +1554,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
       // The blocks of a pair share its Q and dO and add into its fp32 dQ sums.
       key_p.heads_per_group =
           heads_per_group(p, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
-      const dim3 grid(grid_blocks(key_p.num_tiles, shape.num_heads, batch_size));
+      const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
       allow_smem(key_kernel<T, D, kBias, G>, bytes);
       key_kernel<T, D, kBias, G>
           <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v);
