@@ -234,13 +234,27 @@ TEST(CudaFusedAttention, SequencesLongerThanMaxLen) {
   }
 }
 
+// A time bias over a batch whose slot matrix (sized by max_len, the square of it per sequence)
+// exceeds its budget: the batch runs in chunks of sequences, each with its own offsets and
+// target counts.
+TEST(CudaFusedAttention, TimeSlotsInChunksOfSequences) {
+  GENREC_REQUIRE_CUDA();
+  MaskCase all = mask_cases().back();
+  all.name += ", chunks";
+  Attn a = make_attn(random_lengths(9, 200, 830, true), 2, 64, 64, 90, 24, true, true, 831, 8);
+  a.max_len = 8192;  // 64 MB of slots per sequence: 4 sequences per chunk
+  check_fused_problem<bf16>(std::move(a), all, 832);
+}
+
 // Pairs of tokens whose dt sits exactly at, and one below, every time-bucket boundary up to
-// 2^50, both signs: tiles within 2^30 of their first timestamp take the 32-bit bucket lookup,
-// the others the 64-bit one, and both must give the CPU's bucket. Small q and k and a wide time
-// table make the bias dominate, so one wrong bucket moves its row's output by tens of percent.
+// 2^50, both signs, one pair per sequence at tokens 64 and 65 after 64 tokens at the first one's
+// time; a window of 1 has each row see itself and its predecessor only. Small q and k and a wide
+// time table make the bias dominate, so one wrong bucket moves its row's output by tens of
+// percent. The slots come from the slot matrix (max_len 66) and from the attention kernels,
+// which compute those of tiles past the matrix (max_len 64: the pair's tiles).
 TEST(CudaFusedAttention, TimeBucketsMatchCpuAtBoundaries) {
   GENREC_REQUIRE_CUDA();
-  const int64_t NB = 110;
+  const int64_t NB = 110, L = 66;
   std::vector<int64_t> dts;
   for (int64_t lo : test::time_bucket_boundaries(NB, int64_t{1} << 50)) {
     for (int64_t dt : {lo, lo - 1}) {
@@ -248,16 +262,21 @@ TEST(CudaFusedAttention, TimeBucketsMatchCpuAtBoundaries) {
       dts.push_back(-dt);
     }
   }
-  const MaskCase time_only{"time", false, 0, 0, false, true};
-  Attn a = make_attn(std::vector<int64_t>(dts.size(), 2), 1, 32, 32, 2, NB, false, true, 500, 8);
+  const MaskCase time_only{"time", false, 0, 1, false, true};
+  Attn a = make_attn(std::vector<int64_t>(dts.size(), L), 1, 32, 32, 2, NB, false, true, 500, 8);
   for (float& x : a.buf) x *= 0.1f;
   a.time = test::random_normal(NB, 501, 2.0f);
   const int64_t t0 = int64_t{1} << 52;
   for (size_t b = 0; b < dts.size(); ++b) {
-    a.timestamps[2 * b] = t0;
-    a.timestamps[2 * b + 1] = t0 + dts[b];
+    std::fill_n(a.timestamps.begin() + b * L, L, t0);
+    a.timestamps[b * L + L - 1] = t0 + dts[b];
   }
-  check_fused_problem<bf16>(std::move(a), time_only, 502);
+  for (int64_t max_len : {L, int64_t{64}}) {
+    SCOPED_TRACE("max_len " + std::to_string(max_len));
+    Attn bounded = a;
+    bounded.max_len = max_len;
+    check_fused_problem<bf16>(std::move(bounded), time_only, 502);
+  }
 }
 
 TEST(CudaFusedAttention, HalfPrecision) {

@@ -11,7 +11,8 @@
 #   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
 #   tools/device/run.sh --no-bench    everything but the benchmarks
 # Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90a), GENREC_JOBS (nproc),
-# GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300).
+# GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300),
+# GENREC_TARGETS (build only these CMake targets, e.g. "genrec_tests genrec_attention_bench").
 # Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -141,7 +142,8 @@ configure() {
 }
 
 build() {
-  cmake --build "$BUILD" -j"$JOBS" 2>&1 | tee "$LOGS/build.log" | grep -E "error|warning|Linking|Built target" | tail -40
+  # shellcheck disable=SC2086 # one word per target
+  cmake --build "$BUILD" -j"$JOBS" ${GENREC_TARGETS:+--target $GENREC_TARGETS} 2>&1 | tee "$LOGS/build.log" | grep -E "error|warning|Linking|Built target" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ]
 }
 

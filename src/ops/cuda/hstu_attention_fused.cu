@@ -14,7 +14,9 @@
 // written once (through shared memory); dQ is summed over the key tiles in an fp32 buffer (a bulk
 // reduction per tile from shared memory on sm_90a, atomics elsewhere; a small kernel then scales
 // and rounds it), and so are the bias gradients (atomics), which all pairs share. The KV-cache
-// forward may split a query tile's keys over blocks whose fp32 parts a small kernel adds.
+// forward may split a query tile's keys over blocks whose fp32 parts a small kernel adds. With a
+// time bias, a first kernel writes every pair's time slot (a byte) for all heads to share, and the
+// tiles of slots stream in next to the tiles they belong to.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
@@ -63,17 +65,20 @@ enum Bias : int { kNoBias = 0, kPositionBias = 1, kTimeBias = 2 };
 // hstu_time_bucket as a table (no logarithm in the kernels): bucket of |dt| =
 // start[msb(|dt|)] + #{b in start + 1 .. start + 3 : |dt| >= threshold[b]}, exact because the
 // bucket is monotone in |dt| and grows by at most 3 within a power of two (ln 2 / 0.301 < 3).
-// For |dt| < 2^31 the start and the three thresholds of each power of two are one 16-byte
-// entry: one shared load per pair instead of four gathers.
-struct alignas(16) TimeOctave {
-  uint32_t next[3];  // threshold[first + 1 + k] capped at UINT32_MAX
-  int32_t first;     // start[e]
-};
 struct TimeBuckets {
   int32_t start[64];
   int64_t threshold[kTimeSlots + 4];  // smallest |dt| of bucket b; INT64_MAX past the last
-  TimeOctave octave[32];              // by msb(|dt|), for |dt| < 2^31
 };
+
+// The time slots of a (query tile, key tile) pair: 64 x 64 bytes, [query row][key column].
+// Computing a slot took three times the instructions of the rest of a score (the time-biased
+// forward ran 2.5x the unbiased one), and every head and both passes recomputed it; the slot
+// matrix is written once per call, a tile per (query tile, key tile) of each sequence, and read
+// as a fifth of a K tile's bytes.
+constexpr int kSlotTile = kRows * kCols;
+// A budget for the matrix, whose size grows with the square of the longest sequence: larger
+// batches run in chunks of sequences (for_each_slot_chunk).
+constexpr int64_t kSlotBudget = int64_t{256} << 20;
 
 struct Params {
   const int64_t* kv_offsets;
@@ -94,10 +99,17 @@ struct Params {
   const float* time;
   int num_time;
   const int64_t* timestamps;  // by kv token
-  double* bias_acc;           // backward: [num_pos | time slots] or null
-  float* dq_acc;              // backward: fp32 sums of dZ K (dQ / alpha), as dq_row says
-  int64_t dq_tokens;          // rows of the dQ sums (tokens of the batch)
-  int acc_pos, acc_time;      // entries of bias_acc for positions and time slots
+  // The slot matrix of the launch's sequences (null without a time bias): sequence b's tile
+  // (qt, kt) at slots + b slot_stride + (qt slot_k_tiles + kt) kSlotTile; tiles past slot_q_tiles
+  // or slot_k_tiles (a sequence longer than the bound the matrix was sized for) are computed in
+  // the kernel.
+  const uint8_t* slots;
+  int64_t slot_stride;
+  int slot_q_tiles, slot_k_tiles;
+  double* bias_acc;       // backward: [num_pos | time slots] or null
+  float* dq_acc;          // backward: fp32 sums of dZ K (dQ / alpha), as dq_row says
+  int64_t dq_tokens;      // rows of the dQ sums (tokens of the batch)
+  int acc_pos, acc_time;  // entries of bias_acc for positions and time slots
   TimeBuckets buckets;
 };
 
@@ -434,7 +446,7 @@ struct Sequence {
   int q_len;
   HstuSequenceMask mask;
   PairMask pairs;
-  int64_t ts_base;  // timestamp of kv token 0 (0 without a time bias)
+  int index;  // in the launch's batch
 };
 
 // What a block of a 1-D grid of tiles x H x B works on. The grid runs group by group of
@@ -464,20 +476,10 @@ __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
   const int length = static_cast<int>(p.kv_offsets[b + 1] - kv_start);
   const int q_len = static_cast<int>(p.q_offsets[b + 1] - q_start);
   const int64_t targets = p.mask.num_targets != nullptr ? p.mask.num_targets[b] : 0;
-  const int64_t ts_base = p.time != nullptr && length > 0 ? p.timestamps[kv_start] : 0;
   const HstuSequenceMask mask(length, targets, p.mask);
   auto clamp = [&](int64_t x) { return static_cast<int>(x < 0 ? 0 : x < length ? x : length); };
   const PairMask pairs{length, clamp(mask.history), clamp(mask.contexts), clamp(mask.window)};
-  return {kv_start, q_start, length, length - q_len, q_len, mask, pairs, ts_base};
-}
-
-// Whether timestamp ts of a token lies within 2^30 of the sequence's first: the pairs of a tile
-// whose tokens all do differ by less than 2^31, so their time slots take 32-bit arithmetic.
-__device__ __forceinline__ bool near_base(int64_t ts, int64_t base) {
-  constexpr int64_t kReach = int64_t{1} << 30;
-  const int64_t lo = base < INT64_MIN + kReach ? INT64_MIN : base - kReach;
-  const int64_t hi = base > INT64_MAX - kReach ? INT64_MAX : base + kReach;
-  return ts >= lo && ts < hi;
+  return {kv_start, q_start, length, length - q_len, q_len, mask, pairs, static_cast<int>(b)};
 }
 
 // tanh.approx: one MUFU op (relative error < 2^-10.9, far below the bf16 rounding of the
@@ -495,7 +497,7 @@ __device__ __forceinline__ float sigmoid_over_n(float t, float half_inv_n) {
   return fmaf(t, half_inv_n, half_inv_n);
 }
 
-// The time-bias slot of dt from the block's copy of the bucket table.
+// The time-bias slot of dt from a shared copy of the bucket table.
 __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int64_t dt) {
   const uint64_t a = dt < 0 ? 0 - static_cast<uint64_t>(dt) : static_cast<uint64_t>(dt);
   const int b = t.start[63 - __clzll(static_cast<long long>(a | 1))];
@@ -505,12 +507,38 @@ __device__ __forceinline__ int time_slot(const TimeBuckets& t, int num_time, int
   return min(slot, num_time - 1);
 }
 
-// time_slot for |dt| < 2^31 (a narrow tile): half the instructions of the 64-bit lookup.
-__device__ __forceinline__ int time_slot32(const TimeBuckets& t, int num_time, int32_t dt) {
-  const uint32_t a = static_cast<uint32_t>(abs(dt));
-  const uint4 o = *reinterpret_cast<const uint4*>(&t.octave[31 - __clz(static_cast<int>(a | 1))]);
-  const int slot = static_cast<int>(o.w) + (a >= o.x) + (a >= o.y) + (a >= o.z);
-  return min(slot, num_time - 1);
+// Byte offset of (row r, column c) in a slot tile in shared memory: the 16-byte chunks of a row
+// rotate with r / 2, so that the eight rows a warp's fragments read at once (rows of a query
+// tile in the forward, columns of it in the backward) fall in distinct banks.
+__device__ __forceinline__ int slot_offset(int r, int c) {
+  return r * kCols + ((((c >> 4) ^ (r >> 1)) & 3) << 4) + (c & 15);
+}
+
+__device__ __forceinline__ void copy_buckets(TimeBuckets* dst, const TimeBuckets& src) {
+  const int32_t* from = reinterpret_cast<const int32_t*>(&src);
+  int32_t* to = reinterpret_cast<int32_t*>(dst);
+  for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += blockDim.x) {
+    to[e] = from[e];
+  }
+}
+
+// The slots of query tile qt (rows: query rows 64 qt + r) against key tile kt (columns: keys
+// 64 kt + c) of sequence s into dst at offset(r, c), by `threads` threads from `thread` on; 0
+// where the query row or the key is past the end.
+template <typename Offset>
+__device__ __forceinline__ void compute_slots(uint8_t* dst, Offset&& offset, const Params& p,
+                                              const TimeBuckets& buckets, const Sequence& s, int qt,
+                                              int kt, int thread, int threads) {
+  for (int e = thread; e < kSlotTile; e += threads) {
+    const int r = e / kCols, c = e % kCols;
+    const int m = qt * kRows + r, j = kt * kCols + c;
+    int slot = 0;
+    if (m < s.q_len && j < s.length) {
+      const int64_t dt = p.timestamps[s.kv_start + s.q_shift + m] - p.timestamps[s.kv_start + j];
+      slot = time_slot(buckets, p.num_time, dt);
+    }
+    dst[offset(r, c)] = static_cast<uint8_t>(slot);
+  }
 }
 
 // A block's shared bias state: the bucket and time tables, and the position bias of the current
@@ -523,18 +551,31 @@ struct BiasSmem {
 
 __device__ __forceinline__ void load_bias_tables(BiasSmem* dst, const Params& p) {
   if (p.time == nullptr) return;
-  const int32_t* src = reinterpret_cast<const int32_t*>(&p.buckets);
-  int32_t* out = reinterpret_cast<int32_t*>(&dst->buckets);
-  for (int e = threadIdx.x; e < static_cast<int>(sizeof(TimeBuckets) / 4); e += blockDim.x) {
-    out[e] = src[e];
-  }
+  copy_buckets(&dst->buckets, p.buckets);
   for (int e = threadIdx.x; e < p.num_time; e += blockDim.x) dst->time[e] = __ldg(p.time + e);
+}
+
+// Slot tile (qt, kt) of sequence s into shared memory (slot_offset), by one warpgroup: from the
+// matrix by cp.async (in the caller's group), computed here past the matrix's bounds, zeros for
+// a tile past the sequence's (never a visible pair, and no stale byte indexes the time table).
+__device__ __forceinline__ void load_slots(uint8_t* dst, const Params& p, const BiasSmem* bs,
+                                           const Sequence& s, int qt, int kt) {
+  if (qt < p.slot_q_tiles && kt < p.slot_k_tiles) {
+    const bool inside = qt * kRows < s.q_len && kt * kCols < s.length;
+    const uint8_t* src = p.slots + s.index * p.slot_stride +
+                         (static_cast<int64_t>(qt) * p.slot_k_tiles + kt) * kSlotTile;
+#pragma unroll
+    for (int e = group_thread(); e < kSlotTile / 16; e += kThreads) {
+      cp_async_16(dst + slot_offset(e / 4, e % 4 * 16), src + 16 * e, inside);
+    }
+  } else {
+    compute_slots(dst, slot_offset, p, bs->buckets, s, qt, kt, group_thread(), kThreads);
+  }
 }
 
 // Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
 // history (or past the end): then the position bias of a pair depends on i - j only, one
-// staged value per diagonal instead of a gather per pair. A candidate that is also narrow
-// (sync_narrow) runs the fast copy of the score code: staged diagonals, 32-bit time slots.
+// staged value per diagonal instead of a gather per pair.
 __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0) {
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
@@ -562,10 +603,6 @@ __device__ __forceinline__ float position_bias(const Params& p, const Sequence& 
   }
 }
 
-__device__ __forceinline__ int64_t timestamp(const Params& p, const Sequence& s, int i) {
-  return p.time != nullptr && i < s.length ? p.timestamps[s.kv_start + i] : 0;
-}
-
 // Calls f(n, e, half, row, col) for the 32 elements of a warp's 16 x 64 score fragment (row
 // within the block's 64 rows, col within the streamed tile; half: row is the thread's second).
 template <typename F>
@@ -580,27 +617,11 @@ __device__ __forceinline__ void for_each_score(F&& f) {
   }
 }
 
-// Loads the streamed tile's timestamps (by kv position) next to its rows; true when this thread
-// loaded one that is not near_base.
-__device__ __forceinline__ bool load_timestamps(int64_t* dst, const Params& p, const Sequence& s,
-                                                int first) {
-  if (p.time == nullptr) return false;
-  bool wide = false;
-  for (int c = threadIdx.x; c < kCols; c += blockDim.x) {
-    const int64_t t = timestamp(p, s, first + c);
-    dst[c] = t;
-    wide |= first + c < s.length && !near_base(t, s.ts_base);
-  }
-  return wide;
-}
-
 // One pipeline stage of the key kernel: rows [first, first + 64) of the sequence from two head
-// slices (Q and dO), one per warpgroup when the block has two, and their timestamps; returns
-// load_timestamps' flag.
+// slices (Q and dO), one per warpgroup when the block has two.
 template <int D, int G, typename T>
-__device__ __forceinline__ bool load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, const T* a,
-                                           int64_t ld_a, const T* b, int64_t ld_b, const Params& p,
-                                           const Sequence& s, int64_t h, int first) {
+__device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, const T* a, int64_t ld_a, const T* b,
+                                           int64_t ld_b, const Sequence& s, int64_t h, int first) {
   const int group = threadIdx.x / kThreads;
   if (G == 1 || group == 0) {
     load_tile<D>(dst_a, a + (s.kv_start + first) * ld_a + h * D, ld_a, s.length - first);
@@ -608,41 +629,20 @@ __device__ __forceinline__ bool load_stage(T* dst_a, T* dst_b, int64_t* dst_ts, 
   if (G == 1 || group == 1) {
     load_tile<D>(dst_b, b + (s.kv_start + first) * ld_b + h * D, ld_b, s.length - first);
   }
-  return load_timestamps(dst_ts, p, s, first);
-}
-
-// Whether this thread's own rows i0, i1 (valid when < length) are not near_base.
-__device__ __forceinline__ bool rows_wide(const Params& p, const Sequence& s, const int (&i)[2],
-                                          const int64_t (&ts)[2]) {
-  return p.time != nullptr && ((i[0] < s.length && !near_base(ts[0], s.ts_base)) ||
-                               (i[1] < s.length && !near_base(ts[1], s.ts_base)));
-}
-
-// The barrier before a tile's products. With a time bias it also says whether the tile is
-// narrow: no thread saw a wide timestamp among its rows or the stage's columns (without one,
-// every tile is).
-template <bool kTime>
-__device__ __forceinline__ bool sync_narrow(bool wide) {
-  if constexpr (kTime) {
-    return !__syncthreads_or(wide);
-  } else {
-    __syncthreads();
-    return true;
-  }
 }
 
 // ---- query kernel: forward ------------------------------------------------------------------
 
 template <typename T, int D, int kBias>
 constexpr size_t query_smem_bytes() {
-  // own rows Q, two slots each of K and V, two of key timestamps, bias state
-  return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
+  // own rows Q, two slots each of K and V (and time slot tiles), bias state
+  return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + (kBias & kTimeBias ? 2 * kSlotTile : 0) +
          (kBias ? sizeof(BiasSmem) : 0);
 }
 
 // Key tile t of a query tile runs in three steps: S_t = Q K_tᵀ, activation, O += P_t V_t. The
 // products of step t are S_t and P_{t-1} V_{t-1}, issued together; the activation of S_t then
-// overlaps the second on the tensor cores. So K_t (with its timestamps) lands a step before V_t:
+// overlaps the second on the tensor cores. So K_t (with its time slots) lands a step before V_t:
 // cp.async group t brings K_t and V_{t-1}, into slots t % 2 and (t - 1) % 2, and is waited for
 // a step after it is issued. kSplit: the cached forward's split of the key tiles over blocks
 // (p.key_splits > 1); the other launches carry none of its code (with a runtime split of one in
@@ -656,10 +656,10 @@ __global__ void __launch_bounds__(kThreads)
   T* s_q = reinterpret_cast<T*>(smem);
   T* s_k = s_q + kRows * LD;
   T* s_v = s_k + 2 * kCols * LD;
-  int64_t* s_ts = reinterpret_cast<int64_t*>(s_v + 2 * kCols * LD);
-  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_ts + 2 * kCols);  // kBias only
   constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
-  const int lane = lane_id(), w = group_warp();
+  uint8_t* s_slots = reinterpret_cast<uint8_t*>(s_v + 2 * kCols * LD);                // kTime only
+  BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_slots + (kTime ? 2 * kSlotTile : 0));  // kBias
+  const int w = group_warp();
   const int splits = kSplit ? p.key_splits : 1;
   const BlockWork work = block_work(p, p.num_tiles * splits);
   const int64_t h = work.head;
@@ -682,14 +682,12 @@ __global__ void __launch_bounds__(kThreads)
 
     __syncthreads();  // the previous tile's readers are done with shared memory
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
-    unsigned wide_slots = 0;  // bit b: this thread loaded a wide timestamp into key slot b
     auto load_group = [&](int t) {
       if (t < num_keys) {
         const int j0 = j_begin + t * kCols, slot = t & 1;
         load_tile<D>(s_k + slot * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
                      s.length - j0);
-        const bool wide = load_timestamps(s_ts + slot * kCols, p, s, j0);
-        wide_slots = (wide_slots & ~(1u << slot)) | (static_cast<unsigned>(wide) << slot);
+        if constexpr (kTime) load_slots(s_slots + slot * kSlotTile, p, bs, s, tile, j0 / kCols);
       }
       if (t >= 1 && t <= num_keys) {
         const int j0 = j_begin + (t - 1) * kCols;
@@ -701,9 +699,6 @@ __global__ void __launch_bounds__(kThreads)
     load_group(0);
     load_group(1);
 
-    const int i_row[2] = {i_first + 16 * w + lane / 4, i_first + 16 * w + lane / 4 + 8};
-    const int64_t ts_row[2] = {timestamp(p, s, i_row[0]), timestamp(p, s, i_row[1])};
-    const bool wide_rows = kTime && rows_wide(p, s, i_row, ts_row);
     float acc[D / 8][4];
     zero(acc);
     uint32_t pf[4][4];  // P_{t-1} as A fragments
@@ -715,13 +710,13 @@ __global__ void __launch_bounds__(kThreads)
     // Waits for group t; returns whether tile t takes the staged-diagonal path.
     auto begin_step = [&](int t) {
       const int j0 = j_begin + t * kCols;
-      const bool diagonal_candidate = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
-      if (kPos && diagonal_candidate) stage_diagonals(bs, kDiagonals, next_diagonal);
+      const bool diagonal = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
+      if (kPos && diagonal) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
-      const bool narrow = sync_narrow<kTime>(wide_rows || ((wide_slots >> (t & 1)) & 1));
-      return diagonal_candidate && narrow;
+      __syncthreads();
+      return diagonal;
     };
     auto end_step = [&](int t) {
       __syncthreads();  // K_t and V_{t-1} are read: their slots take group t + 2
@@ -735,20 +730,16 @@ __global__ void __launch_bounds__(kThreads)
         return;
       }
       const int j0 = j_begin + t * kCols;
-      const int64_t* ts = s_ts + (t & 1) * kCols;
+      const uint8_t* slots = s_slots + (t & 1) * kSlotTile;
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
-        for_each_score([&](int n, int e, int half, int row, int col) {
+        for_each_score([&](int n, int e, int, int row, int col) {
           const int i = i_first + row, j = j0 + col;
           float z = p.alpha * sc[n][e];
           if constexpr (kPos) {
             z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
           }
-          if constexpr (kTime) {
-            const int64_t dt = ts_row[half] - ts[col];
-            z += bs->time[kDiagonal ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                    : time_slot(bs->buckets, p.num_time, dt)];
-          }
+          if constexpr (kTime) z += bs->time[slots[slot_offset(row, col)]];
           bool keep = true;
           if constexpr (decltype(masked)::value) keep = s.pairs.visible(i, j);
           sc[n][e] = keep ? z * sigmoid_over_n(tanh_approx(0.5f * z), p.half_inv_n) : 0.0f;
@@ -816,9 +807,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int D, int kBias, int G>
 constexpr size_t key_smem_bytes(bool dq_staged) {
   // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
-  // Q and dO and of query timestamps; with bias: its state and the gradient sums
-  return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) + 2 * kCols * sizeof(int64_t) +
-         sizeof(T) * G * kRows * kDzLd + (dq_staged ? sizeof(float) * G * kRows * kDqCols : 0) +
+  // Q and dO and of each warpgroup's time slot tile; with bias: its state and the gradient sums
+  return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) +
+         (kBias & kTimeBias ? 2 * G * kSlotTile : 0) + sizeof(T) * G * kRows * kDzLd +
+         (dq_staged ? sizeof(float) * G * kRows * kDqCols : 0) +
          (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeCopies * kTimeStride) * sizeof(float)
                 : 0);
 }
@@ -1061,13 +1053,14 @@ __global__ void __launch_bounds__(kThreads* G)
   T* s_v = s_k + G * kRows * LD;
   T* s_q = s_v + G * kRows * LD;
   T* s_do = s_q + 2 * kCols * LD;
-  int64_t* s_ts = reinterpret_cast<int64_t*>(s_do + 2 * kCols * LD);
-  T* s_dz = reinterpret_cast<T*>(s_ts + 2 * kCols);
+  constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
+  uint8_t* s_slots = reinterpret_cast<uint8_t*>(s_do + 2 * kCols * LD);  // kTime only
+  T* s_dz = reinterpret_cast<T*>(s_slots + (kTime ? 2 * G * kSlotTile : 0));
   // kBias only: bias state, gradient sums (positions, then time slots)
   float* s_dq = reinterpret_cast<float*>(s_dz + G * kDzTile);  // wgmma only
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dq + (kWg<D> ? G * kRows * kDqCols : 0));
   float* s_bias = reinterpret_cast<float*>(bs + 1);
-  const int lane = lane_id(), w = group_warp(), group = threadIdx.x / kThreads;
+  const int lane = lane_id(), group = threadIdx.x / kThreads;
   T* my_k = s_k + group * kRows * LD;
   T* my_v = s_v + group * kRows * LD;
   T* my_dz = s_dz + group * kDzTile;
@@ -1075,7 +1068,6 @@ __global__ void __launch_bounds__(kThreads* G)
   const BlockWork work = block_work(p, p.num_tiles);
   const int64_t h = work.head;
   const Sequence s = sequence(p, work.seq);
-  constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
   const bool want_bias = kBias && p.bias_acc != nullptr;
   const bool want_pos = kPos && want_bias && p.acc_pos > 0;
   const bool want_time = kTime && want_bias && p.acc_time > 0;
@@ -1107,12 +1099,12 @@ __global__ void __launch_bounds__(kThreads* G)
       load_tile<D>(my_k, k + (s.kv_start + row) * p.ld_k + h * D, p.ld_k, s.length - jg);
       load_tile<D>(my_v, v + (s.kv_start + row) * p.ld_v + h * D, p.ld_v, s.length - jg);
     }
-    unsigned wide_stages = 0;  // bit b: this thread loaded a wide timestamp into stage b
+    // A stage's time slot tile of warpgroup g (query tile i0 / 64 against its key tile).
+    auto slot_tile = [&](int stage, int g) { return s_slots + (stage * G + g) * kSlotTile; };
     auto load_queries = [&](int i0, int stage) {
-      const bool wide =
-          load_stage<D, G>(s_q + stage * kCols * LD, s_do + stage * kCols * LD,
-                           s_ts + stage * kCols, q, p.ld_q, d_out, p.ld_o, p, s, h, i0);
-      wide_stages = (wide_stages & ~(1u << stage)) | (static_cast<unsigned>(wide) << stage);
+      load_stage<D, G>(s_q + stage * kCols * LD, s_do + stage * kCols * LD, q, p.ld_q, d_out,
+                       p.ld_o, s, h, i0);
+      if constexpr (kTime) load_slots(slot_tile(stage, group), p, bs, s, i0 / kCols, jg / kCols);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
@@ -1120,9 +1112,6 @@ __global__ void __launch_bounds__(kThreads* G)
     auto lowest_diagonal = [&](int i0) { return i0 - j0 - (kKeys - 1); };
     float next_diagonal = kPos ? fetch_diagonal(p, lowest_diagonal(i_begin), kDiagonals) : 0.0f;
 
-    const int j_row[2] = {jg + 16 * w + lane / 4, jg + 16 * w + lane / 4 + 8};
-    const int64_t ts_row[2] = {timestamp(p, s, j_row[0]), timestamp(p, s, j_row[1])};
-    const bool wide_rows = kTime && rows_wide(p, s, j_row, ts_row);
     float acc_k[D / 8][4], acc_v[D / 8][4];
     zero(acc_k);
     zero(acc_v);
@@ -1132,16 +1121,15 @@ __global__ void __launch_bounds__(kThreads* G)
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
       // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
-      const bool diagonal_candidate = kBias && diagonal_tile(s, jg, i0);
+      const bool diagonal = kBias && diagonal_tile(s, jg, i0);
       if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
-      const bool narrow = sync_narrow<kTime>(wide_rows || ((wide_stages >> stage) & 1));
-      const bool diagonal = diagonal_candidate && narrow;
+      __syncthreads();
       const T* tq = s_q + stage * kCols * LD;
       const T* tdo = s_do + stage * kCols * LD;
-      const int64_t* ts = s_ts + stage * kCols;
+      const uint8_t* slots = slot_tile(stage, group);
 
       float sc[8][4], dp[8][4];
       issue_scores<D>(dp, my_v, tdo);
@@ -1160,9 +1148,7 @@ __global__ void __launch_bounds__(kThreads* G)
                 p, s, bs->diagonal + (col - row + kKeys - 1 - group * kRows), i, j);
           }
           if constexpr (kTime) {
-            const int64_t dt = ts[col] - ts_row[half];
-            time_bucket = kDiagonal ? time_slot32(bs->buckets, p.num_time, static_cast<int32_t>(dt))
-                                    : time_slot(bs->buckets, p.num_time, dt);
+            time_bucket = slots[slot_offset(col, row)];  // the tile is [query][key]
             z += bs->time[time_bucket];
           }
           // With x = z / 2, t = tanh x and sig = sigmoid(z) / N: P = z sig and dZ = dP / N
@@ -1267,6 +1253,33 @@ __global__ void __launch_bounds__(kThreads* G)
   }
 }
 
+// ---- time slot matrix -----------------------------------------------------------------------
+
+// Tile (blockIdx.x / slot_k_tiles, blockIdx.x % slot_k_tiles) of sequence blockIdx.y's slots,
+// row-major (load_slots rotates its chunks on the way into shared memory). Tiles past the
+// sequence's end are never read and stay unwritten.
+constexpr int kSlotThreads = 256;
+__global__ void __launch_bounds__(kSlotThreads)
+    slot_matrix_kernel(Params p, uint8_t* __restrict__ slots) {
+  __shared__ TimeBuckets buckets;
+  __shared__ __align__(16) uint8_t tile[kSlotTile];
+  const int qt = static_cast<int>(blockIdx.x) / p.slot_k_tiles;
+  const int kt = static_cast<int>(blockIdx.x) % p.slot_k_tiles;
+  const Sequence s = sequence(p, blockIdx.y);
+  if (qt * kRows >= s.q_len || kt * kCols >= s.length) return;
+  copy_buckets(&buckets, p.buckets);
+  __syncthreads();
+  compute_slots(
+      tile, [](int r, int c) { return r * kCols + c; }, p, buckets, s, qt, kt, threadIdx.x,
+      kSlotThreads);
+  __syncthreads();
+  uint4* dst = reinterpret_cast<uint4*>(slots + blockIdx.y * p.slot_stride +
+                                        static_cast<int64_t>(blockIdx.x) * kSlotTile);
+  for (int e = threadIdx.x; e < kSlotTile / 16; e += kSlotThreads) {
+    dst[e] = reinterpret_cast<const uint4*>(tile)[e];
+  }
+}
+
 // out [rows, cols] = the sum of the key splits' fp32 parts (each part_rows x cols), rounded to
 // T; rows = q_offsets[batch], read here (the host only knows a bound: more rows than the parts
 // hold broke the caller's max_new, and the kernel fails). 8 columns at a time.
@@ -1329,13 +1342,6 @@ const TimeBuckets& time_buckets() {
           std::min<uint64_t>(cpu_table.threshold(b), std::numeric_limits<int64_t>::max()));
     }
     for (int e = 0; e < 64; ++e) t.start[e] = cpu_table.start(e);
-    for (int e = 0; e < 32; ++e) {
-      t.octave[e].first = t.start[e];
-      for (int k = 0; k < 3; ++k) {
-        t.octave[e].next[k] = static_cast<uint32_t>(std::min<uint64_t>(
-            cpu_table.threshold(t.start[e] + 1 + k), std::numeric_limits<uint32_t>::max()));
-      }
-    }
     return t;
   }();
   return table;
@@ -1401,6 +1407,41 @@ unsigned grid_blocks(const Params& p, int64_t tiles) {
                "fused hstu attention: {} blocks ({} tiles x {} heads x {} sequences) exceed a grid",
                blocks, tiles, p.num_heads, p.batch_size);
   return static_cast<unsigned>(blocks);
+}
+
+// Runs launch(chunk) over the batch in chunks of sequences (their Params) whose slot matrix fits
+// kSlotBudget, each after slot_matrix_kernel has written the chunk's matrix; without a time bias
+// launch(p) once. q_rows and kv_rows bound a sequence's query rows and kv tokens: they size the
+// matrix (the kernels compute the tiles of a longer sequence that lie past it).
+template <typename F>
+void for_each_slot_chunk(const Params& p, int64_t q_rows, int64_t kv_rows, cudaStream_t stream,
+                         F&& launch) {
+  if (p.time == nullptr) {
+    launch(p);
+    return;
+  }
+  Params chunk = p;
+  chunk.slot_q_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(q_rows, kRows)));
+  chunk.slot_k_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(kv_rows, kCols)));
+  chunk.slot_stride = static_cast<int64_t>(chunk.slot_q_tiles) * chunk.slot_k_tiles * kSlotTile;
+  const int64_t tiles = static_cast<int64_t>(chunk.slot_q_tiles) * chunk.slot_k_tiles;
+  GENREC_CHECK(tiles < (int64_t{1} << 31),
+               "fused hstu attention: {} x {} time slot tiles per sequence exceed a grid",
+               chunk.slot_q_tiles, chunk.slot_k_tiles);
+  const int64_t per_chunk = std::clamp<int64_t>(kSlotBudget / chunk.slot_stride, 1, p.batch_size);
+  DeviceBuffer<uint8_t> slots(per_chunk * chunk.slot_stride, stream);
+  chunk.slots = slots.data();
+  for (int64_t b0 = 0; b0 < p.batch_size; b0 += per_chunk) {
+    chunk.batch_size = static_cast<int>(std::min<int64_t>(per_chunk, p.batch_size - b0));
+    chunk.kv_offsets = p.kv_offsets + b0;
+    chunk.q_offsets = p.q_offsets + b0;
+    if (p.mask.num_targets != nullptr) chunk.mask.num_targets = p.mask.num_targets + b0;
+    slot_matrix_kernel<<<dim3(static_cast<unsigned>(tiles),
+                              static_cast<unsigned>(chunk.batch_size)),
+                         kSlotThreads, 0, stream>>>(chunk, slots.data());
+    GENREC_CUDA_LAUNCH_CHECK("fused hstu attention (time slots)");
+    launch(chunk);
+  }
 }
 
 template <typename Kernel>
@@ -1504,8 +1545,11 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
   if (p.key_splits > 1) p.part_rows = batch_size * max_new;
   DeviceBuffer<float> parts(p.key_splits > 1 ? p.key_splits * p.part_rows * cols : 0, stream);
   p.partial = parts.data();
-  launch_query<T>(p, out, q, k, v, shape.dim_qk, std::max(max_new, max_len), stream);
-  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
+  const int64_t kv_rows = std::max(max_new, max_len);
+  for_each_slot_chunk(p, max_new, kv_rows, stream, [&](const Params& chunk) {
+    launch_query<T>(chunk, out, q, k, v, shape.dim_qk, kv_rows, stream);
+    GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
+  });
   if (p.key_splits > 1) {
     sum_parts_kernel<T>
         <<<detail::grid_for(p.part_rows * cols / 8, detail::kThreads), detail::kThreads, 0,
@@ -1542,34 +1586,36 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   DeviceBuffer<float> dq_sums(dq_elements, stream);
   p.dq_acc = dq_sums.data();
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_sums.bytes(), stream));
-  with_dim_and_bias(shape.dim_qk, p, [&](auto d, auto has_bias) {
-    constexpr int D = decltype(d)::value;
-    constexpr int kBias = decltype(has_bias)::value;
-    const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
-    auto launch = [&](auto groups) {
-      constexpr int G = decltype(groups)::value;
-      const size_t bytes = key_smem_bytes<T, D, kBias, G>(hopper && D >= 64);
-      Params key_p = p;
-      key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
-      // The blocks of a pair share its Q and dO and add into its fp32 dQ sums.
-      key_p.heads_per_group =
-          heads_per_group(p, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
-      const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
-      allow_smem(key_kernel<T, D, kBias, G>, bytes);
-      key_kernel<T, D, kBias, G>
-          <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v);
-    };
-    // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
-    // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
-    if constexpr (D == 128) {
-      if (hopper) {
-        launch(std::integral_constant<int, 2>{});
-        return;
+  for_each_slot_chunk(p, max_len, max_len, stream, [&](const Params& chunk) {
+    with_dim_and_bias(shape.dim_qk, chunk, [&](auto d, auto has_bias) {
+      constexpr int D = decltype(d)::value;
+      constexpr int kBias = decltype(has_bias)::value;
+      const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
+      auto launch = [&](auto groups) {
+        constexpr int G = decltype(groups)::value;
+        const size_t bytes = key_smem_bytes<T, D, kBias, G>(hopper && D >= 64);
+        Params key_p = chunk;
+        key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
+        // The blocks of a pair share its Q and dO and add into its fp32 dQ sums.
+        key_p.heads_per_group =
+            heads_per_group(chunk, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
+        const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
+        allow_smem(key_kernel<T, D, kBias, G>, bytes);
+        key_kernel<T, D, kBias, G>
+            <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v);
+      };
+      // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
+      // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
+      if constexpr (D == 128) {
+        if (hopper) {
+          launch(std::integral_constant<int, 2>{});
+          return;
+        }
       }
-    }
-    launch(std::integral_constant<int, 1>{});
+      launch(std::integral_constant<int, 1>{});
+    });
+    GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
   });
-  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
   store_dq_kernel<T>
       <<<detail::grid_for(dq_elements / 8, detail::kThreads), detail::kThreads, 0, stream>>>(
           d_q, shape.ld_q, p.dq_acc, num_tokens, static_cast<int>(shape.num_heads),
