@@ -575,7 +575,9 @@ __device__ __forceinline__ void load_slots(uint8_t* dst, const Params& p, const 
 
 // Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
 // history (or past the end): then the position bias of a pair depends on i - j only, one
-// staged value per diagonal instead of a gather per pair.
+// staged value per diagonal instead of a gather per pair. Kernels without a position bias take
+// no diagonal copy of the score code: with it, ptxas serialised the time-only forward's wgmma
+// for want of registers (C7511).
 __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0) {
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
@@ -710,7 +712,7 @@ __global__ void __launch_bounds__(kThreads)
     // Waits for group t; returns whether tile t takes the staged-diagonal path.
     auto begin_step = [&](int t) {
       const int j0 = j_begin + t * kCols;
-      const bool diagonal = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
+      const bool diagonal = kPos && t < num_keys && diagonal_tile(s, i_first, j0);
       if (kPos && diagonal) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
       cp_async_wait<1>();
@@ -1121,7 +1123,7 @@ __global__ void __launch_bounds__(kThreads* G)
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
       // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
-      const bool diagonal = kBias && diagonal_tile(s, jg, i0);
+      const bool diagonal = kPos && diagonal_tile(s, jg, i0);
       if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
       cp_async_wait<1>();
