@@ -236,14 +236,20 @@ TEST(CudaFusedAttention, SequencesLongerThanMaxLen) {
 
 // A time bias over a batch whose slot matrix (sized by max_len, the square of it per sequence)
 // exceeds its budget: the batch runs in chunks of sequences, each with its own offsets and
-// target counts.
+// target counts (max_len 8192: 64 MB of slots per sequence, 4 sequences per chunk); past the
+// budget for one sequence (max_len 20000) the kernels compute every slot.
 TEST(CudaFusedAttention, TimeSlotsInChunksOfSequences) {
   GENREC_REQUIRE_CUDA();
   MaskCase all = mask_cases().back();
   all.name += ", chunks";
-  Attn a = make_attn(random_lengths(9, 200, 830, true), 2, 64, 64, 90, 24, true, true, 831, 8);
-  a.max_len = 8192;  // 64 MB of slots per sequence: 4 sequences per chunk
-  check_fused_problem<bf16>(std::move(a), all, 832);
+  const Attn a =
+      make_attn(random_lengths(9, 200, 830, true), 2, 64, 64, 90, 24, true, true, 831, 8);
+  for (int64_t max_len : {8192, 20000}) {
+    SCOPED_TRACE("max_len " + std::to_string(max_len));
+    Attn bounded = a;
+    bounded.max_len = max_len;
+    check_fused_problem<bf16>(std::move(bounded), all, 832);
+  }
 }
 
 // Pairs of tokens whose dt sits exactly at, and one below, every time-bucket boundary up to

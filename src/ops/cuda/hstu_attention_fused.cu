@@ -77,7 +77,8 @@ struct TimeBuckets {
 // as a fifth of a K tile's bytes.
 constexpr int kSlotTile = kRows * kCols;
 // A budget for the matrix, whose size grows with the square of the longest sequence: larger
-// batches run in chunks of sequences (for_each_slot_chunk).
+// batches run in chunks of sequences, and past it for one sequence the kernels compute every
+// slot themselves (for_each_slot_chunk).
 constexpr int64_t kSlotBudget = int64_t{256} << 20;
 
 struct Params {
@@ -1412,24 +1413,25 @@ unsigned grid_blocks(const Params& p, int64_t tiles) {
 }
 
 // Runs launch(chunk) over the batch in chunks of sequences (their Params) whose slot matrix fits
-// kSlotBudget, each after slot_matrix_kernel has written the chunk's matrix; without a time bias
-// launch(p) once. q_rows and kv_rows bound a sequence's query rows and kv tokens: they size the
-// matrix (the kernels compute the tiles of a longer sequence that lie past it).
+// kSlotBudget, each after slot_matrix_kernel has written the chunk's matrix. q_rows and kv_rows
+// bound a sequence's query rows and kv tokens: they size the matrix (the kernels compute the
+// tiles of a longer sequence that lie past it). Without a time bias, or when one sequence's
+// matrix alone would pass the budget (max_len > 16384), launch(p) once and without a matrix:
+// the kernels then compute every slot tile.
 template <typename F>
 void for_each_slot_chunk(const Params& p, int64_t q_rows, int64_t kv_rows, cudaStream_t stream,
                          F&& launch) {
-  if (p.time == nullptr) {
+  const int64_t q_tiles = std::max<int64_t>(1, ceil_div(q_rows, kRows));
+  const int64_t k_tiles = std::max<int64_t>(1, ceil_div(kv_rows, kCols));
+  if (p.time == nullptr || q_tiles * k_tiles > kSlotBudget / kSlotTile) {
     launch(p);
     return;
   }
   Params chunk = p;
-  chunk.slot_q_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(q_rows, kRows)));
-  chunk.slot_k_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(kv_rows, kCols)));
-  chunk.slot_stride = static_cast<int64_t>(chunk.slot_q_tiles) * chunk.slot_k_tiles * kSlotTile;
-  const int64_t tiles = static_cast<int64_t>(chunk.slot_q_tiles) * chunk.slot_k_tiles;
-  GENREC_CHECK(tiles < (int64_t{1} << 31),
-               "fused hstu attention: {} x {} time slot tiles per sequence exceed a grid",
-               chunk.slot_q_tiles, chunk.slot_k_tiles);
+  chunk.slot_q_tiles = static_cast<int>(q_tiles);
+  chunk.slot_k_tiles = static_cast<int>(k_tiles);
+  chunk.slot_stride = q_tiles * k_tiles * kSlotTile;
+  const int64_t tiles = q_tiles * k_tiles;
   const int64_t per_chunk = std::clamp<int64_t>(kSlotBudget / chunk.slot_stride, 1, p.batch_size);
   DeviceBuffer<uint8_t> slots(per_chunk * chunk.slot_stride, stream);
   chunk.slots = slots.data();
