@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -123,6 +124,18 @@ void check_fused(int64_t B, int64_t max_len, int64_t H, int64_t D, const MaskCas
                          mc, seed);
 }
 
+// check_fused_problem for `a` with each of max_lens as the bound the calls get on the sequences'
+// length (the inputs, and the 1 / N they were made with, stay those of `a`).
+void check_fused_bounded(const Attn& a, const MaskCase& mc, uint64_t seed,
+                         std::initializer_list<int64_t> max_lens) {
+  for (int64_t max_len : max_lens) {
+    SCOPED_TRACE("max_len " + std::to_string(max_len));
+    Attn bounded = a;
+    bounded.max_len = max_len;
+    check_fused_problem<bf16>(std::move(bounded), mc, seed);
+  }
+}
+
 // Backward, from the same d_out and bias-gradient starting values.
 void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf16* v,
                           const test::DeviceArray<int64_t>& offsets,
@@ -227,10 +240,9 @@ TEST(CudaFusedAttention, SequencesLongerThanMaxLen) {
   all.name += ", short grid";
   uint64_t seed = 810;
   for (const MaskCase& mc : {causal, all}) {
-    Attn a = make_attn(random_lengths(4, 300, seed, true), 2, 64, 64, 90, 24, mc.pos, mc.time,
-                       seed + 1, 8);
-    a.max_len = 100;
-    check_fused_problem<bf16>(std::move(a), mc, seed += 10);
+    const Attn a = make_attn(random_lengths(4, 300, seed, true), 2, 64, 64, 90, 24, mc.pos, mc.time,
+                             seed + 1, 8);
+    check_fused_bounded(a, mc, seed += 10, {100});
   }
 }
 
@@ -244,12 +256,7 @@ TEST(CudaFusedAttention, TimeSlotsInChunksOfSequences) {
   all.name += ", chunks";
   const Attn a =
       make_attn(random_lengths(9, 200, 830, true), 2, 64, 64, 90, 24, true, true, 831, 8);
-  for (int64_t max_len : {8192, 20000}) {
-    SCOPED_TRACE("max_len " + std::to_string(max_len));
-    Attn bounded = a;
-    bounded.max_len = max_len;
-    check_fused_problem<bf16>(std::move(bounded), all, 832);
-  }
+  check_fused_bounded(a, all, 832, {8192, 20000});
 }
 
 // Pairs of tokens whose dt sits exactly at, and one below, every time-bucket boundary up to
@@ -277,12 +284,7 @@ TEST(CudaFusedAttention, TimeBucketsMatchCpuAtBoundaries) {
     std::fill_n(a.timestamps.begin() + b * L, L, t0);
     a.timestamps[b * L + L - 1] = t0 + dts[b];
   }
-  for (int64_t max_len : {L, int64_t{64}}) {
-    SCOPED_TRACE("max_len " + std::to_string(max_len));
-    Attn bounded = a;
-    bounded.max_len = max_len;
-    check_fused_problem<bf16>(std::move(bounded), time_only, 502);
-  }
+  check_fused_bounded(a, time_only, 502, {L, 64});
 }
 
 TEST(CudaFusedAttention, HalfPrecision) {

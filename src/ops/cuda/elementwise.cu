@@ -1,8 +1,8 @@
 // Pointwise kernels: SiLU through detail::map (16 bytes per access), the others grid-stride loops
-// over elements (one warp per row for L2 normalisation,
-// accumulating in fp64 like the CPU op). Dropout draws one Philox4x32 block per thread for four
-// consecutive elements: word k of block b is philox_u32(seed, offset, 4b + k), the word
-// philox_uniform reads, so masks equal the CPU's exactly.
+// over elements (one warp per row for L2 normalisation, accumulating in fp64 like the CPU op).
+// Dropout draws one Philox4x32 block per thread for four consecutive elements: word k of block
+// b is philox_u32(seed, offset, 4b + k), the word philox_uniform reads, so masks equal the
+// CPU's exactly.
 #include "ops/cuda/pointwise.cuh"  // first: it configures fmt for nvcc
 
 #include <cmath>

@@ -38,6 +38,7 @@ namespace {
 
 using cpu::HstuMask;
 using cpu::HstuSequenceMask;
+using detail::aligned16;
 using detail::ceil_div;
 
 constexpr int kWarps = 4;
@@ -1350,10 +1351,6 @@ const TimeBuckets& time_buckets() {
   return table;
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t batch_size,
                    const cpu::HstuAttentionShape& shape, const cpu::HstuRelativeBias& bias,
                    const HstuMask& mask, int64_t max_rows) {
@@ -1423,15 +1420,15 @@ void for_each_slot_chunk(const Params& p, int64_t q_rows, int64_t kv_rows, cudaS
                          F&& launch) {
   const int64_t q_tiles = std::max<int64_t>(1, ceil_div(q_rows, kRows));
   const int64_t k_tiles = std::max<int64_t>(1, ceil_div(kv_rows, kCols));
-  if (p.time == nullptr || q_tiles * k_tiles > kSlotBudget / kSlotTile) {
+  const int64_t tiles = q_tiles * k_tiles;  // per sequence
+  if (p.time == nullptr || tiles > kSlotBudget / kSlotTile) {
     launch(p);
     return;
   }
   Params chunk = p;
   chunk.slot_q_tiles = static_cast<int>(q_tiles);
   chunk.slot_k_tiles = static_cast<int>(k_tiles);
-  chunk.slot_stride = q_tiles * k_tiles * kSlotTile;
-  const int64_t tiles = q_tiles * k_tiles;
+  chunk.slot_stride = tiles * kSlotTile;
   const int64_t per_chunk = std::clamp<int64_t>(kSlotBudget / chunk.slot_stride, 1, p.batch_size);
   DeviceBuffer<uint8_t> slots(per_chunk * chunk.slot_stride, stream);
   chunk.slots = slots.data();

@@ -43,6 +43,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// Whether p may be read or written 16 bytes at a time.
+inline bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 // An attribute of the current device (cached per thread and device).
 template <cudaDeviceAttr kAttribute>
 int device_attribute() {

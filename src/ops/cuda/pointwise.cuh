@@ -40,8 +40,7 @@ template <typename T, typename Op>
 void map(T* out, const T* a, const T* b, int64_t n, Op op, cudaStream_t stream, const char* what) {
   if (n <= 0) return;
   constexpr int W = 16 / sizeof(T);
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (aligned(out) && aligned(a) && (b == nullptr || aligned(b))) {
+  if (aligned16(out) && aligned16(a) && (b == nullptr || aligned16(b))) {
     map_kernel<W><<<grid_for(ceil_div(n, W), kThreads), kThreads, 0, stream>>>(out, a, b, n, op);
   } else {
     map_kernel<1><<<grid_for(n, kThreads), kThreads, 0, stream>>>(out, a, b, n, op);
