@@ -20,8 +20,7 @@ TieredTable::TieredTable(const TableOptions& hot, const TableOptions& host,
   GENREC_CHECK(hot.dim == host.dim && hot.optimizer == host.optimizer,
                "tiered table: tiers differ (dim {} vs {}, optimizer {} vs {})", hot.dim, host.dim,
                optimizer_state_name(hot.optimizer), optimizer_state_name(host.optimizer));
-  GENREC_CHECK(!cold_ || host.max_capacity > 0,
-               "tiered table: a cold tier needs a host tier with a max_capacity to spill from");
+  check_lower_tiers(host, cold_.get(), "tiered table");
 }
 
 void TieredTable::set_step(uint64_t step) {
@@ -103,28 +102,7 @@ void TieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* values_
 
 void TieredTable::demote(const TableRows& evicted) {
   stats_.demoted += evicted.size();
-  store_below_hot(evicted);
-}
-
-void TieredTable::store_below_hot(const TableRows& rows) {
-  TableRows spill;
-  std::vector<uint8_t> stored(rows.size());
-  host_.insert_rows(rows, &spill, nullptr, 0, stored.data());
-  if (!cold_) {  // a bounded host without a cold tier drops what it evicts
-    const uint64_t step = host_.step();
-    removals_.append(spill.keys.data(), spill.size(), step);
-    for (int64_t i = 0; i < rows.size(); ++i) {
-      if (!stored[i]) removals_.append(rows.keys[i], step);
-    }
-    return;
-  }
-  // Rows host could not take at all (more than its max_capacity) go straight down too.
-  for (int64_t i = 0; i < rows.size(); ++i) {
-    if (!stored[i]) spill.append_row(rows, i);
-  }
-  if (spill.size() == 0) return;
-  cold_->put(spill);
-  stats_.spilled += spill.size();
+  store_below_hot(host_, cold_.get(), evicted, removals_, stats_);
 }
 
 int64_t TieredTable::erase(const uint64_t* keys, int64_t n) {
@@ -156,35 +134,27 @@ void TieredTable::insert_rows(const TableRows& rows) {
   // Each key must end up in one tier: drop its current row wherever it is.
   hot_.erase(rows.keys.data(), rows.size());
   if (cold_) cold_->take(rows.keys.data(), rows.size());
-  store_below_hot(rows);
+  store_below_hot(host_, cold_.get(), rows, removals_, stats_);
 }
 
 void TieredTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t dim = hot_.dim();
   hot_.find(keys, n, values_out, found);
-  // Looks the keys not found yet up in one lower tier.
-  auto find_rest = [&](auto&& lookup) {
-    std::vector<int64_t> rest;
-    for (int64_t i = 0; i < n; ++i) {
-      if (!found[i]) rest.push_back(i);
-    }
-    if (rest.empty()) return;
-    const int64_t m = static_cast<int64_t>(rest.size());
-    std::vector<uint64_t> rest_keys(m);
-    for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
-    std::vector<float> values(m * dim);
-    std::vector<uint8_t> in_tier(m);
-    lookup(rest_keys.data(), m, values.data(), in_tier.data());
-    for (int64_t j = 0; j < m; ++j) {
-      if (!in_tier[j]) continue;
-      found[rest[j]] = 1;
-      std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
-    }
-  };
-  find_rest([&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { host_.find(k, m, v, f); });
-  if (cold_) {
-    find_rest([&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { cold_->find(k, m, v, f); });
+  std::vector<int64_t> rest;  // the keys hot lacks, looked up below it
+  for (int64_t i = 0; i < n; ++i) {
+    if (!found[i]) rest.push_back(i);
+  }
+  const int64_t m = static_cast<int64_t>(rest.size());
+  std::vector<uint64_t> rest_keys(m);
+  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
+  std::vector<float> values(m * dim);
+  std::vector<uint8_t> below(m);
+  find_below_hot(host_, cold_.get(), rest_keys.data(), m, values.data(), below.data());
+  for (int64_t j = 0; j < m; ++j) {
+    if (!below[j]) continue;
+    found[rest[j]] = 1;
+    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
   }
 }
 

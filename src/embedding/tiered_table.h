@@ -13,19 +13,9 @@
 
 #include "embedding/cold_tier.h"
 #include "embedding/dynamic_table.h"
+#include "embedding/lower_tiers.h"
 
 namespace genrec {
-
-struct TierStats {
-  int64_t hot_hits = 0;   // key occurrences found in hot
-  int64_t host_hits = 0;  // occurrences whose row was promoted from host
-  int64_t cold_hits = 0;  // occurrences whose row was fetched from the cold tier
-  int64_t misses = 0;     // occurrences in no tier (new keys)
-  int64_t promoted = 0;   // rows moved host -> hot
-  int64_t fetched = 0;    // rows moved cold -> hot
-  int64_t demoted = 0;    // rows moved out of hot (to host, or to cold when host cannot hold them)
-  int64_t spilled = 0;    // rows moved into the cold tier
-};
 
 class TieredTable {
  public:
@@ -66,7 +56,6 @@ class TieredTable {
 
  private:
   void demote(const TableRows& evicted);
-  void store_below_hot(const TableRows& rows);  // host first, the rest to the cold tier
 
   DynamicTable hot_, host_;
   std::unique_ptr<ColdTier> cold_;

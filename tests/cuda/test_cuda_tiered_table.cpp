@@ -1,11 +1,13 @@
 // CudaTieredTable against a row model (key -> values, state, score, stamp) under random batches
-// with duplicates, against the CPU TieredTable where the two coincide (a one-bucket hot tier), and
-// on a batch whose keys overflow a hot bucket. After every batch: each key is in exactly one
-// tier, the tiers together hold exactly the model's rows, and the statistics add up.
+// with duplicates (with and without a cold tier below a bounded host), against the CPU
+// TieredTable where the two coincide (a one-bucket hot tier), and on a batch whose keys overflow
+// a hot bucket. After every batch: each key is in exactly one tier, the tiers together hold
+// exactly the model's rows, and the statistics add up.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -55,12 +57,54 @@ Tiers make_tiers(int64_t dim, OptimizerState optimizer, EvictionPolicy policy, i
   return t;
 }
 
+// A cold tier in memory: the tables' cold path without RocksDB.
+class MapColdTier : public ColdTier {
+ public:
+  void put(const TableRows& rows) override {
+    for (int64_t i = 0; i < rows.size(); ++i) {
+      TableRows row;
+      row.append_row(rows, i);
+      ASSERT_TRUE(rows_.emplace(rows.keys[i], row).second) << "key " << rows.keys[i] << " twice";
+    }
+  }
+  TableRows take(const uint64_t* keys, int64_t n) override {
+    TableRows out;
+    for (int64_t i = 0; i < n; ++i) {
+      auto it = rows_.find(keys[i]);
+      if (it == rows_.end()) continue;
+      out.append(it->second);
+      rows_.erase(it);
+    }
+    return out;
+  }
+  void find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const override {
+    for (int64_t i = 0; i < n; ++i) {
+      auto it = rows_.find(keys[i]);
+      found[i] = it != rows_.end();
+      if (!found[i]) continue;
+      const std::vector<float>& v = it->second.values;
+      std::copy(v.begin(), v.end(), values_out + i * static_cast<int64_t>(v.size()));
+    }
+  }
+  TableRows export_rows() const override {
+    TableRows out;
+    for (const auto& [key, row] : rows_) out.append(row);
+    return out;
+  }
+  int64_t size() const override { return static_cast<int64_t>(rows_.size()); }
+
+ private:
+  std::map<uint64_t, TableRows> rows_;
+};
+
 // Each key in one tier, the union equal to the model, every row (values, state, score, stamp)
 // exact.
 void expect_tiers_match(CudaTieredTable& t, const RowModel& model, cudaStream_t stream) {
   const TableRows hot = t.hot().export_rows(0, stream), host = t.host().export_rows();
-  std::set<uint64_t> hot_keys(hot.keys.begin(), hot.keys.end());
-  for (uint64_t k : host.keys) ASSERT_EQ(hot_keys.count(k), 0u) << "key " << k << " in both tiers";
+  const TableRows cold = t.cold() != nullptr ? t.cold()->export_rows() : TableRows{};
+  std::set<uint64_t> above(hot.keys.begin(), hot.keys.end());
+  for (uint64_t k : host.keys) ASSERT_TRUE(above.insert(k).second) << "key " << k << " twice";
+  for (uint64_t k : cold.keys) ASSERT_TRUE(above.insert(k).second) << "key " << k << " twice";
   const TableRows all = t.export_rows(stream);
   ASSERT_EQ(all.size(), static_cast<int64_t>(model.size()));
   ASSERT_EQ(t.size(stream), all.size());
@@ -78,23 +122,27 @@ void expect_tiers_match(CudaTieredTable& t, const RowModel& model, cudaStream_t 
   }
 }
 
-// hot holds misses + promoted - demoted rows, host demoted - promoted; every occurrence counted.
+// hot holds misses + promoted + fetched - demoted rows, host and cold the demoted rows less the
+// promoted and fetched ones, cold the spilled ones less the fetched; every occurrence counted.
 void expect_stats_consistent(CudaTieredTable& t, int64_t occurrences, cudaStream_t stream) {
   const TierStats s = t.stats();
-  EXPECT_EQ(s.hot_hits + s.host_hits + s.misses, occurrences);
-  EXPECT_EQ(s.cold_hits + s.fetched + s.spilled, 0);
-  EXPECT_EQ(t.hot().size(stream), s.misses + s.promoted - s.demoted);
-  EXPECT_EQ(t.host().size(), s.demoted - s.promoted);
+  EXPECT_EQ(s.hot_hits + s.host_hits + s.cold_hits + s.misses, occurrences);
+  EXPECT_EQ(t.hot().size(stream), s.misses + s.promoted + s.fetched - s.demoted);
+  const int64_t cold = t.cold() != nullptr ? t.cold()->size() : 0;
+  EXPECT_EQ(t.host().size() + cold, s.demoted - s.promoted - s.fetched);
+  EXPECT_EQ(cold, s.spilled - s.fetched);
 }
 
-// Random find_or_insert batches (duplicates, hits in both tiers, new keys) and read-only finds
-// on a hot tier of 8 buckets over 1500 keys, so rows keep moving both ways. The test rewrites
-// whole rows of the batch in hot (values, state, score, stamp) so that moves are visible.
-TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
-  GENREC_REQUIRE_CUDA();
+// Random find_or_insert batches (duplicates, hits in every tier, new keys) and read-only finds
+// on a hot tier of 8 buckets over 1500 keys, so rows keep moving both ways; with a cold tier,
+// below a host of 300 rows. The test rewrites whole rows of the batch in hot (values, state,
+// score, stamp) so that moves are visible.
+void run_random_batches(bool with_cold) {
+  SCOPED_TRACE(with_cold ? "with a cold tier" : "host only");
   const int64_t dim = 8;
   Tiers cfg = make_tiers(dim, OptimizerState::kAdagrad, EvictionPolicy::kLru, 1024);
-  CudaTieredTable t(cfg.hot, cfg.host);
+  if (with_cold) cfg.host.max_capacity = 300;
+  CudaTieredTable t(cfg.hot, cfg.host, with_cold ? std::make_unique<MapColdTier>() : nullptr);
   const int64_t sd = t.hot().state_dim();
   ASSERT_EQ(t.hot().capacity(), 1024);
   cuda::Stream stream;
@@ -184,11 +232,25 @@ TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
     expect_tiers_match(t, model, stream);
     expect_stats_consistent(t, occurrences, stream);
     EXPECT_EQ(t.stats().promoted, t.stats().host_hits);
+    EXPECT_EQ(t.stats().fetched, t.stats().cold_hits);
+    if (with_cold) {
+      EXPECT_LE(t.host().size(), 300);
+    }
   }
   const TierStats s = t.stats();
-  EXPECT_GT(s.host_hits, 100) << "rows came back from host";
+  EXPECT_GT(s.host_hits, with_cold ? 20 : 100) << "rows came back from host";
   EXPECT_GT(s.demoted, 500) << "hot evicted rows to host";
   EXPECT_GT(t.host().size(), 0);
+  if (with_cold) {
+    EXPECT_GT(s.cold_hits, 20) << "rows came back from cold";
+    EXPECT_GT(t.cold()->size(), 0);
+  }
+}
+
+TEST(CudaTieredTable, RandomBatchesMatchRowModel) {
+  GENREC_REQUIRE_CUDA();
+  run_random_batches(false);
+  run_random_batches(true);
 }
 
 // A one-bucket hot tier (128 slots) evicts exactly as the CPU TieredTable with a hot tier of
@@ -385,9 +447,9 @@ TEST(CudaTieredTable, StampsSurvivePromotionAndDemotion) {
 }
 
 TEST(CudaTieredTable, EmptyBatchesAndRefusedTiers) {
-  auto expect_refused = [](const Tiers& cfg, const std::string& what) {
+  auto expect_refused = [](const Tiers& cfg, const std::string& what, bool cold = false) {
     try {
-      CudaTieredTable t(cfg.hot, cfg.host);
+      CudaTieredTable t(cfg.hot, cfg.host, cold ? std::make_unique<MapColdTier>() : nullptr);
       ADD_FAILURE() << "accepted: " << what;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
@@ -409,9 +471,7 @@ TEST(CudaTieredTable, EmptyBatchesAndRefusedTiers) {
   bad = ok;
   bad.hot.max_hbm_row_bytes = 1 << 20;
   expect_refused(bad, "every row in HBM");
-  bad = ok;
-  bad.host.max_capacity = 1000;
-  expect_refused(bad, "unbounded");
+  expect_refused(ok, "cold tier needs a host tier with a max_capacity", true);
   GENREC_REQUIRE_CUDA();
   CudaTieredTable t(ok.hot, ok.host);
   cuda::Stream stream;

@@ -46,7 +46,7 @@ TableDump content_of(const CudaDynamicTable& table, bool incremental, uint64_t s
   return dump;
 }
 
-// Both tiers' rows (the hot tier's layout and step).
+// Every tier's rows (the hot tier's layout and step).
 TableDump content_of(const CudaTieredTable& table, bool incremental, uint64_t since,
                      cudaStream_t stream) {
   const CudaTableOptions& o = table.hot().options();

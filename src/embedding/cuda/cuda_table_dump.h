@@ -33,9 +33,9 @@ int64_t dump_table_since(const CudaDynamicTable& table, const std::string& path,
 TableDumpInfo load_table(CudaDynamicTable& table, const std::string& path,
                          cudaStream_t stream = nullptr);
 
-// The same for a CudaTieredTable: one dump of the rows of both tiers, with the hot tier's layout
-// and step; a load puts the rows into the host tier (CudaTieredTable::insert_rows), overwriting
-// the keys either tier holds, so that they move to hot as they are looked up.
+// The same for a CudaTieredTable: one dump of the rows of every tier, with the hot tier's layout
+// and step; a load puts the rows below hot (CudaTieredTable::insert_rows), overwriting the keys
+// any tier holds, so that they move to hot as they are looked up.
 int64_t dump_table(const CudaTieredTable& table, const std::string& path,
                    cudaStream_t stream = nullptr);
 int64_t dump_table_since(const CudaTieredTable& table, const std::string& path,

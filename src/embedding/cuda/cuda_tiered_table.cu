@@ -2,12 +2,14 @@
 // 1. hot.contains marks the occurrences in hot; a kernel gathers the others (no kEmptyKey), a
 //    radix sort orders them, and they come to the host in one copy, deduplicated there.
 // 2. host.find looks them up in one batch; the found rows (promoted) move to the front of the
-//    pinned staging and are erased from host; the rest are new keys.
+//    pinned staging and are erased from host; the cold tier gives up the rows of the rest it
+//    holds (fetched), which follow them; the rest are new keys.
 // 3. the promoted rows (keys, values, states, scores, stamps) go up in one copy each and into hot
 //    with insert_rows, the whole batch pinned; then hot.find_or_insert runs the batch, so the hits
 //    and promoted rows are found (one access each) and new keys get the initializer. Both hot
 //    calls write their evicted rows to one device list, which comes down in one copy and goes
-//    into host with one insert_rows. The host erase runs while the GPU inserts.
+//    into host with one insert_rows (what a bounded host evicts, into cold). The host erase runs
+//    while the GPU inserts.
 #include "core/cuda/cuda_check.h"  // first: it configures fmt for nvcc
 
 #include "embedding/cuda/cuda_tiered_table.h"
@@ -126,7 +128,8 @@ void check_batch(const uint64_t* keys, int64_t n, const float* values_out, const
 }
 
 // The hot options once the pair is known to be valid (checked before any device allocation).
-const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOptions& host) {
+const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOptions& host,
+                                    const ColdTier* cold) {
   GENREC_CHECK(hot.dim == host.dim && hot.optimizer == host.optimizer,
                "CUDA tiered table: tiers differ (dim {} vs {}, optimizer {} vs {})", hot.dim,
                host.dim, optimizer_state_name(hot.optimizer), optimizer_state_name(host.optimizer));
@@ -137,17 +140,17 @@ const CudaTableOptions& checked_hot(const CudaTableOptions& hot, const TableOpti
   GENREC_CHECK(hot.max_hbm_row_bytes < 0,
                "CUDA tiered table: the hot tier keeps every row in HBM (max_hbm_row_bytes {})",
                hot.max_hbm_row_bytes);
-  GENREC_CHECK(host.max_capacity == 0,
-               "CUDA tiered table: the host tier must be unbounded (max_capacity {}), it has no "
-               "tier below to spill to",
-               host.max_capacity);
+  check_lower_tiers(host, cold, "CUDA tiered table");
   return hot;
 }
 
 }  // namespace
 
-CudaTieredTable::CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host)
-    : hot_(checked_hot(hot, host).as_tier()), host_(host.as_tier()) {}
+CudaTieredTable::CudaTieredTable(const CudaTableOptions& hot, const TableOptions& host,
+                                 std::unique_ptr<ColdTier> cold)
+    : hot_(checked_hot(hot, host, cold.get()).as_tier()),
+      host_(host.as_tier()),
+      cold_(std::move(cold)) {}
 
 void CudaTieredTable::set_step(uint64_t step) {
   hot_.set_step(step);
@@ -209,17 +212,22 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
   uint64_t* h_keys = s.h_keys.as<uint64_t>();
   const int64_t m = occurrences == 0 ? 0 : std::unique(h_keys, h_keys + occurrences) - h_keys;
 
-  // Those host holds: their rows to the front of the staging, in key order.
+  // Those host holds: their rows to the front of the staging, in key order (from_host of
+  // them); then those cold holds (in key order too).
   float* h_values = grow<float>(s.h_values, m * dim);
   float* h_states = grow<float>(s.h_states, m * sd);
   uint64_t* h_scores = grow<uint64_t>(s.h_scores, m);
   uint64_t* h_stamps = grow<uint64_t>(s.h_stamps, m);
   uint8_t* h_found = grow<uint8_t>(s.h_found, m);
   int64_t p = 0;
+  std::vector<uint64_t> rest;  // keys host lacks
   if (m > 0 && host_.size() > 0) {
     host_.find(h_keys, m, h_values, h_found, sd > 0 ? h_states : nullptr, h_scores, h_stamps);
     for (int64_t j = 0; j < m; ++j) {
-      if (!h_found[j]) continue;
+      if (!h_found[j]) {
+        if (cold_) rest.push_back(h_keys[j]);  // read before a later row's move overwrites it
+        continue;
+      }
       if (p != j) {
         h_keys[p] = h_keys[j];
         std::memcpy(h_values + p * dim, h_values + j * dim, sizeof(float) * dim);
@@ -229,6 +237,18 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
       }
       ++p;
     }
+  } else if (cold_) {
+    rest.assign(h_keys, h_keys + m);
+  }
+  const int64_t from_host = p;
+  if (cold_ && !rest.empty() && cold_->size() > 0) {
+    const TableRows fetched = cold_->take(rest.data(), static_cast<int64_t>(rest.size()));
+    std::copy(fetched.keys.begin(), fetched.keys.end(), h_keys + p);
+    std::copy(fetched.values.begin(), fetched.values.end(), h_values + p * dim);
+    std::copy(fetched.states.begin(), fetched.states.end(), h_states + p * sd);
+    std::copy(fetched.scores.begin(), fetched.scores.end(), h_scores + p);
+    std::copy(fetched.stamps.begin(), fetched.stamps.end(), h_stamps + p);
+    p += fetched.size();
   }
 
   // Up, into hot (the batch pinned), then the batch itself; evictions of both to one list.
@@ -255,15 +275,24 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
   int64_t* h_counts = s.h_counts.as<int64_t>();
   copy_async(h_counts + 2, ev_count, sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
   copy_async(h_found, s.up_stored.data(), p, cudaMemcpyDeviceToHost, stream);
-  if (p > 0) host_.erase(h_keys, p);  // while the GPU works
+  if (from_host > 0) host_.erase(h_keys, from_host);  // while the GPU works
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
   const int64_t num_evicted = h_counts[2];
 
-  // Host rows hot could not take (their bucket held only keys of the batch) stay in host, and
-  // their occurrences get them instead of the initializer's row.
-  TableRows kept;
+  // Host and cold rows hot could not take (their bucket held only keys of the batch) go to host,
+  // and their occurrences get them instead of the initializer's row (kept_rows_kernel looks
+  // them up by key: host's and cold's sorted together).
+  std::vector<int64_t> kept_rows;
+  int64_t kept_from_host = 0;
   for (int64_t j = 0; j < p; ++j) {
     if (h_found[j]) continue;
+    kept_rows.push_back(j);
+    if (j < from_host) ++kept_from_host;
+  }
+  std::sort(kept_rows.begin(), kept_rows.end(),
+            [&](int64_t a, int64_t b) { return h_keys[a] < h_keys[b]; });
+  TableRows kept;
+  for (int64_t j : kept_rows) {
     kept.keys.push_back(h_keys[j]);
     kept.values.insert(kept.values.end(), h_values + j * dim, h_values + (j + 1) * dim);
     kept.states.insert(kept.states.end(), h_states + j * sd, h_states + (j + 1) * sd);
@@ -322,13 +351,15 @@ void CudaTieredTable::find_or_insert(const uint64_t* keys, int64_t n, float* val
     std::copy(kept.states.begin(), kept.states.end(), rows.states.begin() + num_evicted * sd);
     std::copy(kept.scores.begin(), kept.scores.end(), rows.scores.begin() + num_evicted);
     std::copy(kept.stamps.begin(), kept.stamps.end(), rows.stamps.begin() + num_evicted);
-    host_.insert_rows(rows);
+    store_below_hot(host_, cold_.get(), rows, removals_, stats_);
   }
 
   stats_.hot_hits += n - m - empties;  // repeats of a missed key count as hot hits
-  stats_.host_hits += p;
+  stats_.host_hits += from_host;
+  stats_.cold_hits += p - from_host;
   stats_.misses += m - p + empties;
-  stats_.promoted += p - kept.size();
+  stats_.promoted += from_host - kept_from_host;
+  stats_.fetched += (p - from_host) - (kept.size() - kept_from_host);
   stats_.demoted += num_evicted;
 }
 
@@ -341,12 +372,12 @@ void CudaTieredTable::find(const uint64_t* keys, int64_t n, float* values_out, u
   Scratch& s = scratch_;
   const int64_t dim = hot_.dim();
   hot_.find(keys, n, values_out, found, stream);
-  const int64_t m =
-      host_.size() > 0 ? gather_misses(keys, found, n, false, true, nullptr, stream) : 0;
+  const bool below = host_.size() > 0 || (cold_ && cold_->size() > 0);
+  const int64_t m = below ? gather_misses(keys, found, n, false, true, nullptr, stream) : 0;
   if (m > 0) {
     float* h_values = grow<float>(s.h_values, m * dim);
     uint8_t* h_found = grow<uint8_t>(s.h_found, m);
-    host_.find(s.h_keys.as<uint64_t>(), m, h_values, h_found);
+    find_below_hot(host_, cold_.get(), s.h_keys.as<uint64_t>(), m, h_values, h_found);
     float* up_values = grow(s.up_values, m * dim);
     uint8_t* up_found = grow(s.up_stored, m);
     copy_async(up_values, h_values, sizeof(float) * m * dim, cudaMemcpyHostToDevice, stream);
@@ -362,7 +393,8 @@ TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
   std::lock_guard<std::mutex> lock(mutex_);
   TableRows all = hot_.export_rows(0, stream);
   all.append(host_.export_rows());
-  // Merge the two key-sorted tiers into one key order.
+  if (cold_) all.append(cold_->export_rows());
+  // Merge the key-sorted tiers into one key order.
   std::vector<int64_t> order(all.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(),
@@ -375,8 +407,15 @@ TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
 void CudaTieredTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (rows.size() == 0) return;
+  const int64_t host_max = host_.max_capacity();
+  GENREC_CHECK(cold_ || host_max == 0 || host_.size() + rows.size() <= host_max,
+               "CUDA tiered table: {} rows do not fit the host tier ({} of {} rows used) and "
+               "there is no cold tier to hold the rest",
+               rows.size(), host_.size(), host_max);
+  // Each key must end up in one tier: drop its current row wherever it is.
   hot_.erase(rows.keys, stream);
-  host_.insert_rows(rows);  // host is unbounded: every row is stored
+  if (cold_) cold_->take(rows.keys.data(), rows.size());
+  store_below_hot(host_, cold_.get(), rows, removals_, stats_);
 }
 
 void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stream) {
@@ -392,8 +431,9 @@ void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stre
   copy_async(in_hot.data(), d_erased.data(), n, cudaMemcpyDeviceToHost, stream);
   host_.contains(keys.data(), n, in_host.data());
   host_.erase(keys.data(), n);
+  const TableRows taken = cold_ ? cold_->take(keys.data(), n) : TableRows{};
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<uint64_t> removed;
+  std::vector<uint64_t> removed(taken.keys);
   for (int64_t i = 0; i < n; ++i) {
     if (in_hot[i] || in_host[i]) removed.push_back(keys[i]);
   }
@@ -404,7 +444,7 @@ void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stre
 
 int64_t CudaTieredTable::size(cudaStream_t stream) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return hot_.size(stream) + host_.size();
+  return hot_.size(stream) + host_.size() + (cold_ ? cold_->size() : 0);
 }
 
 TierStats CudaTieredTable::stats() const {

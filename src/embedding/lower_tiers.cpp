@@ -1,0 +1,61 @@
+#include "embedding/lower_tiers.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.h"
+
+namespace genrec {
+
+void check_lower_tiers(const TableOptions& host, const ColdTier* cold, const char* table) {
+  GENREC_CHECK(cold == nullptr || host.max_capacity > 0,
+               "{}: a cold tier needs a host tier with a max_capacity to spill from", table);
+}
+
+void store_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
+                     RemovalLog& removals, TierStats& stats) {
+  if (rows.size() == 0) return;
+  TableRows spill;
+  std::vector<uint8_t> stored(rows.size());
+  host.insert_rows(rows, &spill, nullptr, 0, stored.data());
+  if (cold == nullptr) {  // a bounded host without a cold tier drops what it evicts
+    const uint64_t step = host.step();
+    removals.append(spill.keys.data(), spill.size(), step);
+    for (int64_t i = 0; i < rows.size(); ++i) {
+      if (!stored[i]) removals.append(rows.keys[i], step);
+    }
+    return;
+  }
+  // Rows host could not take at all (more than its max_capacity) go straight down too.
+  for (int64_t i = 0; i < rows.size(); ++i) {
+    if (!stored[i]) spill.append_row(rows, i);
+  }
+  if (spill.size() == 0) return;
+  cold->put(spill);
+  stats.spilled += spill.size();
+}
+
+void find_below_hot(const DynamicTable& host, const ColdTier* cold, const uint64_t* keys, int64_t n,
+                    float* values_out, uint8_t* found) {
+  if (n == 0) return;
+  host.find(keys, n, values_out, found);
+  if (cold == nullptr) return;
+  std::vector<int64_t> rest;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!found[i]) rest.push_back(i);
+  }
+  if (rest.empty()) return;
+  const int64_t m = static_cast<int64_t>(rest.size()), dim = host.dim();
+  std::vector<uint64_t> rest_keys(m);
+  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
+  std::vector<float> values(m * dim);
+  std::vector<uint8_t> in_cold(m);
+  cold->find(rest_keys.data(), m, values.data(), in_cold.data());
+  for (int64_t j = 0; j < m; ++j) {
+    if (!in_cold[j]) continue;
+    found[rest[j]] = 1;
+    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
+  }
+}
+
+}  // namespace genrec
