@@ -42,6 +42,7 @@ struct MaskCase {
   bool targets = false;
   int64_t contexts = 0, window = 0;
   bool pos = false, time = false;
+  int64_t max_targets = 6;  // per sequence, with targets
 };
 
 std::vector<MaskCase> mask_cases() {
@@ -53,12 +54,13 @@ std::vector<MaskCase> mask_cases() {
           {"all", true, 2, 50, true, true}};
 }
 
-// Random target counts in [0, min(L, 6)].
-std::vector<int64_t> random_targets(const std::vector<int64_t>& lengths, uint64_t seed) {
+// Random target counts in [0, min(L, max_targets)].
+std::vector<int64_t> random_targets(const std::vector<int64_t>& lengths, int64_t max_targets,
+                                    uint64_t seed) {
   Philox rng(seed);
   std::vector<int64_t> t(lengths.size());
   for (size_t b = 0; b < lengths.size(); ++b) {
-    t[b] = static_cast<int64_t>(rng.below(std::min<int64_t>(lengths[b], 6) + 1));
+    t[b] = static_cast<int64_t>(rng.below(std::min(lengths[b], max_targets) + 1));
   }
   return t;
 }
@@ -72,7 +74,7 @@ void check_fused_backward(const Attn& a, const bf16* q, const bf16* k, const bf1
 template <typename T>
 void check_fused_problem(Attn a, const MaskCase& mc, uint64_t seed) {
   a.buf = test::round_through<T>(std::move(a.buf));
-  const std::vector<int64_t> targets = random_targets(a.lengths, seed + 9);
+  const std::vector<int64_t> targets = random_targets(a.lengths, mc.max_targets, seed + 9);
   cpu::HstuMask mask{mc.targets ? targets.data() : nullptr, mc.contexts, mc.window};
 
   // Forward.
@@ -210,6 +212,10 @@ TEST(CudaFusedAttention, BatchSizesAndLongSequences) {
   for (int64_t B : test::batch_sizes()) check_fused<bf16>(B, 70, 1, 64, bias, 300 + B);
   check_fused<bf16>(3, 700, 2, 128, bias, 400);
   check_fused<bf16>(3, 700, 2, 128, mask_cases().back(), 401);
+  // Hundreds of targets (MTGR-style candidates): whole tiles of target rows and columns, whose
+  // position differences are not i - j.
+  const MaskCase candidates{"many targets", true, 0, 0, true, true, 400};
+  for (int64_t D : {64, 128}) check_fused<bf16>(3, 700, 2, D, candidates, 403 + D);
   // More position slots than the key kernel sums in shared memory (the rest go to global sums).
   check_fused<bf16>(2, 1300, 1, 64, bias, 402, 1300);
 }
