@@ -601,8 +601,6 @@ struct PositionWindow {
   __device__ __forceinline__ float operator()(int q, int k) const {
     return at_zero[min(q, q_cap) - min(k, k_cap)];
   }
-  // Within the history the difference is i - j.
-  __device__ __forceinline__ float history(int q, int k) const { return at_zero[q - k]; }
 };
 __device__ __forceinline__ PositionWindow position_window(const float* staged, const Sequence& s,
                                                           int i0, int k0, int lowest) {
@@ -1149,9 +1147,7 @@ __global__ void __launch_bounds__(kThreads* G)
           const int j = jg + row, i = i0 + col;
           float z = p.alpha * sc[n][e];
           [[maybe_unused]] int time_bucket = 0;
-          if constexpr (kPos) {  // a diagonal tile's differences are i - j
-            z += kDiagonal ? window.history(col, row) : window(col, row);
-          }
+          if constexpr (kPos) z += window(col, row);
           if constexpr (kTime) {
             time_bucket = slots[slot_offset(col, row)];  // the tile is [query][key]
             z += bs->time[time_bucket];
