@@ -6,6 +6,37 @@
 #include "core/error.h"
 
 namespace genrec {
+namespace {
+
+// Looks the keys with found[i] == 0 up in one tier (lookup(keys, m, values, found), which fills
+// the rows and flags of the keys it holds) and sets their rows and flags; the others stay as they
+// are. A batch that is missing entirely is looked up in place.
+template <typename Lookup>
+void find_missing(const uint64_t* keys, int64_t n, int64_t dim, float* values_out, uint8_t* found,
+                  Lookup&& lookup) {
+  std::vector<int64_t> rest;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!found[i]) rest.push_back(i);
+  }
+  const int64_t m = static_cast<int64_t>(rest.size());
+  if (m == 0) return;
+  if (m == n) {
+    lookup(keys, n, values_out, found);
+    return;
+  }
+  std::vector<uint64_t> rest_keys(m);
+  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
+  std::vector<float> values(m * dim);
+  std::vector<uint8_t> in_tier(m);
+  lookup(rest_keys.data(), m, values.data(), in_tier.data());
+  for (int64_t j = 0; j < m; ++j) {
+    if (!in_tier[j]) continue;
+    found[rest[j]] = 1;
+    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
+  }
+}
+
+}  // namespace
 
 void check_lower_tiers(const TableOptions& host, const ColdTier* cold, const char* table) {
   GENREC_CHECK(cold == nullptr || host.max_capacity > 0,
@@ -37,25 +68,12 @@ void store_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
 
 void find_below_hot(const DynamicTable& host, const ColdTier* cold, const uint64_t* keys, int64_t n,
                     float* values_out, uint8_t* found) {
-  if (n == 0) return;
-  host.find(keys, n, values_out, found);
+  const int64_t dim = host.dim();
+  find_missing(keys, n, dim, values_out, found,
+               [&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { host.find(k, m, v, f); });
   if (cold == nullptr) return;
-  std::vector<int64_t> rest;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!found[i]) rest.push_back(i);
-  }
-  if (rest.empty()) return;
-  const int64_t m = static_cast<int64_t>(rest.size()), dim = host.dim();
-  std::vector<uint64_t> rest_keys(m);
-  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
-  std::vector<float> values(m * dim);
-  std::vector<uint8_t> in_cold(m);
-  cold->find(rest_keys.data(), m, values.data(), in_cold.data());
-  for (int64_t j = 0; j < m; ++j) {
-    if (!in_cold[j]) continue;
-    found[rest[j]] = 1;
-    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
-  }
+  find_missing(keys, n, dim, values_out, found,
+               [&](const uint64_t* k, int64_t m, float* v, uint8_t* f) { cold->find(k, m, v, f); });
 }
 
 }  // namespace genrec

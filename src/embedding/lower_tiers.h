@@ -32,8 +32,9 @@ void check_lower_tiers(const TableOptions& host, const ColdTier* cold, const cha
 void store_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
                      RemovalLog& removals, TierStats& stats);
 
-// Read-only lookup in host, then of the keys host lacks in cold: found[i] = 1 and the key's
-// values in row i of values_out (n x dim) when a tier holds it, else 0 and the row untouched.
+// Read-only lookup of the keys with found[i] == 0 (those the tiers above lack) in host, then of
+// those host lacks in cold: found[i] = 1 and the key's values in row i of values_out (n x dim)
+// when a tier holds it; every other row and flag stays as it is.
 void find_below_hot(const DynamicTable& host, const ColdTier* cold, const uint64_t* keys, int64_t n,
                     float* values_out, uint8_t* found);
 

@@ -139,23 +139,8 @@ void TieredTable::insert_rows(const TableRows& rows) {
 
 void TieredTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const int64_t dim = hot_.dim();
   hot_.find(keys, n, values_out, found);
-  std::vector<int64_t> rest;  // the keys hot lacks, looked up below it
-  for (int64_t i = 0; i < n; ++i) {
-    if (!found[i]) rest.push_back(i);
-  }
-  const int64_t m = static_cast<int64_t>(rest.size());
-  std::vector<uint64_t> rest_keys(m);
-  for (int64_t j = 0; j < m; ++j) rest_keys[j] = keys[rest[j]];
-  std::vector<float> values(m * dim);
-  std::vector<uint8_t> below(m);
-  find_below_hot(host_, cold_.get(), rest_keys.data(), m, values.data(), below.data());
-  for (int64_t j = 0; j < m; ++j) {
-    if (!below[j]) continue;
-    found[rest[j]] = 1;
-    std::copy(&values[j * dim], &values[j * dim] + dim, values_out + rest[j] * dim);
-  }
+  find_below_hot(host_, cold_.get(), keys, n, values_out, found);
 }
 
 TableRows TieredTable::export_rows() const {

@@ -377,6 +377,7 @@ void CudaTieredTable::find(const uint64_t* keys, int64_t n, float* values_out, u
   if (m > 0) {
     float* h_values = grow<float>(s.h_values, m * dim);
     uint8_t* h_found = grow<uint8_t>(s.h_found, m);
+    std::fill_n(h_found, m, 0);  // every gathered key missed hot
     find_below_hot(host_, cold_.get(), s.h_keys.as<uint64_t>(), m, h_values, h_found);
     float* up_values = grow(s.up_values, m * dim);
     uint8_t* up_found = grow(s.up_stored, m);
