@@ -145,9 +145,6 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
                "r"(valid ? 16 : 0));
 }
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src));
-}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -546,12 +543,12 @@ __device__ __forceinline__ void compute_slots(uint8_t* dst, Offset&& offset, con
   }
 }
 
-// A block's shared bias state: the bucket and time tables, and the current tile's window of
-// position biases (127 for one warpgroup's rows, 191 for two; see position_window).
+// A block's shared bias state: the bucket and time tables, and the position bias of the current
+// tile's diagonals (127 for one warpgroup's rows, 191 for two).
 struct BiasSmem {
   TimeBuckets buckets;
   float time[kTimeSlots];
-  float window[2][3 * kCols];  // one per pipeline stage
+  float diagonal[3 * kCols];
 };
 
 __device__ __forceinline__ void load_bias_tables(BiasSmem* dst, const Params& p) {
@@ -579,40 +576,32 @@ __device__ __forceinline__ void load_slots(uint8_t* dst, const Params& p, const 
 }
 
 // Whether every token of a tile's rows [a0, a0 + 64) and columns [b0, b0 + 64) is in the
-// history (or past the end): then the position differences of its pairs are i - j, and the
-// backward sums their gradients along diagonals of the staged dZ instead of one atomic per pair.
+// history (or past the end): then the position bias of a pair depends on i - j only, one
+// staged value per diagonal instead of a gather per pair.
 __device__ __forceinline__ bool diagonal_tile(const Sequence& s, int a0, int b0) {
   return min(a0 + kRows, s.length) <= s.mask.history && min(b0 + kCols, s.length) <= s.mask.history;
 }
 
-// The position bias of a tile comes from shared memory: its pairs' position differences P(i) -
-// P(j) (P(x) = min(x, history): targets all sit at the history's end) span at most rows + cols -
-// 1 values from lowest = P(first query) - P(last key), and entry x of the staged window holds the
-// bias of lowest + x. Staged for every tile, not only for tiles wholly in the history, it keeps a
-// global gather per pair out of the score code.
-__device__ __forceinline__ int lowest_difference(const Sequence& s, int first_query, int last_key) {
-  return min(first_query, s.pairs.history) - min(last_key, s.pairs.history);
+// The position bias of diagonal i - j = lowest + x for thread x < count: a tile's diagonals are
+// fetched a step before stage_diagonals puts them in shared memory, so that the load's latency
+// hides behind the step's products instead of stalling the barrier that follows the staging.
+__device__ __forceinline__ float fetch_diagonal(const Params& p, int lowest, int count) {
+  const int x = threadIdx.x;
+  return x < count ? __ldg(p.pos + min(abs(lowest + x), p.num_pos - 1)) : 0.0f;
 }
-// The bias of pair (query i0 + q, key k0 + k) from a staged window that starts at `lowest`:
-// entry P(i0 + q) - P(k0 + k) - lowest, with P(i0 + q) = i0 + min(q, history - i0).
-struct PositionWindow {
-  const float* at_zero;  // the entry of difference i0 - k0
-  int q_cap, k_cap;
-  __device__ __forceinline__ float operator()(int q, int k) const {
-    return at_zero[min(q, q_cap) - min(k, k_cap)];
-  }
-};
-__device__ __forceinline__ PositionWindow position_window(const float* staged, const Sequence& s,
-                                                          int i0, int k0, int lowest) {
-  return {staged + (i0 - k0 - lowest), s.pairs.history - i0, s.pairs.history - k0};
+__device__ __forceinline__ void stage_diagonals(BiasSmem* bs, int count, float fetched) {
+  if (threadIdx.x < count) bs->diagonal[threadIdx.x] = fetched;
 }
 
-// The window's count biases into dst by cp.async, in the group of the tile's other loads. Held
-// in a register from one step to the next instead, the fetched value made ptxas serialise the
-// forward's wgmma (C7511).
-__device__ __forceinline__ void load_window(float* dst, const Params& p, int lowest, int count) {
-  for (int x = threadIdx.x; x < count; x += blockDim.x) {
-    cp_async_4(dst + x, p.pos + min(abs(lowest + x), p.num_pos - 1));
+// Position bias of the pair (query i, key j): the staged value of its diagonal in a diagonal
+// tile, else a gather.
+template <bool kDiagonal>
+__device__ __forceinline__ float position_bias(const Params& p, const Sequence& s,
+                                               const float* diagonal, int i, int j) {
+  if constexpr (kDiagonal) {
+    return *diagonal;
+  } else {
+    return __ldg(p.pos + min(static_cast<int>(s.mask.relative(i, j)), p.num_pos - 1));
   }
 }
 
@@ -695,14 +684,9 @@ __global__ void __launch_bounds__(kThreads)
 
     __syncthreads();  // the previous tile's readers are done with shared memory
     load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
-    constexpr int kWindow = 2 * kCols - 1;
-    auto lowest = [&](int t) {
-      return lowest_difference(s, i_first, j_begin + t * kCols + kCols - 1);
-    };
     auto load_group = [&](int t) {
       if (t < num_keys) {
         const int j0 = j_begin + t * kCols, slot = t & 1;
-        if constexpr (kPos) load_window(bs->window[slot], p, lowest(t), kWindow);
         load_tile<D>(s_k + slot * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
                      s.length - j0);
         if constexpr (kTime) load_slots(s_slots + slot * kSlotTile, p, bs, s, tile, j0 / kCols);
@@ -722,10 +706,19 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t pf[4][4];  // P_{t-1} as A fragments
     auto key_slot = [&](int t) -> const T* { return s_k + (t & 1) * kCols * LD; };
     auto value_slot = [&](int t) -> const T* { return s_v + (t & 1) * kCols * LD; };
-    auto begin_step = [&] {  // waits for the step's group
+    constexpr int kDiagonals = 2 * kCols - 1;
+    auto lowest_diagonal = [&](int t) { return i_first - j_begin - t * kCols - (kCols - 1); };
+    float next_diagonal = kPos ? fetch_diagonal(p, lowest_diagonal(0), kDiagonals) : 0.0f;
+    // Waits for group t; returns whether tile t takes the staged-diagonal path.
+    auto begin_step = [&](int t) {
+      const int j0 = j_begin + t * kCols;
+      const bool diagonal = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
+      if (kPos && diagonal) stage_diagonals(bs, kDiagonals, next_diagonal);
+      if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
       __syncthreads();
+      return diagonal;
     };
     auto end_step = [&](int t) {
       __syncthreads();  // K_t and V_{t-1} are read: their slots take group t + 2
@@ -733,35 +726,40 @@ __global__ void __launch_bounds__(kThreads)
     };
     // Scores of tile t -> P; only tiles that cross the diagonal, the end of the sequence or a
     // mask boundary test each element.
-    auto activate_tile = [&](float(&sc)[8][4], int t) {
+    auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal) {
       if (kSplit && m0 + 16 * w >= s.q_len) {  // the warp's rows are all padding (few new tokens)
         zero(sc);
         return;
       }
       const int j0 = j_begin + t * kCols;
       const uint8_t* slots = s_slots + (t & 1) * kSlotTile;
-      [[maybe_unused]] const PositionWindow window =
-          position_window(bs->window[t & 1], s, i_first, j0, lowest(t));
-      auto activate = [&](auto masked) {
+      auto activate = [&](auto masked, auto diagonal_bias) {
+        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int, int row, int col) {
+          const int i = i_first + row, j = j0 + col;
           float z = p.alpha * sc[n][e];
-          if constexpr (kPos) z += window(row, col);
+          if constexpr (kPos) {
+            z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i, j);
+          }
           if constexpr (kTime) z += bs->time[slots[slot_offset(row, col)]];
           bool keep = true;
-          if constexpr (decltype(masked)::value) keep = s.pairs.visible(i_first + row, j0 + col);
+          if constexpr (decltype(masked)::value) keep = s.pairs.visible(i, j);
           sc[n][e] = keep ? z * sigmoid_over_n(tanh_approx(0.5f * z), p.half_inv_n) : 0.0f;
         });
       };
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
-      // rows see every history column). The bias kernels take the masked copy for every tile:
-      // with a second copy ptxas serialised the position forwards' wgmma (C7511), and one copy
-      // of their larger code stays in the instruction cache.
+      // rows see every history column). The bias kernels' general copy tests every element:
+      // fewer copies of their larger code keep it in the instruction cache.
       const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
                           j0 + kCols > s.mask.history;
-      if (kBias || masked) {
-        activate(std::true_type{});
+      if (diagonal && masked) {
+        activate(std::true_type{}, std::true_type{});
+      } else if (diagonal) {
+        activate(std::false_type{}, std::true_type{});
+      } else if (kBias || masked) {
+        activate(std::true_type{}, std::false_type{});
       } else {
-        activate(std::false_type{});
+        activate(std::false_type{}, std::false_type{});
       }
     };
 
@@ -769,26 +767,26 @@ __global__ void __launch_bounds__(kThreads)
     // products: then the compiler keeps the wgmma pipeline instead of serialising it.
     if (num_keys > 0) {
       float sc[8][4];
-      begin_step();
+      bool diagonal = begin_step(0);
       issue_scores<D>(sc, s_q, key_slot(0));
       commit_products<D>();
       wait_products<D, 0>(sc);
-      activate_tile(sc, 0);
+      activate_tile(sc, 0, diagonal);
       score_fragments<T>(pf, sc);
       end_step(0);
       for (int t = 1; t < num_keys; ++t) {
-        begin_step();
+        diagonal = begin_step(t);
         issue_scores<D>(sc, s_q, key_slot(t));
         commit_products<D>();
         issue_score_product<D>(acc, pf, value_slot(t - 1));
         commit_products<D>();
         wait_products<D, 1>(sc);
-        activate_tile(sc, t);
+        activate_tile(sc, t, diagonal);
         wait_products<D, 0>(acc, pf);
         score_fragments<T>(pf, sc);
         end_step(t);
       }
-      begin_step();
+      begin_step(num_keys);
       issue_score_product<D>(acc, pf, value_slot(num_keys - 1));
       commit_products<D>();
       wait_products<D, 0>(acc, pf);
@@ -1105,16 +1103,16 @@ __global__ void __launch_bounds__(kThreads* G)
     }
     // A stage's time slot tile of warpgroup g (query tile i0 / 64 against its key tile).
     auto slot_tile = [&](int stage, int g) { return s_slots + (stage * G + g) * kSlotTile; };
-    constexpr int kWindow = kKeys + kCols - 1;
-    auto lowest = [&](int i0) { return lowest_difference(s, i0, j0 + kKeys - 1); };
     auto load_queries = [&](int i0, int stage) {
-      if constexpr (kPos) load_window(bs->window[stage], p, lowest(i0), kWindow);
       load_stage<D, G>(s_q + stage * kCols * LD, s_do + stage * kCols * LD, q, p.ld_q, d_out,
                        p.ld_o, s, h, i0);
       if constexpr (kTime) load_slots(slot_tile(stage, group), p, bs, s, i0 / kCols, jg / kCols);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
     cp_async_commit();
+    constexpr int kDiagonals = kKeys + kCols - 1;
+    auto lowest_diagonal = [&](int i0) { return i0 - j0 - (kKeys - 1); };
+    float next_diagonal = kPos ? fetch_diagonal(p, lowest_diagonal(i_begin), kDiagonals) : 0.0f;
 
     float acc_k[D / 8][4], acc_v[D / 8][4];
     zero(acc_k);
@@ -1124,7 +1122,10 @@ __global__ void __launch_bounds__(kThreads* G)
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
-      const bool diagonal = kPos && diagonal_tile(s, jg, i0);
+      // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
+      const bool diagonal = kBias && diagonal_tile(s, jg, i0);
+      if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
+      if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
       cp_async_wait<1>();
       shared_written<D>();
       __syncthreads();
@@ -1137,17 +1138,17 @@ __global__ void __launch_bounds__(kThreads* G)
       issue_scores<D>(sc, my_k, tq);
       commit_products<D>();
       wait_products<D, 0>(dp, sc);
-      [[maybe_unused]] const PositionWindow window =
-          position_window(bs->window[stage], s, i0, jg, lowest(i0));
-      // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients (per pair, or for a
-      // diagonal tile from the staged dZ below).
-      auto activate = [&](auto masked, auto diagonal_gradient) {
-        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_gradient)::value;
+      // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
+      auto activate = [&](auto masked, auto diagonal_bias) {
+        [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
         for_each_score([&](int n, int e, int half, int row, int col) {
           const int j = jg + row, i = i0 + col;
           float z = p.alpha * sc[n][e];
           [[maybe_unused]] int time_bucket = 0;
-          if constexpr (kPos) z += window(col, row);
+          if constexpr (kPos) {
+            z += position_bias<kDiagonal>(
+                p, s, bs->diagonal + (col - row + kKeys - 1 - group * kRows), i, j);
+          }
           if constexpr (kTime) {
             time_bucket = slots[slot_offset(col, row)];  // the tile is [query][key]
             z += bs->time[time_bucket];
