@@ -88,7 +88,8 @@ struct Params {
   HstuMask mask;
   int num_tiles;  // blocks per (sequence, head); longer sequences loop
   int num_heads, batch_size;
-  int heads_per_group;  // (sequence, head) pairs a group of blocks covers, as block_work says
+  int heads_per_group;   // (sequence, head) pairs a group of blocks covers, as block_work says
+  int last_group_first;  // the pair the last group starts at: it holds the last two groups' pairs
   // Cached forward: blocks per query tile, each over its share of the key tiles; with more than
   // one they write fp32 parts (partial: key_splits x part_rows rows of ld_o) that add up to O.
   int key_splits;
@@ -455,7 +456,8 @@ struct Sequence {
 // heads_per_group (sequence, head) pairs, and within a group rank by rank over all its pairs:
 // the costliest tiles (rank 0) of a group go out first and its cheapest last, so the blocks
 // still running when the grid drains are short ones, and a group's rows stay in L2 while its
-// ranks pass (heads_per_group).
+// ranks pass (group_pairs). The last group is the last two together: a last group of its own
+// would send its costliest tiles out while the blocks before it drain, and they would end last.
 struct BlockWork {
   int rank;  // 0 .. tiles - 1, in order of decreasing work
   int head;
@@ -464,10 +466,12 @@ struct BlockWork {
 __device__ __forceinline__ BlockWork block_work(const Params& p, int tiles) {
   // 32-bit: the host keeps the grid below 2^31 blocks (grid_blocks).
   const unsigned pairs = static_cast<unsigned>(p.num_heads) * p.batch_size;
-  const unsigned per_group = static_cast<unsigned>(p.heads_per_group) * tiles;
-  const unsigned group = blockIdx.x / per_group, r = blockIdx.x % per_group;
-  const unsigned first = group * p.heads_per_group;
-  const unsigned size = min(static_cast<unsigned>(p.heads_per_group), pairs - first);
+  const unsigned last_first = static_cast<unsigned>(p.last_group_first);
+  const bool last = blockIdx.x >= last_first * tiles;
+  const unsigned first =
+      last ? last_first : blockIdx.x / (p.heads_per_group * tiles) * p.heads_per_group;
+  const unsigned size = last ? pairs - last_first : p.heads_per_group;
+  const unsigned r = blockIdx.x - first * tiles;
   const unsigned pair = first + r % size;
   return {static_cast<int>(r / size), static_cast<int>(pair % p.num_heads),
           static_cast<int>(pair / p.num_heads)};
@@ -1371,7 +1375,8 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_rows, kRows)));
   p.num_heads = static_cast<int>(shape.num_heads);
   p.batch_size = static_cast<int>(batch_size);
-  p.heads_per_group = 1;  // set by the launch (heads_per_group)
+  p.heads_per_group = 1;  // set by the launch (group_pairs)
+  p.last_group_first = 0;
   p.key_splits = 1;
   p.ld_q = shape.ld_q;
   p.ld_k = shape.ld_k;
@@ -1388,14 +1393,19 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   return p;
 }
 
-// (sequence, head) pairs per group of blocks (block_work): as many as keep the rows a group's
-// blocks share, `bytes_per_pair` each, within a third of L2. With one group for the whole batch
-// (64 MB of K and V live at once) B 32 N 1024 D 128 ran 30% slower than with groups.
-int heads_per_group(const Params& p, int64_t bytes_per_pair) {
+// Groups of (sequence, head) pairs for block_work: as few as keep the rows a group's blocks
+// share, `bytes_per_pair` each, within a third of L2, with the pairs spread evenly over them.
+// With one group for the whole batch (64 MB of K and V live at once) B 32 N 1024 D 128 ran 30%
+// slower than with groups; as many pairs per group as fit left a small last group (2 pairs of
+// 128 at B 16 N 2048 H 8 in the backward), whose costly tiles ran alone at the end.
+void group_pairs(Params& p, int64_t bytes_per_pair) {
   const int64_t budget = detail::device_attribute<cudaDevAttrL2CacheSize>() / 3;
   const int64_t pairs = static_cast<int64_t>(p.num_heads) * p.batch_size;
-  return static_cast<int>(
-      std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_pair, 1), 1, pairs));
+  const int64_t most = std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_pair, 1), 1, pairs);
+  const int64_t per_group = ceil_div(pairs, ceil_div(pairs, most));
+  const int64_t groups = ceil_div(pairs, per_group);
+  p.heads_per_group = static_cast<int>(per_group);
+  p.last_group_first = static_cast<int>(groups >= 2 ? (groups - 2) * per_group : 0);
 }
 
 // Blocks of a 1-D grid of `tiles` per (sequence, head) pair (block_work).
@@ -1479,7 +1489,7 @@ void launch_query(Params p, T* out, const T* q, const T* k, const T* v, int64_t 
                   int64_t kv_rows, cudaStream_t stream) {
   const dim3 grid(grid_blocks(p, p.num_tiles * p.key_splits));
   // The blocks of a pair share its K and V.
-  p.heads_per_group = heads_per_group(p, kv_rows * dim * 2 * static_cast<int64_t>(sizeof(T)));
+  group_pairs(p, kv_rows * dim * 2 * static_cast<int64_t>(sizeof(T)));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr int kBias = decltype(has_bias)::value;
@@ -1596,8 +1606,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
         Params key_p = chunk;
         key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
         // The blocks of a pair share its Q and dO and add into its fp32 dQ sums.
-        key_p.heads_per_group =
-            heads_per_group(chunk, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
+        group_pairs(key_p, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
         const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
         allow_smem(key_kernel<T, D, kBias, G>, bytes);
         key_kernel<T, D, kBias, G>
