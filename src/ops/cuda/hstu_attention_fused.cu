@@ -31,6 +31,7 @@
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
 #include "ops/cuda/wgmma.cuh"
+#include "ops/hstu_block_order.h"
 #include "ops/hstu_time_buckets.h"
 
 namespace genrec::cuda {
@@ -88,8 +89,7 @@ struct Params {
   HstuMask mask;
   int num_tiles;  // blocks per (sequence, head); longer sequences loop
   int num_heads, batch_size;
-  int heads_per_group;   // (sequence, head) pairs a group of blocks covers, as block_work says
-  int last_group_first;  // the pair the last group starts at: it holds the last two groups' pairs
+  BlockGroups groups;  // the order of the blocks (ops/hstu_block_order.h)
   // Cached forward: blocks per query tile, each over its share of the key tiles; with more than
   // one they write fp32 parts (partial: key_splits x part_rows rows of ld_o) that add up to O.
   int key_splits;
@@ -452,29 +452,11 @@ struct Sequence {
   int index;  // in the launch's batch
 };
 
-// What a block of a 1-D grid of tiles x H x B works on. The grid runs group by group of
-// heads_per_group (sequence, head) pairs, and within a group rank by rank over all its pairs:
-// the costliest tiles (rank 0) of a group go out first and its cheapest last, so the blocks
-// still running when the grid drains are short ones, and a group's rows stay in L2 while its
-// ranks pass (group_pairs). The last group is the last two together: a last group of its own
-// would send its costliest tiles out while the blocks before it drain, and they would end last.
-struct BlockWork {
-  int rank;  // 0 .. tiles - 1, in order of decreasing work
-  int head;
-  int seq;
-};
+// What this block of a 1-D grid of tiles x H x B works on (ops/hstu_block_order.h).
 __device__ __forceinline__ BlockWork block_work(const Params& p, int tiles) {
-  // 32-bit: the host keeps the grid below 2^31 blocks (grid_blocks).
-  const unsigned pairs = static_cast<unsigned>(p.num_heads) * p.batch_size;
-  const unsigned last_first = static_cast<unsigned>(p.last_group_first);
-  const bool last = blockIdx.x >= last_first * tiles;
-  const unsigned first =
-      last ? last_first : blockIdx.x / (p.heads_per_group * tiles) * p.heads_per_group;
-  const unsigned size = last ? pairs - last_first : p.heads_per_group;
-  const unsigned r = blockIdx.x - first * tiles;
-  const unsigned pair = first + r % size;
-  return {static_cast<int>(r / size), static_cast<int>(pair % p.num_heads),
-          static_cast<int>(pair / p.num_heads)};
+  return genrec::block_work(blockIdx.x, static_cast<unsigned>(p.num_heads) * p.batch_size,
+                            static_cast<unsigned>(p.num_heads), p.groups,
+                            static_cast<unsigned>(tiles));
 }
 
 __device__ __forceinline__ Sequence sequence(const Params& p, int64_t b) {
@@ -1375,8 +1357,7 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_rows, kRows)));
   p.num_heads = static_cast<int>(shape.num_heads);
   p.batch_size = static_cast<int>(batch_size);
-  p.heads_per_group = 1;  // set by the launch (group_pairs)
-  p.last_group_first = 0;
+  p.groups = {};  // set by the launch (group_pairs)
   p.key_splits = 1;
   p.ld_q = shape.ld_q;
   p.ld_k = shape.ld_k;
@@ -1393,19 +1374,11 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
   return p;
 }
 
-// Groups of (sequence, head) pairs for block_work: as few as keep the rows a group's blocks
-// share, `bytes_per_pair` each, within a third of L2, with the pairs spread evenly over them.
-// With one group for the whole batch (64 MB of K and V live at once) B 32 N 1024 D 128 ran 30%
-// slower than with groups; as many pairs per group as fit left a small last group (2 pairs of
-// 128 at B 16 N 2048 H 8 in the backward), whose costly tiles ran alone at the end.
+// The block order of a launch whose blocks of a pair share `bytes_per_pair` of rows: groups
+// within a third of L2.
 void group_pairs(Params& p, int64_t bytes_per_pair) {
-  const int64_t budget = detail::device_attribute<cudaDevAttrL2CacheSize>() / 3;
-  const int64_t pairs = static_cast<int64_t>(p.num_heads) * p.batch_size;
-  const int64_t most = std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_pair, 1), 1, pairs);
-  const int64_t per_group = ceil_div(pairs, ceil_div(pairs, most));
-  const int64_t groups = ceil_div(pairs, per_group);
-  p.heads_per_group = static_cast<int>(per_group);
-  p.last_group_first = static_cast<int>(groups >= 2 ? (groups - 2) * per_group : 0);
+  p.groups = block_groups(static_cast<int64_t>(p.num_heads) * p.batch_size, bytes_per_pair,
+                          detail::device_attribute<cudaDevAttrL2CacheSize>() / 3);
 }
 
 // Blocks of a 1-D grid of `tiles` per (sequence, head) pair (block_work).
