@@ -66,6 +66,46 @@ void store_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
   stats.spilled += spill.size();
 }
 
+void insert_rows_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
+                           RemovalLog& removals, TierStats& stats, const char* table,
+                           const std::function<void()>& drop_from_hot) {
+  const int64_t host_max = host.max_capacity();
+  GENREC_CHECK(cold != nullptr || host_max == 0 || host.size() + rows.size() <= host_max,
+               "{}: {} rows do not fit the host tier ({} of {} rows used) and there is no cold "
+               "tier to hold the rest",
+               table, rows.size(), host.size(), host_max);
+  drop_from_hot();
+  if (cold != nullptr) cold->take(rows.keys.data(), rows.size());
+  store_below_hot(host, cold, rows, removals, stats);
+}
+
+std::vector<uint64_t> erase_below_hot(DynamicTable& host, ColdTier* cold, const uint64_t* keys,
+                                      int64_t n) {
+  std::vector<uint8_t> in_host(n);
+  host.contains(keys, n, in_host.data());
+  host.erase(keys, n);
+  std::vector<uint64_t> removed;
+  for (int64_t i = 0; i < n; ++i) {
+    if (in_host[i]) removed.push_back(keys[i]);
+  }
+  if (cold != nullptr) {
+    const TableRows taken = cold->take(keys, n);
+    removed.insert(removed.end(), taken.keys.begin(), taken.keys.end());
+  }
+  return removed;
+}
+
+int64_t log_erased(std::vector<uint64_t> removed, const uint64_t* keys, const uint8_t* in_hot,
+                   int64_t n, RemovalLog& removals, uint64_t step) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (in_hot[i]) removed.push_back(keys[i]);
+  }
+  std::sort(removed.begin(), removed.end());
+  removed.erase(std::unique(removed.begin(), removed.end()), removed.end());
+  removals.append(removed.data(), static_cast<int64_t>(removed.size()), step);
+  return static_cast<int64_t>(removed.size());
+}
+
 void find_below_hot(const DynamicTable& host, const ColdTier* cold, const uint64_t* keys, int64_t n,
                     float* values_out, uint8_t* found) {
   const int64_t dim = host.dim();

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "embedding/cold_tier.h"
 #include "embedding/dynamic_table.h"
@@ -31,6 +33,22 @@ void check_lower_tiers(const TableOptions& host, const ColdTier* cold, const cha
 // leaves the table and is logged in `removals` at host's step.
 void store_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
                      RemovalLog& removals, TierStats& stats);
+
+// Inserts or overwrites whole rows (distinct keys) below hot, for restoring dumps (`table` names
+// the tiered table in the error): checks that without a cold tier a bounded host can hold them
+// all, then runs drop_from_hot (each key must end up in one tier: the caller erases the keys from
+// its hot tier), takes the keys out of cold and stores the rows (store_below_hot).
+void insert_rows_below_hot(DynamicTable& host, ColdTier* cold, const TableRows& rows,
+                           RemovalLog& removals, TierStats& stats, const char* table,
+                           const std::function<void()>& drop_from_hot);
+
+// Erases the keys from host and cold; returns those either held.
+std::vector<uint64_t> erase_below_hot(DynamicTable& host, ColdTier* cold, const uint64_t* keys,
+                                      int64_t n);
+// Logs what an erase took out of a tiered table in `removals` at `step`: the keys below hot that
+// erase_below_hot returned and those of `keys` with in_hot[i] set, distinct. Returns how many.
+int64_t log_erased(std::vector<uint64_t> removed, const uint64_t* keys, const uint8_t* in_hot,
+                   int64_t n, RemovalLog& removals, uint64_t step);
 
 // Read-only lookup of the keys with found[i] == 0 (those the tiers above lack) in host, then of
 // those host lacks in cold: found[i] = 1 and the key's values in row i of values_out (n x dim)

@@ -108,33 +108,17 @@ void TieredTable::demote(const TableRows& evicted) {
 int64_t TieredTable::erase(const uint64_t* keys, int64_t n) {
   GENREC_CHECK(n >= 0, "tiered table erase: negative batch size {}", n);
   std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<uint8_t> in_hot(n), in_host(n);
+  std::vector<uint8_t> in_hot(n);
   hot_.contains(keys, n, in_hot.data());
-  host_.contains(keys, n, in_host.data());
   hot_.erase(keys, n);
-  host_.erase(keys, n);
-  const TableRows taken = cold_ ? cold_->take(keys, n) : TableRows{};
-  std::vector<uint64_t> removed(taken.keys);
-  for (int64_t i = 0; i < n; ++i) {
-    if (in_hot[i] || in_host[i]) removed.push_back(keys[i]);
-  }
-  std::sort(removed.begin(), removed.end());
-  removed.erase(std::unique(removed.begin(), removed.end()), removed.end());
-  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), hot_.step());
-  return static_cast<int64_t>(removed.size());
+  return log_erased(erase_below_hot(host_, cold_.get(), keys, n), keys, in_hot.data(), n, removals_,
+                    hot_.step());
 }
 
 void TieredTable::insert_rows(const TableRows& rows) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const int64_t host_max = host_.max_capacity();
-  GENREC_CHECK(cold_ || host_max == 0 || host_.size() + rows.size() <= host_max,
-               "tiered table: {} rows do not fit the host tier ({} of {} rows used) and there is "
-               "no cold tier to hold the rest",
-               rows.size(), host_.size(), host_max);
-  // Each key must end up in one tier: drop its current row wherever it is.
-  hot_.erase(rows.keys.data(), rows.size());
-  if (cold_) cold_->take(rows.keys.data(), rows.size());
-  store_below_hot(host_, cold_.get(), rows, removals_, stats_);
+  insert_rows_below_hot(host_, cold_.get(), rows, removals_, stats_, "tiered table",
+                        [&] { hot_.erase(rows.keys.data(), rows.size()); });
 }
 
 void TieredTable::find(const uint64_t* keys, int64_t n, float* values_out, uint8_t* found) const {

@@ -408,39 +408,25 @@ TableRows CudaTieredTable::export_rows(cudaStream_t stream) const {
 void CudaTieredTable::insert_rows(const TableRows& rows, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (rows.size() == 0) return;
-  const int64_t host_max = host_.max_capacity();
-  GENREC_CHECK(cold_ || host_max == 0 || host_.size() + rows.size() <= host_max,
-               "CUDA tiered table: {} rows do not fit the host tier ({} of {} rows used) and "
-               "there is no cold tier to hold the rest",
-               rows.size(), host_.size(), host_max);
-  // Each key must end up in one tier: drop its current row wherever it is.
-  hot_.erase(rows.keys, stream);
-  if (cold_) cold_->take(rows.keys.data(), rows.size());
-  store_below_hot(host_, cold_.get(), rows, removals_, stats_);
+  insert_rows_below_hot(host_, cold_.get(), rows, removals_, stats_, "CUDA tiered table",
+                        [&] { hot_.erase(rows.keys, stream); });
 }
 
 void CudaTieredTable::erase(const std::vector<uint64_t>& keys, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t n = static_cast<int64_t>(keys.size());
   if (n == 0) return;
-  // The keys either tier held leave the table: hot's from its erased flags, host's by contains.
+  // The keys any tier held leave the table: hot's from its erased flags, the lower tiers' while
+  // the GPU erases.
   DeviceBuffer<uint64_t> d_keys(n, stream);
   DeviceBuffer<uint8_t> d_erased(n, stream);
-  std::vector<uint8_t> in_hot(n), in_host(n);
+  std::vector<uint8_t> in_hot(n);
   copy_async(d_keys.data(), keys.data(), sizeof(uint64_t) * n, cudaMemcpyHostToDevice, stream);
   hot_.erase(d_keys.data(), n, stream, d_erased.data());
   copy_async(in_hot.data(), d_erased.data(), n, cudaMemcpyDeviceToHost, stream);
-  host_.contains(keys.data(), n, in_host.data());
-  host_.erase(keys.data(), n);
-  const TableRows taken = cold_ ? cold_->take(keys.data(), n) : TableRows{};
+  std::vector<uint64_t> below = erase_below_hot(host_, cold_.get(), keys.data(), n);
   GENREC_CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<uint64_t> removed(taken.keys);
-  for (int64_t i = 0; i < n; ++i) {
-    if (in_hot[i] || in_host[i]) removed.push_back(keys[i]);
-  }
-  std::sort(removed.begin(), removed.end());
-  removed.erase(std::unique(removed.begin(), removed.end()), removed.end());
-  removals_.append(removed.data(), static_cast<int64_t>(removed.size()), hot_.step());
+  log_erased(std::move(below), keys.data(), in_hot.data(), n, removals_, hot_.step());
 }
 
 int64_t CudaTieredTable::size(cudaStream_t stream) const {
