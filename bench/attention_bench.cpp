@@ -141,7 +141,7 @@ struct Problem {
 
   void forward(const genrec::cpu::HstuRelativeBias& b, bool with_targets, cudaStream_t stream) {
     genrec::cuda::hstu_attention_fused_forward<bf16>(out.data(), q.data(), k.data(), v.data(),
-                                                     dev_offsets.data(), B, shape, b,
+                                                     dev_offsets.data(), B, T, shape, b,
                                                      mask(with_targets), max_len, stream);
   }
   void backward(const genrec::cpu::HstuRelativeBias& b, bool with_targets, cudaStream_t stream) {
@@ -276,8 +276,8 @@ void cached_table(cudaStream_t stream) {
           [&] {
             genrec::cuda::hstu_attention_cached_forward<bf16>(
                 out.data(), q_new.data(), dev_q_offsets.data(), p.k.data(), p.v.data(),
-                p.dev_offsets.data(), B, p.shape, p.bias(true), mask, fresh, history + fresh,
-                stream);
+                p.dev_offsets.data(), B, B * fresh, p.T, p.shape, p.bias(true), mask, fresh,
+                history + fresh, stream);
           },
           stream);
       // Each new token sees the history and itself: 2·2·(history + 1)·D per head.

@@ -95,8 +95,8 @@ void check_fused_problem(Attn a, const MaskCase& mc, uint64_t seed) {
   ASSERT_TRUE(cuda::hstu_fused_supported(a.shape(), a.B, q, k, v));
   test::DeviceArray<T> out(a.T * a.H * a.dv);
   out.poison();
-  cuda::hstu_attention_fused_forward<T>(out.get(), q, k, v, offsets.get(), a.B, a.shape(), bias,
-                                        dev_mask, a.max_len, stream.get());
+  cuda::hstu_attention_fused_forward<T>(out.get(), q, k, v, offsets.get(), a.B, a.T, a.shape(),
+                                        bias, dev_mask, a.max_len, stream.get());
   stream.synchronize();
   const std::vector<float> got = out.download();
   EXPECT_LT(test::rel_l2(got, ref), kTol) << "out";
@@ -346,8 +346,9 @@ void check_cached(bool candidates, uint64_t seed, bool split_keys = true) {
   out.poison();
   cuda::hstu_attention_cached_forward<T>(
       out.get(), dev_q.get(), dev_q_offsets.get(), buf.get() + a.koff, buf.get() + a.voff,
-      kv_offsets.get(), B, shape, a.bias(pos.get(), time.get(), timestamps.get()), dev_mask, 90,
-      split_keys ? *std::max_element(lengths.begin(), lengths.end()) : 0, stream.get());
+      kv_offsets.get(), B, Tq, a.T, shape, a.bias(pos.get(), time.get(), timestamps.get()),
+      dev_mask, 90, split_keys ? *std::max_element(lengths.begin(), lengths.end()) : 0,
+      stream.get());
   stream.synchronize();
   EXPECT_LT(test::rel_l2(out.download(), ref), kTol);
 }

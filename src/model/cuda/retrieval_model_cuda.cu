@@ -477,7 +477,7 @@ class CudaRetrievalModel : public RetrievalModel {
     const bf16 *q = uvqk + 2 * hv, *k = uvqk + 2 * hv + hqk, *v = uvqk + hv;
     if (cuda::hstu_fused_supported(attention_shape(), batch.batch_size(), q, k, v)) {
       cuda::hstu_attention_fused_forward<bf16>(attn, q, k, v, batch_ints_.data(),
-                                               batch.batch_size(), attention_shape(),
+                                               batch.batch_size(), T, attention_shape(),
                                                relative_bias(ids), {}, max_length_, stream_);
     } else {
       cuda::hstu_attention_forward<bf16>(attn, q, k, v, batch_ints_.data(), batch.batch_size(),

@@ -2,7 +2,8 @@
 // (wgmma.cuh) when compiled for sm_90a and D >= 64, else mma.sync m16n8k16 (sm_80+). A warpgroup
 // of 4 warps owns 64 rows of one (sequence, head), 16 per warp; a block of one warpgroup (two in
 // the backward at D = 128 on Hopper, on 128 keys) streams 64-row tiles of the other side through
-// double-buffered shared memory (cp.async):
+// double-buffered shared memory (by TMA on sm_90a, one thread issuing the copies; cp.async
+// elsewhere):
 //   query kernel, forward (rows = queries): S = Q Kᵀ, O += silu(z) V
 //   key kernel, backward (rows = keys):     Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dZᵀ Q,
 //                                           dQ += dZ K
@@ -30,6 +31,8 @@
 #include "core/error.h"
 #include "ops/cuda/hstu_attention.h"
 #include "ops/cuda/hstu_attention_fused.h"
+#include "ops/cuda/tensor_map.h"
+#include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 #include "ops/hstu_block_order.h"
 #include "ops/hstu_time_buckets.h"
@@ -623,9 +626,59 @@ __device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, const T* a, int64
 
 template <typename T, int D, int kBias>
 constexpr size_t query_smem_bytes() {
-  // own rows Q, two slots each of K and V (and time slot tiles), bias state
+  // own rows Q, two slots each of K and V (and time slot tiles), bias state, the barriers of the
+  // two slots' TMA copies (wgmma only)
   return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + (kBias & kTimeBias ? 2 * kSlotTile : 0) +
-         (kBias ? sizeof(BiasSmem) : 0);
+         (kBias ? sizeof(BiasSmem) : 0) + 2 * sizeof(uint64_t);
+}
+
+// The tensor maps of a kernel's tiles (tensor_map.h): with wgmma they arrive by TMA. The query
+// kernel reads q, k and v; the key kernel q, d_out, k and v.
+struct TileMaps {
+  CUtensorMap q, k, v, d_out;
+};
+
+// Rows [token, token + 64) x D of head h by TMA into a swizzled tile, counted on `barrier`; one
+// thread issues the copies (a box is 64 columns).
+template <int D, typename T>
+__device__ __forceinline__ void copy_rows([[maybe_unused]] T* dst,
+                                          [[maybe_unused]] const CUtensorMap& map,
+                                          [[maybe_unused]] uint64_t* barrier,
+                                          [[maybe_unused]] int64_t h,
+                                          [[maybe_unused]] int64_t token) {
+#if GENREC_WGMMA
+#pragma unroll
+  for (int c = 0; c < D; c += 64) {
+    tma::load_box(dst + wgmma::swizzled_offset(0, c), map, barrier, c, static_cast<int>(h),
+                  static_cast<int>(token));
+  }
+#endif
+}
+
+// Two barriers at the end of a kernel's shared memory (kBytes of it) for its two stages of TMA
+// copies, set up by thread 0 (a __syncthreads must follow before they are used).
+template <int D, size_t kBytes>
+__device__ __forceinline__ uint64_t* stage_barriers(unsigned char* smem) {
+  static_assert(kBytes % sizeof(uint64_t) == 0);
+  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem + kBytes) - 2;
+#if GENREC_WGMMA
+  if (kWg<D> && threadIdx.x == 0) {
+    tma::init_barrier(barriers);
+    tma::init_barrier(barriers + 1);
+  }
+#endif
+  return barriers;
+}
+
+// Waits for the copies of a stage and flips the parity the stage's next wait expects (bit
+// `stage` of `phases`).
+__device__ __forceinline__ void wait_stage([[maybe_unused]] uint64_t* barriers,
+                                           [[maybe_unused]] uint32_t& phases,
+                                           [[maybe_unused]] int stage) {
+#if GENREC_WGMMA
+  tma::wait(barriers + stage, phases >> stage & 1);
+  phases ^= 1u << stage;
+#endif
 }
 
 // Key tile t of a query tile runs in three steps: S_t = Q K_tᵀ, activation, O += P_t V_t. The
@@ -638,7 +691,9 @@ constexpr size_t query_smem_bytes() {
 template <typename T, int D, int kBias, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
-                 const T* __restrict__ v) {
+                 const T* __restrict__ v, const __grid_constant__ TileMaps maps) {
+  // With wgmma thread 0 copies every tile by TMA (the key kernel says why that is safe).
+  constexpr bool kTma = kWg<D>;
   constexpr int LD = D + kPad;
   extern __shared__ __align__(1024) unsigned char smem[];
   T* s_q = reinterpret_cast<T*>(smem);
@@ -653,6 +708,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t h = work.head;
   const Sequence s = sequence(p, work.seq);
   if constexpr (kBias != kNoBias) load_bias_tables(bs, p);
+  // Group t's barrier is t % 2's (kTma).
+  [[maybe_unused]] uint64_t* group_ready = stage_barriers<D, query_smem_bytes<T, D, kBias>()>(smem);
+  [[maybe_unused]] uint32_t phases = 0;
 
   const int split = kSplit ? work.rank % splits : 0;
   for (int tile = p.num_tiles - 1 - work.rank / splits; tile * kRows < s.q_len;
@@ -669,8 +727,34 @@ __global__ void __launch_bounds__(kThreads)
     const int j_begin = j_first + t_first * kCols;
 
     __syncthreads();  // the previous tile's readers are done with shared memory
-    load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
     auto load_group = [&](int t) {
+      if constexpr (kTma) {
+#if GENREC_WGMMA
+        const bool key = t < num_keys, value = t >= 1 && t <= num_keys;
+        if (threadIdx.x == 0 && (key || value)) {  // Q comes with the first key tile
+          constexpr uint32_t kTile = kCols * D * sizeof(T);
+          tma::arrive_expecting(group_ready + (t & 1), (key + value + (t == 0)) * kTile);
+          if (t == 0) copy_rows<D>(s_q, maps.q, group_ready, h, s.q_start + m0);
+          if (key) {
+            copy_rows<D>(s_k + (t & 1) * kCols * LD, maps.k, group_ready + (t & 1), h,
+                         s.kv_start + j_begin + t * kCols);
+          }
+          if (value) {
+            copy_rows<D>(s_v + ((t - 1) & 1) * kCols * LD, maps.v, group_ready + (t & 1), h,
+                         s.kv_start + j_begin + (t - 1) * kCols);
+          }
+        }
+        if constexpr (kTime) {
+          if (t < num_keys) {
+            load_slots(s_slots + (t & 1) * kSlotTile, p, bs, s, tile,
+                       (j_begin + t * kCols) / kCols);
+          }
+          cp_async_commit();
+        }
+#endif
+        return;
+      }
+      if (t == 0) load_tile<D>(s_q, q + (s.q_start + m0) * p.ld_q + h * D, p.ld_q, s.q_len - m0);
       if (t < num_keys) {
         const int j0 = j_begin + t * kCols, slot = t & 1;
         load_tile<D>(s_k + slot * kCols * LD, k + (s.kv_start + j0) * p.ld_k + h * D, p.ld_k,
@@ -701,9 +785,18 @@ __global__ void __launch_bounds__(kThreads)
       const bool diagonal = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
       if (kPos && diagonal) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
-      cp_async_wait<1>();
-      shared_written<D>();
-      __syncthreads();
+      if constexpr (kTma) {
+        wait_stage(group_ready, phases, t & 1);
+        // The time slots (cp.async) and the staged diagonals are the only generic writes.
+        if constexpr (kBias != kNoBias) {
+          cp_async_wait<1>();
+          __syncthreads();
+        }
+      } else {
+        cp_async_wait<1>();
+        shared_written<D>();
+        __syncthreads();
+      }
       return diagonal;
     };
     auto end_step = [&](int t) {
@@ -781,6 +874,8 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (!kSplit) {
       __syncthreads();  // the key slots are free: O leaves through them
       store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f, s_k);
+      // The next tile's copies overwrite the key slots: order the stores before them.
+      if constexpr (kTma) shared_written<D>();
     } else {
       store_part<D>(p.partial + (split * p.part_rows + s.q_start) * p.ld_o + h * D, p.ld_o, m0,
                     min(static_cast<int64_t>(s.q_len), p.part_rows - s.q_start), acc);
@@ -790,17 +885,19 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
-// dq_staged: the kernel stages dQ rows for bulk reductions (kWg<D>, which the host cannot see:
-// it asks for them on Hopper at D >= 64, the only place sm_90a code runs).
+// wgmma: the kernel stages dQ rows for bulk reductions and loads by TMA (kWg<D>, which the host
+// cannot see: it asks for them on Hopper at D >= 64, the only place sm_90a code runs).
 template <typename T, int D, int kBias, int G>
-constexpr size_t key_smem_bytes(bool dq_staged) {
+constexpr size_t key_smem_bytes(bool wgmma) {
   // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
-  // Q and dO and of each warpgroup's time slot tile; with bias: its state and the gradient sums
+  // Q and dO and of each warpgroup's time slot tile; with bias: its state and the gradient sums;
+  // last, with wgmma, the barriers of the two stages' TMA copies
   return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) +
          (kBias & kTimeBias ? 2 * G * kSlotTile : 0) + sizeof(T) * G * kRows * kDzLd +
-         (dq_staged ? sizeof(float) * G * kRows * kDqCols : 0) +
+         (wgmma ? sizeof(float) * G * kRows * kDqCols : 0) +
          (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeCopies * kTimeStride) * sizeof(float)
-                : 0);
+                : 0) +
+         (wgmma ? 2 * sizeof(uint64_t) : 0);
 }
 
 // Position slots past the shared array: straight to the global sums (out of line: rare).
@@ -1032,8 +1129,13 @@ __device__ __forceinline__ void add_dq(const Params& p, const Sequence& s, int64
 template <typename T, int D, int kBias, int G>
 __global__ void __launch_bounds__(kThreads* G)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
-               const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v) {
+               const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+               const __grid_constant__ TileMaps maps) {
   constexpr int kKeys = G * kRows;  // keys a block owns
+  // With wgmma thread 0 copies every tile by TMA, each stage counted on its barrier; rows past a
+  // sequence's end then hold the next sequence's (or zeros past the batch), which the masks
+  // keep out of every product, as they keep the zero-filled rows of cp.async.
+  constexpr bool kTma = kWg<D>;
   constexpr int LD = D + kPad;
   constexpr int kDzTile = kRows * kDzLd;
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -1066,6 +1168,9 @@ __global__ void __launch_bounds__(kThreads* G)
   const int bias_words = smem_pos + (want_time ? kTimeCopies * kTimeStride : 0);
   for (int e = threadIdx.x; want_bias && e < bias_words; e += blockDim.x) s_bias[e] = 0.0f;
   SlotRun runs[2];  // this thread's two rows
+  [[maybe_unused]] uint64_t* stage_ready =
+      stage_barriers<D, key_smem_bytes<T, D, kBias, G>(true)>(smem);
+  [[maybe_unused]] uint32_t phases = 0;  // kTma: bit s is the parity of stage s's next phase
 
   for (int tile = work.rank; tile * kKeys < s.length; tile += p.num_tiles) {
     const int j0 = tile * kKeys;
@@ -1082,7 +1187,17 @@ __global__ void __launch_bounds__(kThreads* G)
     }
 
     __syncthreads();
-    {
+    if constexpr (kTma) {
+#if GENREC_WGMMA
+      if (threadIdx.x == 0 && i_begin < i_end) {  // K and V count on the first stage's barrier
+        tma::expect_bytes(stage_ready, 2 * G * kRows * D * sizeof(T));
+        for (int g = 0; g < G; ++g) {
+          copy_rows<D>(s_k + g * kRows * LD, maps.k, stage_ready, h, s.kv_start + j0 + g * kRows);
+          copy_rows<D>(s_v + g * kRows * LD, maps.v, stage_ready, h, s.kv_start + j0 + g * kRows);
+        }
+      }
+#endif
+    } else {
       const int row = min(jg, j_last);  // a warpgroup past the end reads nothing from a valid row
       load_tile<D>(my_k, k + (s.kv_start + row) * p.ld_k + h * D, p.ld_k, s.length - jg);
       load_tile<D>(my_v, v + (s.kv_start + row) * p.ld_v + h * D, p.ld_v, s.length - jg);
@@ -1090,8 +1205,19 @@ __global__ void __launch_bounds__(kThreads* G)
     // A stage's time slot tile of warpgroup g (query tile i0 / 64 against its key tile).
     auto slot_tile = [&](int stage, int g) { return s_slots + (stage * G + g) * kSlotTile; };
     auto load_queries = [&](int i0, int stage) {
-      load_stage<D, G>(s_q + stage * kCols * LD, s_do + stage * kCols * LD, q, p.ld_q, d_out,
-                       p.ld_o, s, h, i0);
+      T* dst_q = s_q + stage * kCols * LD;
+      T* dst_do = s_do + stage * kCols * LD;
+      if constexpr (kTma) {
+#if GENREC_WGMMA
+        if (threadIdx.x == 0) {
+          tma::arrive_expecting(stage_ready + stage, 2 * kCols * D * sizeof(T));
+          copy_rows<D>(dst_q, maps.q, stage_ready + stage, h, s.kv_start + i0);
+          copy_rows<D>(dst_do, maps.d_out, stage_ready + stage, h, s.kv_start + i0);
+        }
+#endif
+      } else {
+        load_stage<D, G>(dst_q, dst_do, q, p.ld_q, d_out, p.ld_o, s, h, i0);
+      }
       if constexpr (kTime) load_slots(slot_tile(stage, group), p, bs, s, i0 / kCols, jg / kCols);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
@@ -1112,9 +1238,18 @@ __global__ void __launch_bounds__(kThreads* G)
       const bool diagonal = kBias && diagonal_tile(s, jg, i0);
       if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
-      cp_async_wait<1>();
-      shared_written<D>();
-      __syncthreads();
+      if constexpr (kTma) {
+        wait_stage(stage_ready, phases, stage);
+        // The time slots (cp.async) and the staged diagonals are the only generic writes.
+        if constexpr (kBias != kNoBias) {
+          cp_async_wait<1>();
+          __syncthreads();
+        }
+      } else {
+        cp_async_wait<1>();
+        shared_written<D>();
+        __syncthreads();
+      }
       const T* tq = s_q + stage * kCols * LD;
       const T* tdo = s_do + stage * kCols * LD;
       const uint8_t* slots = slot_tile(stage, group);
@@ -1217,6 +1352,8 @@ __global__ void __launch_bounds__(kThreads* G)
                   out_stage);
     store_rows<D>(d_v + s.kv_start * p.ld_v + h * D, p.ld_v, jg, s.length, acc_v, 1.0f,
                   out_stage + kCols * LD);
+    // The next tile's copies overwrite these stages: order the stores before them.
+    if constexpr (kTma) shared_written<D>();
   }
 #if GENREC_WGMMA
   if constexpr (kWg<D>) finish_dq_bulk();
@@ -1457,9 +1594,22 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
   }
 }
 
+// The maps of q, k, v (and d_out) for the wgmma kernels (Hopper, D >= 64); empty elsewhere.
 template <typename T>
-void launch_query(Params p, T* out, const T* q, const T* k, const T* v, int64_t dim,
-                  int64_t kv_rows, cudaStream_t stream) {
+TileMaps tile_maps(const Params& p, int64_t dim, const T* q, int64_t q_tokens, const T* k,
+                   const T* v, int64_t kv_tokens, const T* d_out = nullptr) {
+  TileMaps maps{};
+  if (detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() != 9 || dim < 64) return maps;
+  maps.q = head_slice_map(q, q_tokens, p.num_heads, dim, p.ld_q);
+  maps.k = head_slice_map(k, kv_tokens, p.num_heads, dim, p.ld_k);
+  maps.v = head_slice_map(v, kv_tokens, p.num_heads, dim, p.ld_v);
+  if (d_out != nullptr) maps.d_out = head_slice_map(d_out, q_tokens, p.num_heads, dim, p.ld_o);
+  return maps;
+}
+
+template <typename T>
+void launch_query(Params p, T* out, const T* q, const T* k, const T* v, const TileMaps& maps,
+                  int64_t dim, int64_t kv_rows, cudaStream_t stream) {
   const dim3 grid(grid_blocks(p, p.num_tiles * p.key_splits));
   // The blocks of a pair share its K and V.
   group_pairs(p, kv_rows * dim * 2 * static_cast<int64_t>(sizeof(T)));
@@ -1469,7 +1619,7 @@ void launch_query(Params p, T* out, const T* q, const T* k, const T* v, int64_t 
     constexpr size_t bytes = query_smem_bytes<T, D, kBias>();
     auto launch = [&](auto kernel) {
       allow_smem(kernel, bytes);
-      kernel<<<grid, kThreads, bytes, stream>>>(p, out, q, k, v);
+      kernel<<<grid, kThreads, bytes, stream>>>(p, out, q, k, v, maps);
     };
     if (p.key_splits > 1) {
       launch(query_kernel<T, D, kBias, true>);
@@ -1494,27 +1644,29 @@ bool hstu_fused_supported(const cpu::HstuAttentionShape& shape, int64_t batch_si
 
 template <typename T>
 void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
-                                  const int64_t* offsets, int64_t batch_size,
+                                  const int64_t* offsets, int64_t batch_size, int64_t num_tokens,
                                   const cpu::HstuAttentionShape& shape,
                                   const cpu::HstuRelativeBias& bias, const HstuMask& mask,
                                   int64_t max_len, cudaStream_t stream) {
   // No split of the keys: a sequence may be longer than max_len here, and the parts are sized
   // by it.
-  hstu_attention_cached_forward(out, q, offsets, k, v, offsets, batch_size, shape, bias, mask,
-                                max_len, 0, stream);
+  hstu_attention_cached_forward(out, q, offsets, k, v, offsets, batch_size, num_tokens, num_tokens,
+                                shape, bias, mask, max_len, 0, stream);
 }
 
 template <typename T>
 void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets, const T* k,
                                    const T* v, const int64_t* kv_offsets, int64_t batch_size,
+                                   int64_t q_tokens, int64_t kv_tokens,
                                    const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const HstuMask& mask,
                                    int64_t max_new, int64_t max_len, cudaStream_t stream) {
   GENREC_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v),
                "fused hstu attention: q, k, v and out must be 16-byte aligned");
-  GENREC_CHECK(max_new >= 0 && max_len >= 0, "fused hstu attention: max_new {}, max_len {}",
-               max_new, max_len);
-  if (batch_size == 0) return;
+  GENREC_CHECK(max_new >= 0 && max_len >= 0 && q_tokens >= 0 && kv_tokens >= 0,
+               "fused hstu attention: max_new {}, max_len {}, {} query and {} key tokens", max_new,
+               max_len, q_tokens, kv_tokens);
+  if (batch_size == 0 || q_tokens == 0) return;
   Params p = make_params(kv_offsets, q_offsets, batch_size, shape, bias, mask, max_new);
   // A few new tokens per sequence make a few blocks that each stream the whole history. Split
   // the key tiles over up to a wave of blocks; their fp32 parts then add up (SiLU attention has
@@ -1528,8 +1680,9 @@ void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets,
   DeviceBuffer<float> parts(p.key_splits > 1 ? p.key_splits * p.part_rows * cols : 0, stream);
   p.partial = parts.data();
   const int64_t kv_rows = std::max(max_new, max_len);
+  const TileMaps maps = tile_maps(p, shape.dim_qk, q, q_tokens, k, v, kv_tokens);
   for_each_slot_chunk(p, max_new, kv_rows, stream, [&](const Params& chunk) {
-    launch_query<T>(chunk, out, q, k, v, shape.dim_qk, kv_rows, stream);
+    launch_query<T>(chunk, out, q, k, v, maps, shape.dim_qk, kv_rows, stream);
     GENREC_CUDA_LAUNCH_CHECK("hstu_attention_cached_forward");
   });
   if (p.key_splits > 1) {
@@ -1568,11 +1721,12 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   DeviceBuffer<float> dq_sums(dq_elements, stream);
   p.dq_acc = dq_sums.data();
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_sums.bytes(), stream));
+  const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
+  const TileMaps maps = tile_maps(p, shape.dim_qk, q, num_tokens, k, v, num_tokens, d_out);
   for_each_slot_chunk(p, max_len, max_len, stream, [&](const Params& chunk) {
     with_dim_and_bias(shape.dim_qk, chunk, [&](auto d, auto has_bias) {
       constexpr int D = decltype(d)::value;
       constexpr int kBias = decltype(has_bias)::value;
-      const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
       auto launch = [&](auto groups) {
         constexpr int G = decltype(groups)::value;
         const size_t bytes = key_smem_bytes<T, D, kBias, G>(hopper && D >= 64);
@@ -1583,7 +1737,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
         const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
         allow_smem(key_kernel<T, D, kBias, G>, bytes);
         key_kernel<T, D, kBias, G>
-            <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v);
+            <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v, maps);
       };
       // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
       // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
@@ -1617,13 +1771,14 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   }
 }
 
-#define GENREC_INSTANTIATE_FUSED(T)                                                              \
-  template void hstu_attention_fused_forward<T>(                                                 \
-      T*, const T*, const T*, const T*, const int64_t*, int64_t, const cpu::HstuAttentionShape&, \
-      const cpu::HstuRelativeBias&, const HstuMask&, int64_t, cudaStream_t);                     \
-  template void hstu_attention_cached_forward<T>(                                                \
-      T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t,                 \
-      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,    \
+#define GENREC_INSTANTIATE_FUSED(T)                                                                \
+  template void hstu_attention_fused_forward<T>(T*, const T*, const T*, const T*, const int64_t*,  \
+                                                int64_t, int64_t, const cpu::HstuAttentionShape&,  \
+                                                const cpu::HstuRelativeBias&, const HstuMask&,     \
+                                                int64_t, cudaStream_t);                            \
+  template void hstu_attention_cached_forward<T>(                                                  \
+      T*, const T*, const int64_t*, const T*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
+      const cpu::HstuAttentionShape&, const cpu::HstuRelativeBias&, const HstuMask&, int64_t,      \
       int64_t, cudaStream_t);
 GENREC_INSTANTIATE_FUSED(__nv_bfloat16)
 GENREC_INSTANTIATE_FUSED(__half)

@@ -22,18 +22,20 @@ bool hstu_fused_supported(const cpu::HstuAttentionShape& shape, int64_t batch_si
                           const void* q = nullptr, const void* k = nullptr,
                           const void* v = nullptr);
 
-// Training forward: out [T, H * dim] for q, k, v [T, ld] jagged by offsets. max_len bounds the
+// Training forward: out [T, H * dim] for q, k, v [T, ld] jagged by offsets, num_tokens == T ==
+// offsets[batch_size] (on the host: the tile copies are bounded by it). max_len bounds the
 // longest sequence (it sizes the grid; longer sequences are still computed, more slowly).
 template <typename T>
 void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
-                                  const int64_t* offsets, int64_t batch_size,
+                                  const int64_t* offsets, int64_t batch_size, int64_t num_tokens,
                                   const cpu::HstuAttentionShape& shape,
                                   const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
                                   int64_t max_len, cudaStream_t stream);
 
 // Inference with a KV cache: sequence b has kv_offsets[b+1] - kv_offsets[b] tokens in k and v
 // (the cached history followed by the new tokens) and its last q_offsets[b+1] - q_offsets[b]
-// tokens are the new queries in q; out [Tq, H * dim] holds their outputs. The mask and the
+// tokens are the new queries in q; out [Tq, H * dim] holds their outputs (q_tokens == Tq ==
+// q_offsets[batch_size], kv_tokens == kv_offsets[batch_size], on the host). The mask and the
 // timestamps (indexed by kv token) are those of the whole sequence, so with num_targets = the
 // number of new tokens, candidates see the history and themselves only. max_new bounds the new
 // tokens per sequence (more is an error) and max_len the kv tokens: it sizes the split of the
@@ -41,6 +43,7 @@ void hstu_attention_fused_forward(T* out, const T* q, const T* k, const T* v,
 template <typename T>
 void hstu_attention_cached_forward(T* out, const T* q, const int64_t* q_offsets, const T* k,
                                    const T* v, const int64_t* kv_offsets, int64_t batch_size,
+                                   int64_t q_tokens, int64_t kv_tokens,
                                    const cpu::HstuAttentionShape& shape,
                                    const cpu::HstuRelativeBias& bias, const cpu::HstuMask& mask,
                                    int64_t max_new, int64_t max_len, cudaStream_t stream);
