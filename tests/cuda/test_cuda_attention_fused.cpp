@@ -237,6 +237,72 @@ TEST(CudaFusedAttention, EveryMaskWithoutBias) {
   check_fused<bf16>(3, 700, 2, 64, all, 801);
 }
 
+// A NaN in one sequence stays in it. On Hopper the boxes of a sequence's last tiles bring rows of
+// the next sequence, which the kernels zero; were they only masked out of the scores, a NaN
+// there times a zero score would still reach this sequence's outputs and gradients.
+TEST(CudaFusedAttention, NonFiniteValuesStayInTheirSequence) {
+  GENREC_REQUIRE_CUDA();
+  using T = bf16;
+  for (int64_t D : {64, 128}) {
+    for (bool bias : {false, true}) {
+      SCOPED_TRACE("D " + std::to_string(D) + (bias ? ", bias" : ""));
+      // Every sequence ends inside a tile; the last one holds the NaNs.
+      Attn a = make_attn({70, 200, 135, 90}, 2, D, D, 90, 24, bias, bias, 900 + D, 8);
+      a.buf = test::round_through<T>(std::move(a.buf));
+      const int64_t clean = a.offsets[a.B - 1];  // the rows before the last sequence
+      const int64_t width = a.H * D;
+      const cpu::HstuMask mask{nullptr, 0, 0};
+      const std::vector<float> d_out =
+          test::round_through<T>(test::random_normal(a.T * width, 901 + D));
+      std::vector<float> ref_out(a.T * width), ref_grads(a.T * a.ld);
+      std::vector<float> ref_pos(a.P), ref_time(a.NB);
+      cpu::hstu_attention_forward(ref_out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B,
+                                  a.shape(), a.bias(), mask);
+      cpu::hstu_attention_backward(ref_grads.data() + a.qoff, ref_grads.data() + a.koff,
+                                   ref_grads.data() + a.voff, ref_pos.data(), ref_time.data(),
+                                   d_out.data(), a.q(), a.k(), a.v(), a.offsets.data(), a.B,
+                                   a.shape(), a.bias(), mask);
+      std::vector<float> dirty = a.buf, dirty_d_out = d_out;
+      std::fill(dirty.begin() + clean * a.ld, dirty.end(), std::nanf(""));
+      std::fill(dirty_d_out.begin() + clean * width, dirty_d_out.end(), std::nanf(""));
+
+      cuda::Stream stream;
+      auto buf = test::upload<T>(dirty);
+      auto dev_d_out = test::upload<T>(dirty_d_out);
+      auto offsets = test::upload_raw(a.offsets);
+      auto timestamps = test::upload_raw(a.timestamps);
+      auto pos = test::upload<float>(a.pos);
+      auto time = test::upload<float>(a.time);
+      const cpu::HstuRelativeBias dev_bias = a.bias(pos.get(), time.get(), timestamps.get());
+      const T *q = buf.get() + a.qoff, *k = buf.get() + a.koff, *v = buf.get() + a.voff;
+      test::DeviceArray<T> out(a.T * width), grads(a.T * a.ld);
+      out.poison();
+      grads.poison();
+      T* g = grads.get();
+      cuda::hstu_attention_fused_forward<T>(out.get(), q, k, v, offsets.get(), a.B, a.T, a.shape(),
+                                            dev_bias, mask, a.max_len, stream.get());
+      cuda::hstu_attention_fused_backward<T>(g + a.qoff, g + a.koff, g + a.voff, nullptr, nullptr,
+                                             dev_d_out.get(), q, k, v, offsets.get(), a.B, a.T,
+                                             a.shape(), dev_bias, mask, a.max_len, stream.get());
+      stream.synchronize();
+      auto leading = [&](std::vector<float> rows) {
+        rows.resize(clean * width);
+        return rows;
+      };
+      EXPECT_LT(test::rel_l2(leading(out.download()), leading(ref_out)), kTol) << "out";
+      const std::vector<float> got_grads = grads.download();
+      const char* names[3] = {"d_q", "d_k", "d_v"};
+      const int64_t cols[3] = {a.qoff, a.koff, a.voff};
+      for (int x = 0; x < 3; ++x) {
+        EXPECT_LT(test::rel_l2(leading(columns(got_grads, a.T, a.ld, cols[x], width)),
+                               leading(columns(ref_grads, a.T, a.ld, cols[x], width))),
+                  kTol)
+            << names[x];
+      }
+    }
+  }
+}
+
 // A max_len below the longest sequence: the grid has too few blocks for it, and they loop over
 // its remaining tiles (the forward over query tiles, the backward over key tiles).
 TEST(CudaFusedAttention, SequencesLongerThanMaxLen) {

@@ -670,6 +670,25 @@ __device__ __forceinline__ uint64_t* stage_barriers(unsigned char* smem) {
   return barriers;
 }
 
+// Zeros rows [first, 64) of a swizzled 64-row tile (all of them for first <= 0), by the whole
+// block, and hands the zeros to the async proxy (a barrier must follow). A TMA box that crosses
+// a sequence's end brings the next sequence's rows; the masks zero their scores, but where such
+// a row is the other factor of a product (V in P V; dO, Q and K in the backward) a NaN or an
+// infinity in it times a zero score would still reach this sequence. With those tails zeroed
+// the sequences of a batch stay apart, as with cp.async's zero fill. A row is 128 contiguous
+// bytes per 64 columns (the swizzle moves chunks within a row only): one span per column block.
+template <int D, typename T>
+__device__ __forceinline__ void zero_tail(T* tile, int first) {
+  first = max(first, 0);
+  const int chunks = (kCols - first) * 8;  // 16-byte chunks per column block
+#pragma unroll
+  for (int c = 0; c < D; c += 64) {
+    uint4* span = reinterpret_cast<uint4*>(tile + c * kCols + first * 64);
+    for (int e = threadIdx.x; e < chunks; e += blockDim.x) span[e] = make_uint4(0, 0, 0, 0);
+  }
+  shared_written<D>();
+}
+
 // Waits for the copies of a stage and flips the parity the stage's next wait expects (bit
 // `stage` of `phases`).
 __device__ __forceinline__ void wait_stage([[maybe_unused]] uint64_t* barriers,
@@ -679,6 +698,28 @@ __device__ __forceinline__ void wait_stage([[maybe_unused]] uint64_t* barriers,
   tma::wait(barriers + stage, phases >> stage & 1);
   phases ^= 1u << stage;
 #endif
+}
+
+// The wait at a step's start for its tiles. With TMA: the stage's barrier, then zero_tails()
+// (zero_tail on the tiles that cross the sequence's end; it returns whether it wrote any) and a
+// block barrier only where generic writes must be seen: tails, time slots (cp.async) or staged
+// diagonals (kBias). With cp.async: the copies, the proxy fence and the barrier.
+template <int D, int kBias, typename Tails>
+__device__ __forceinline__ void wait_tiles([[maybe_unused]] uint64_t* barriers,
+                                           [[maybe_unused]] uint32_t& phases,
+                                           [[maybe_unused]] int stage, Tails&& zero_tails) {
+  if constexpr (kWg<D>) {
+    wait_stage(barriers, phases, stage);
+    const bool tails = zero_tails();
+    if (kBias != kNoBias || tails) {
+      cp_async_wait<1>();
+      __syncthreads();
+    }
+  } else {
+    cp_async_wait<1>();
+    shared_written<D>();
+    __syncthreads();
+  }
 }
 
 // Key tile t of a query tile runs in three steps: S_t = Q K_tᵀ, activation, O += P_t V_t. The
@@ -785,18 +826,7 @@ __global__ void __launch_bounds__(kThreads)
       const bool diagonal = kBias && t < num_keys && diagonal_tile(s, i_first, j0);
       if (kPos && diagonal) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(t + 1), kDiagonals);
-      if constexpr (kTma) {
-        wait_stage(group_ready, phases, t & 1);
-        // The time slots (cp.async) and the staged diagonals are the only generic writes.
-        if constexpr (kBias != kNoBias) {
-          cp_async_wait<1>();
-          __syncthreads();
-        }
-      } else {
-        cp_async_wait<1>();
-        shared_written<D>();
-        __syncthreads();
-      }
+      wait_tiles<D, kBias>(group_ready, phases, t & 1, [] { return false; });  // tails: below
       return diagonal;
     };
     auto end_step = [&](int t) {
@@ -866,6 +896,13 @@ __global__ void __launch_bounds__(kThreads)
         end_step(t);
       }
       begin_step(num_keys);
+      // Only the last key tile can cross the sequence's end; K's rows past it only meet masked
+      // scores and Q's only make rows that are not stored, but V's would meet every row.
+      const int v_first = j_begin + (num_keys - 1) * kCols;
+      if (kTma && v_first + kCols > s.length) {
+        zero_tail<D>(s_v + ((num_keys - 1) & 1) * kCols * LD, s.length - v_first);
+        __syncthreads();
+      }
       issue_score_product<D>(acc, pf, value_slot(num_keys - 1));
       commit_products<D>();
       wait_products<D, 0>(acc, pf);
@@ -1238,18 +1275,20 @@ __global__ void __launch_bounds__(kThreads* G)
       const bool diagonal = kBias && diagonal_tile(s, jg, i0);
       if (kPos && diagonal_tile(s, j0, i0)) stage_diagonals(bs, kDiagonals, next_diagonal);
       if (kPos) next_diagonal = fetch_diagonal(p, lowest_diagonal(i0 + kCols), kDiagonals);
-      if constexpr (kTma) {
-        wait_stage(stage_ready, phases, stage);
-        // The time slots (cp.async) and the staged diagonals are the only generic writes.
-        if constexpr (kBias != kNoBias) {
-          cp_async_wait<1>();
-          __syncthreads();
+      // Tiles that cross the sequence's end: this stage's Q and dO, and with the first stage the
+      // block's K (V's rows past it only meet masked scores).
+      wait_tiles<D, kBias>(stage_ready, phases, stage, [&] {
+        const bool q_tail = i0 + kCols > s.length;
+        const bool k_tail = i0 == i_begin && j0 + kKeys > s.length;
+        if (q_tail) {
+          zero_tail<D>(s_q + stage * kCols * LD, s.length - i0);
+          zero_tail<D>(s_do + stage * kCols * LD, s.length - i0);
         }
-      } else {
-        cp_async_wait<1>();
-        shared_written<D>();
-        __syncthreads();
-      }
+        for (int g = 0; k_tail && g < G; ++g) {
+          zero_tail<D>(s_k + g * kRows * LD, s.length - (j0 + g * kRows));
+        }
+        return q_tail || k_tail;
+      });
       const T* tq = s_q + stage * kCols * LD;
       const T* tdo = s_do + stage * kCols * LD;
       const uint8_t* slots = slot_tile(stage, group);
