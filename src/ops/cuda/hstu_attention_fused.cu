@@ -733,7 +733,7 @@ template <typename T, int D, int kBias, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
                  const T* __restrict__ v, const __grid_constant__ TileMaps maps) {
-  // With wgmma thread 0 copies every tile by TMA (the key kernel says why that is safe).
+  // With wgmma thread 0 copies every tile by TMA (rows past a sequence's end: see the key kernel).
   constexpr bool kTma = kWg<D>;
   constexpr int LD = D + kPad;
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -1170,8 +1170,8 @@ __global__ void __launch_bounds__(kThreads* G)
                const __grid_constant__ TileMaps maps) {
   constexpr int kKeys = G * kRows;  // keys a block owns
   // With wgmma thread 0 copies every tile by TMA, each stage counted on its barrier; rows past a
-  // sequence's end then hold the next sequence's (or zeros past the batch), which the masks
-  // keep out of every product, as they keep the zero-filled rows of cp.async.
+  // sequence's end then hold the next sequence's (or zeros past the batch): the masks keep them
+  // out of the scores and zero_tail out of the products' other factors.
   constexpr bool kTma = kWg<D>;
   constexpr int LD = D + kPad;
   constexpr int kDzTile = kRows * kDzLd;
