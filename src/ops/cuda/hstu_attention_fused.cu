@@ -922,8 +922,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
-// wgmma: the kernel stages dQ rows for bulk reductions and loads by TMA (kWg<D>, which the host
-// cannot see: it asks for them on Hopper at D >= 64, the only place sm_90a code runs).
+// wgmma: the kernel stages dQ rows for bulk reductions and loads by TMA (wgmma_path).
 template <typename T, int D, int kBias, int G>
 constexpr size_t key_smem_bytes(bool wgmma) {
   // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
@@ -1633,12 +1632,19 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
   }
 }
 
-// The maps of q, k, v (and d_out) for the wgmma kernels (Hopper, D >= 64); empty elsewhere.
+// Whether the kernels for head dim `dim` may run their wgmma code (kWg<D>, which the host cannot
+// see): on Hopper at D >= 64, the only place sm_90a code runs. The host then sizes their shared
+// memory for it and hands them tensor maps.
+bool wgmma_path(int64_t dim) {
+  return detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9 && dim >= 64;
+}
+
+// The maps of q, k, v (and d_out) for the wgmma kernels; empty elsewhere.
 template <typename T>
 TileMaps tile_maps(const Params& p, int64_t dim, const T* q, int64_t q_tokens, const T* k,
                    const T* v, int64_t kv_tokens, const T* d_out = nullptr) {
   TileMaps maps{};
-  if (detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() != 9 || dim < 64) return maps;
+  if (!wgmma_path(dim)) return maps;
   maps.q = head_slice_map(q, q_tokens, p.num_heads, dim, p.ld_q);
   maps.k = head_slice_map(k, kv_tokens, p.num_heads, dim, p.ld_k);
   maps.v = head_slice_map(v, kv_tokens, p.num_heads, dim, p.ld_v);
@@ -1760,7 +1766,6 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   DeviceBuffer<float> dq_sums(dq_elements, stream);
   p.dq_acc = dq_sums.data();
   GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_sums.bytes(), stream));
-  const bool hopper = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
   const TileMaps maps = tile_maps(p, shape.dim_qk, q, num_tokens, k, v, num_tokens, d_out);
   for_each_slot_chunk(p, max_len, max_len, stream, [&](const Params& chunk) {
     with_dim_and_bias(shape.dim_qk, chunk, [&](auto d, auto has_bias) {
@@ -1768,7 +1773,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
       constexpr int kBias = decltype(has_bias)::value;
       auto launch = [&](auto groups) {
         constexpr int G = decltype(groups)::value;
-        const size_t bytes = key_smem_bytes<T, D, kBias, G>(hopper && D >= 64);
+        const size_t bytes = key_smem_bytes<T, D, kBias, G>(wgmma_path(D));
         Params key_p = chunk;
         key_p.num_tiles = static_cast<int>(std::max<int64_t>(1, ceil_div(max_len, G * kRows)));
         // The blocks of a pair share its Q and dO and add into its fp32 dQ sums.
@@ -1781,7 +1786,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
       // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
       // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
       if constexpr (D == 128) {
-        if (hopper) {
+        if (wgmma_path(D)) {
           launch(std::integral_constant<int, 2>{});
           return;
         }
