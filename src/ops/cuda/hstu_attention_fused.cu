@@ -619,10 +619,11 @@ __device__ __forceinline__ void for_each_score(F&& f) {
 
 // The activation of a score fragment two neighbours of a row at a time, their tanh(z / 2) one
 // tanh_pair: z = pre(n, e, half, row, col) for both (as for_each_score), then post(n, e, half,
-// row, col, z, tanh(z / 2)). In the forward kernels with a relative bias this took ptxas's
-// serialisation of their wgmma pipeline away (C7511): 4-12% faster, the backward with a time bias
-// 3-4% and the cached forward's key split 7-8% (H200). The unbiased training kernels ran up to 9%
-// slower with it (the conversions' issue slots), so they keep one tanh_approx per element.
+// row, col, z, tanh(z / 2)). In the forward kernels with a relative bias this also took ptxas's
+// serialisation of their wgmma pipeline away (C7511): 5-11% faster on an H100, the backward with
+// a time bias 2-3%, the cached forward's key split a few %. The unbiased training kernels ran up
+// to 9% slower with it (H200; the conversions' issue slots), so they keep one tanh_approx per
+// element.
 template <typename Pre, typename Post>
 __device__ __forceinline__ void for_each_score_pair(Pre&& pre, Post&& post) {
   const int lane = lane_id(), w = group_warp();
@@ -891,7 +892,7 @@ __global__ void __launch_bounds__(kThreads)
         };
         if constexpr (kBias != kNoBias || kSplit) {
           for_each_score_pair(pre, post);
-        } else {  // as pre and post, in the order ptxas keeps the wgmma pipeline for
+        } else {  // pre and post without bias as one lambda: composed, ptxas serialised the wgmma
           for_each_score([&](int n, int e, int, int row, int col) {
             const float z = p.alpha * sc[n][e];
             bool keep = true;
