@@ -1,3 +1,5 @@
+#include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
+
 #include "ops/cuda/tensor_map.h"
 
 #include <cudaTypedefs.h>
@@ -28,8 +30,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encoder() {
 CUtensorMap head_slice_map(const void* base, int64_t tokens, int64_t heads, int64_t dim,
                            int64_t ld) {
   constexpr int64_t kBytes = 2;  // 16-bit values
-  GENREC_CHECK(reinterpret_cast<uintptr_t>(base) % 16 == 0 && (ld * kBytes) % 16 == 0 &&
-                   dim % 64 == 0 && ld >= heads * dim && tokens > 0 && tokens < (int64_t{1} << 31),
+  GENREC_CHECK(detail::aligned16(base) && (ld * kBytes) % 16 == 0 && dim % 64 == 0 &&
+                   ld >= heads * dim && tokens > 0 && tokens < (int64_t{1} << 31),
                "tensor map: base {}, {} tokens x {} heads x {} dims with stride {} not mappable",
                base, tokens, heads, dim, ld);
   const cuuint64_t sizes[3] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(heads),
