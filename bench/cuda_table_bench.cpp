@@ -309,7 +309,7 @@ int main(int argc, char** argv) {
       const double filled = static_cast<double>(table.size(stream)) / capacity;
       Philox rng(static_cast<uint64_t>(row.dim * 1000 + row.load * 100));
       uint64_t fresh = present;  // next never-inserted key index
-      // keys() runs before the timed interval, after() behind it.
+      // keys_for_call() runs before the timed interval, after() behind it.
       auto time_op = [&](auto&& keys_for_call, auto&& op, auto&& after) {
         std::vector<float> ms;
         for (int r = 0; r <= reps; ++r) {  // call 0 warms up
