@@ -80,8 +80,14 @@ void upload_keys(uint64_t* dst, const std::vector<uint64_t>& keys, cudaStream_t 
 
 // HierarchicalKV's benchmark divides keys per second by 2^30 and calls it billions.
 constexpr double kPeerBillion = static_cast<double>(1 << 30) / 1e9;
-// The share of the peer's timed keys that are the last inserted batch's (the rest are new).
-constexpr double kPeerHits = 0.6;
+// The peer's timed keys per call that are the last inserted batch's, 60% (the rest are new).
+constexpr int64_t kPeerHitKeys = kKeys * 6 / 10;
+
+// The index of the peer's mix's hit key i after keys 0 .. inserted - 1 went in, in batches of
+// kKeys: key i of the last batch.
+uint64_t peer_hit_index(int64_t inserted, int64_t i) {
+  return static_cast<uint64_t>(std::max<int64_t>(0, inserted - kKeys) + i % inserted);
+}
 
 // ours in B-KV/s; peer as published (2^30 keys per second), < 0 for none.
 std::string cell(double ours, double peer) {
@@ -151,7 +157,6 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
                                    static_cast<uint64_t>(total));
     };
     Philox rng(2024);
-    const int64_t hits = static_cast<int64_t>(kPeerHits * static_cast<double>(kKeys));
     uint64_t fresh = static_cast<uint64_t>(total);  // next never-inserted key index
     enum KeySet { kPeerMix, kUniform, kZipfRanks };
     for (const KeySet set : {kPeerMix, kUniform, kZipfRanks}) {
@@ -159,8 +164,7 @@ void run_tiered(bool quick, int reps, uint64_t* d_keys, float* d_values, uint8_t
         for (int64_t i = 0; i < kKeys; ++i) {
           uint64_t index = 0;
           if (set == kPeerMix) {
-            index =
-                i < hits ? static_cast<uint64_t>(std::max<int64_t>(0, total - kKeys) + i) : fresh++;
+            index = i < kPeerHitKeys ? peer_hit_index(total, i) : fresh++;
           } else if (set == kUniform) {
             index = rng.below(static_cast<uint64_t>(total));
           } else {
@@ -351,17 +355,15 @@ int main(int argc, char** argv) {
       };
       // The peer's mix: the first 60% of the last inserted batch's keys (the loads are whole
       // batches), then fresh keys, new for every call and erased after it.
-      const int64_t hits = static_cast<int64_t>(kPeerHits * static_cast<double>(kKeys));
-      const int64_t last_batch = std::max<int64_t>(0, present - kKeys);
-      for (int64_t i = 0; i < hits; ++i) keys[i] = key_of(last_batch + i % present);
+      for (int64_t i = 0; i < kPeerHitKeys; ++i) keys[i] = key_of(peer_hit_index(present, i));
       auto mixed_keys = [&] {
-        for (int64_t i = hits; i < kKeys; ++i) keys[i] = key_of(fresh++);
+        for (int64_t i = kPeerHitKeys; i < kKeys; ++i) keys[i] = key_of(fresh++);
         upload_keys(d_keys, keys, stream);
         reset_evicted();
       };
       double peer_mix[kOps], uniform[kOps];
       time_keyed(peer_mix, mixed_keys, mixed_keys,
-                 [&] { table.erase(d_keys + hits, kKeys - hits, stream); });
+                 [&] { table.erase(d_keys + kPeerHitKeys, kKeys - kPeerHitKeys, stream); });
       // Uniform hits; insert_and_evict (last: the load grows by 1M keys per call) new keys only.
       for (auto& k : keys) k = key_of(rng.below(present));
       upload_keys(d_keys, keys, stream);
