@@ -10,6 +10,13 @@
 #   tools/device/run.sh               unpack, configure, build, CUDA tests, CPU tests, benchmarks
 #   tools/device/run.sh --build-only  unpack, configure, build (what can be checked without a GPU)
 #   tools/device/run.sh --no-bench    everything but the benchmarks
+#   tools/device/run.sh --prebuilt    unpack, then test and benchmark the binaries already in the
+#                                     build directory (built elsewhere: see below)
+# The build needs no GPU: `--build-only` on any x86-64 Linux machine with the CUDA toolkit and
+# the .deb files compiles the same binaries, and `--prebuilt` runs them on the GPU machine
+# without spending its time on compiling. The tests then run from the gtest binary itself
+# (ctest's files name the build machine's paths), and the benchmarks whose binary is missing
+# are skipped.
 # Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90a), GENREC_JOBS (nproc),
 # GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300),
 # GENREC_TARGETS (build only these CMake targets, e.g. "genrec_tests genrec_attention_bench").
@@ -30,12 +37,14 @@ JOBS="${GENREC_JOBS:-$(nproc)}"
 LOGS="${GENREC_LOG_DIR:-$REPO/$BUILD/logs}"
 
 build_only=0
+prebuilt=0
 bench=1
 for arg in "$@"; do
   case "$arg" in
     --build-only) build_only=1 ;;
     --no-bench) bench=0 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    --prebuilt) prebuilt=1 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -122,9 +131,12 @@ configure() {
   export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"
   # CMAKE_POLICY_VERSION_MINIMUM: CMake 4 refuses package files that ask for policies < 3.5.
   # -rpath-link: lets the linker resolve libopenblas's own dependency (libgfortran) in .deps.
+  # GENREC_ROCKSDB=OFF: .deps has no RocksDB, so binaries built on a machine that has it would
+  # not load on the GPU machine.
   cmake -S "$REPO" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
     -DGENREC_CUDA=ON \
+    -DGENREC_ROCKSDB=OFF \
     -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
     -DCMAKE_PREFIX_PATH="$USR" \
     -DCMAKE_LIBRARY_PATH="$BLASDIR;$LIBDIR" \
@@ -147,16 +159,64 @@ build() {
   [ "${PIPESTATUS[0]}" -eq 0 ]
 }
 
-# run_tests NAME CTEST-ARGS...: ctest with a pass/fail count as the step detail.
+# run_tests NAME CUDA|CPU: the CUDA tests (names starting with Cuda) or the others, with a
+# pass/fail count as the step detail; ctest (the CPU tests in parallel), or with --prebuilt the
+# gtest binary itself under one timeout.
 run_tests() {
-  local name="$1"
-  shift
-  ctest --test-dir "$BUILD" --output-on-failure --timeout "${GENREC_TEST_TIMEOUT:-600}" "$@" 2>&1 | tee "$LOGS/$name.log"
-  local rc=${PIPESTATUS[0]}
+  local name="$1" kind="$2" rc
+  if [ "$prebuilt" -eq 1 ]; then
+    local filter='Cuda*'
+    [ "$kind" = CPU ] && filter='-Cuda*'
+    timeout "${GENREC_TEST_TIMEOUT:-600}" "$BUILD/genrec_tests" --gtest_filter="$filter" 2>&1 |
+      tee "$LOGS/$name.log"
+    rc=${PIPESTATUS[0]}
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?[,.]" "$LOGS/$name.log" |
+      sed -E 's/^\[ *([A-Z]+) *\] ([0-9]+) tests?.*/\2 \L\1/' | paste -sd, >"$LOGS/$name.txt"
+    grep -E "^\[  FAILED +\] [A-Za-z]" "$LOGS/$name.log" | sed -E 's/^\[  FAILED  \] ([^ ]+).*/  failed: \1/' |
+      sort -u | head -10 >>"$LOGS/$name.txt"
+    if [ "$rc" -eq 124 ]; then
+      echo "  timed out after ${GENREC_TEST_TIMEOUT:-600} s" >>"$LOGS/$name.txt"
+    elif [ "$rc" -ne 0 ] && [ ! -s "$LOGS/$name.txt" ]; then
+      echo "genrec_tests ended with status $rc before its summary" >"$LOGS/$name.txt"
+    fi
+    return "$rc"
+  fi
+  local args=(-R '^Cuda')
+  [ "$kind" = CPU ] && args=(-E '^Cuda' -j"$JOBS")
+  ctest --test-dir "$BUILD" --output-on-failure --timeout "${GENREC_TEST_TIMEOUT:-600}" "${args[@]}" 2>&1 | tee "$LOGS/$name.log"
+  rc=${PIPESTATUS[0]}
   grep -E "tests passed|tests failed" "$LOGS/$name.log" | tail -1 >"$LOGS/$name.txt"
   grep -E "^\s+[0-9]+ - .*\((Failed|SEGFAULT|Timeout|Subprocess aborted|Exception)" "$LOGS/$name.log" |
     head -10 | sed 's/^ */  failed: /' >>"$LOGS/$name.txt"
   return "$rc"
+}
+
+# check_prebuilt: the build directory holds the test binary (the benchmarks are optional), and
+# the CUDA runtime the binaries were linked against is found where this machine's toolkit is
+# (their run path names the build machine's).
+check_prebuilt() {
+  if [ ! -x "$BUILD/genrec_tests" ]; then
+    echo "no $BUILD/genrec_tests: build it with run.sh --build-only" | tee "$LOGS/prebuilt.txt" >&2
+    return 1
+  fi
+  local nvcc cuda
+  nvcc="$(command -v nvcc || true)"
+  cuda="${CUDA_HOME:-${nvcc:+$(dirname "$(dirname "$nvcc")")}}"
+  cuda="${cuda:-/usr/local/cuda}"
+  for dir in "$cuda/lib64" "$cuda/lib"; do
+    [ -d "$dir" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"
+  done
+  echo "binaries from $BUILD; CUDA libraries from $cuda" >"$LOGS/prebuilt.txt"
+}
+
+# bench_step NAME BINARY FUNCTION: a benchmark step, skipped (not failed) when only some targets
+# were built (GENREC_TARGETS, or a --prebuilt directory without that binary).
+bench_step() {
+  if [ ! -x "$BUILD/$2" ]; then
+    summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$1" skip 0 "$2 not built")")
+    return 0
+  fi
+  step "$1" "$LOGS/$3.txt" "run_${3//-/_}"
 }
 
 run_bench() {
@@ -194,20 +254,27 @@ run_train_bench() {
 
 mkdir -p "$LOGS" "$BUILD"
 export LD_LIBRARY_PATH="$RUNTIME${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-step unpack "$LOGS/unpack.txt" unpack &&
-  step configure "$LOGS/configure.txt" configure &&
-  step build "" build
+if [ $prebuilt -eq 1 ]; then
+  step unpack "$LOGS/unpack.txt" unpack &&
+    step "prebuilt binaries" "$LOGS/prebuilt.txt" check_prebuilt
+else
+  step unpack "$LOGS/unpack.txt" unpack &&
+    step configure "$LOGS/configure.txt" configure &&
+    step build "" build
+fi
 built=$?
 if [ $built -eq 0 ] && [ $build_only -eq 0 ]; then
   if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     echo "run.sh: nvidia-smi finds no GPU; the CUDA tests will skip themselves"
   fi
-  step "CUDA tests" "$LOGS/cuda-tests.txt" run_tests cuda-tests -R '^Cuda'
-  step "CPU tests" "$LOGS/cpu-tests.txt" run_tests cpu-tests -E '^Cuda' -j"$JOBS"
-  [ $bench -eq 1 ] && step benchmark "$LOGS/bench.txt" run_bench
-  [ $bench -eq 1 ] && step "attention benchmark" "$LOGS/attention-bench.txt" run_attention_bench
-  [ $bench -eq 1 ] && step "table benchmark" "$LOGS/table-bench.txt" run_table_bench
-  [ $bench -eq 1 ] && step "train benchmark" "$LOGS/train-bench.txt" run_train_bench
+  step "CUDA tests" "$LOGS/cuda-tests.txt" run_tests cuda-tests CUDA
+  step "CPU tests" "$LOGS/cpu-tests.txt" run_tests cpu-tests CPU
+  if [ $bench -eq 1 ]; then
+    bench_step benchmark genrec_cuda_bench bench
+    bench_step "attention benchmark" genrec_attention_bench attention-bench
+    bench_step "table benchmark" genrec_table_bench table-bench
+    bench_step "train benchmark" genrec_train_bench train-bench
+  fi
 fi
 print_summary
 exit $failed
