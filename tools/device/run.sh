@@ -100,11 +100,14 @@ unpack() {
   # zstd's .pc gives libdir /usr/lib; Debian ships the library in the multiarch directory.
   sed -i "s|^libdir=\${exec_prefix}/lib\$|libdir=\${exec_prefix}/lib/$ARCH|" "$LIBDIR/pkgconfig/libzstd.pc"
   # Runtime libraries the system lacks (at least libgfortran for OpenBLAS, usually all).
-  local missing=() ldconfig
+  # The cache is read once: `ldconfig -p | grep -q` under pipefail fails at random when grep
+  # stops reading first (SIGPIPE), which would shadow a system library.
+  local missing=() ldconfig cache
   ldconfig="$(command -v ldconfig || echo /sbin/ldconfig)"
+  cache="$("$ldconfig" -p 2>/dev/null)"
   for soname in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libfmt.so.9 \
     libyaml-cpp.so.0.7 libxxhash.so.0 libzstd.so.1 libpkgconf.so.3; do
-    if ! "$ldconfig" -p 2>/dev/null | grep -q "[[:space:]]$soname "; then
+    if ! grep -q "[[:space:]]$soname " <<<"$cache"; then
       local file
       file="$(find "$LIBDIR" "$BLASDIR" -maxdepth 1 -name "$soname" | head -1)"
       [ -n "$file" ] && ln -sf "$file" "$RUNTIME/$soname" && missing+=("$soname")
