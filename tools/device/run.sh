@@ -18,7 +18,8 @@
 # (ctest's files name the build machine's paths), and the benchmarks whose binary is missing
 # are skipped.
 # Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90a), GENREC_JOBS (nproc),
-# GENREC_TEST_TIMEOUT (seconds per test, 600), GENREC_TABLE_BENCH_TIMEOUT (seconds, 300),
+# GENREC_TEST_TIMEOUT (seconds per test, 600; with --prebuilt per half: CUDA, then CPU tests),
+# GENREC_TABLE_BENCH_TIMEOUT (seconds, 300),
 # GENREC_TARGETS (build only these CMake targets, e.g. "genrec_tests genrec_attention_bench").
 # Logs go to $GENREC_LOG_DIR when it is set, else build-device/logs.
 set -uo pipefail
@@ -51,6 +52,11 @@ done
 
 summary=()
 failed=0
+# summary_row NAME STATUS SECONDS DETAIL: one line of the summary table.
+summary_row() {
+  summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$@")")
+}
+
 # step NAME DETAIL-FILE COMMAND...: runs COMMAND, records ok/FAIL, seconds and a detail line.
 step() {
   local name="$1" detail_file="$2"
@@ -60,8 +66,7 @@ step() {
   "$@"
   rc=$?
   [ -n "$detail_file" ] && [ -f "$detail_file" ] && detail="$(cat "$detail_file")"
-  summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
-    "$((SECONDS - start))" "$detail")")
+  summary_row "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$((SECONDS - start))" "$detail"
   [ $rc -eq 0 ] || failed=1
   return $rc
 }
@@ -202,7 +207,7 @@ check_prebuilt() {
     echo "no $BUILD/genrec_tests: build it with run.sh --build-only" | tee "$LOGS/prebuilt.txt" >&2
     return 1
   fi
-  local nvcc cuda
+  local nvcc cuda dir
   nvcc="$(command -v nvcc || true)"
   cuda="${CUDA_HOME:-${nvcc:+$(dirname "$(dirname "$nvcc")")}}"
   cuda="${cuda:-/usr/local/cuda}"
@@ -216,7 +221,7 @@ check_prebuilt() {
 # were built (GENREC_TARGETS, or a --prebuilt directory without that binary).
 bench_step() {
   if [ ! -x "$BUILD/$2" ]; then
-    summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$1" skip 0 "$2 not built")")
+    summary_row "$1" skip 0 "$2 not built"
     return 0
   fi
   step "$1" "$LOGS/$3.txt" "run_${3//-/_}"
@@ -257,14 +262,12 @@ run_train_bench() {
 
 mkdir -p "$LOGS" "$BUILD"
 export LD_LIBRARY_PATH="$RUNTIME${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if [ $prebuilt -eq 1 ]; then
-  step unpack "$LOGS/unpack.txt" unpack &&
+step unpack "$LOGS/unpack.txt" unpack &&
+  if [ $prebuilt -eq 1 ]; then
     step "prebuilt binaries" "$LOGS/prebuilt.txt" check_prebuilt
-else
-  step unpack "$LOGS/unpack.txt" unpack &&
-    step configure "$LOGS/configure.txt" configure &&
-    step build "" build
-fi
+  else
+    step configure "$LOGS/configure.txt" configure && step build "" build
+  fi
 built=$?
 if [ $built -eq 0 ] && [ $build_only -eq 0 ]; then
   if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
