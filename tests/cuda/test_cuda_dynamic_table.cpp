@@ -352,6 +352,12 @@ TEST(CudaDynamicTable, RandomOpsMatchModelEpochLruHostRows) {
   run_random_ops({32, OptimizerState::kNone, EvictionPolicy::kEpochLru, true});
 }
 
+// New keys' host rows are written after the kernels (kNewHostRow), their optimizer state too.
+TEST(CudaDynamicTable, RandomOpsMatchModelAdagradHostRows) {
+  GENREC_REQUIRE_CUDA();
+  run_random_ops({16, OptimizerState::kAdagrad, EvictionPolicy::kLru, true});
+}
+
 TEST(CudaDynamicTable, DuplicateKeysInOneBatch) {
   GENREC_REQUIRE_CUDA();
   CudaTableOptions opt;
@@ -469,16 +475,25 @@ TEST(CudaDynamicTable, ManyDuplicatesOnTwoBuckets) {
 
 // insert_or_assign and assign batches where each key occurs dozens of times across many blocks:
 // the occurrences race to write one row, the last one's values (and custom score) must win and
-// every occurrence counts as one access. Even rounds insert (the first one new keys, whose
-// duplicates find the row the insert kernel publishes), odd rounds assign with absent keys.
-void run_duplicate_writes(int64_t dim, EvictionPolicy policy) {
-  SCOPED_TRACE(testing::Message() << "dim " << dim << " " << eviction_policy_name(policy));
+// every occurrence counts as one access. Even rounds insert keys of a window that moves by 150
+// keys every insert round (new keys, whose duplicates find the row the insert kernel publishes, and
+// the newest old ones), odd rounds assign with absent keys. device_slots >= 0: rows in host memory
+// past that many slots of each of the 128 buckets (2: a bucket's third key and later ones move its
+// older device rows to host; 0: every row is a host row, new ones written after their duplicates'
+// writes).
+void run_duplicate_writes(int64_t dim, EvictionPolicy policy, int device_slots = -1) {
+  SCOPED_TRACE(testing::Message() << "dim " << dim << " " << eviction_policy_name(policy)
+                                  << " device slots " << device_slots);
   CudaTableOptions opt;
   opt.dim = dim;
   opt.initializer = {InitKind::kUniform, 1.0f, 21};
   opt.capacity = 1 << 14;
   opt.eviction = policy;
+  if (device_slots >= 0) opt.max_hbm_row_bytes = 128 * device_slots * ((dim + 3) / 4 * 4) * 4;
   CudaDynamicTable table(opt);
+  if (device_slots >= 0) {
+    ASSERT_EQ(table.host_slots(), 128 * (128 - device_slots));
+  }
   Model m;
   m.dim = dim;
   m.init = opt.initializer;
@@ -494,8 +509,9 @@ void run_duplicate_writes(int64_t dim, EvictionPolicy policy) {
     m.step = round + 1;
     table.set_step(m.step);
     const bool insert = round % 2 == 0;
+    const uint64_t first = insert ? 75 * round : 0, count = insert ? 300 : 600;
     std::vector<uint64_t> keys(n);
-    for (auto& k : keys) k = universe[rng.below(insert ? 400 : 600)];
+    for (auto& k : keys) k = universe[first + rng.below(count)];
     const auto scores = custom_scores(keys, custom, rng);
     std::vector<float> values(n * dim);
     for (int64_t x = 0; x < n * dim; ++x) values[x] = static_cast<float>(x + round);
@@ -531,16 +547,30 @@ TEST(CudaDynamicTable, DuplicateWritesLastOccurrenceWins) {
   run_duplicate_writes(5, EvictionPolicy::kCustom);  // rows copied after the mark
 }
 
+TEST(CudaDynamicTable, DuplicateWritesLastOccurrenceWinsInHostRows) {
+  GENREC_REQUIRE_CUDA();
+  for (int device_slots : {2, 0}) {
+    run_duplicate_writes(8, EvictionPolicy::kLfu, device_slots);
+    run_duplicate_writes(5, EvictionPolicy::kCustom, device_slots);
+  }
+}
+
 // insert_or_assign of new keys (each twice) into a full one-bucket table with EvictedRows: the
 // evicted rows are the lowest (score, key) ones, and their keys, scores and full rows (values,
 // then optimizer state) come out exactly; the new keys keep their last occurrence's values.
-TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
-  GENREC_REQUIRE_CUDA();
+// device_slots >= 0: rows past that many slots in host memory, so new keys move device rows to
+// host slots, and the next new key may evict a row moved earlier in the call.
+void run_insert_and_evict_exact(int device_slots) {
+  SCOPED_TRACE(testing::Message() << "device slots " << device_slots);
   const int64_t dim = 6;
   CudaTableOptions opt = one_bucket(dim, 6);
   opt.optimizer = OptimizerState::kAdagrad;
   opt.initial_state = 0.25f;
+  if (device_slots >= 0) opt.max_hbm_row_bytes = device_slots * 8 * 4;  // rows of 8 floats
   CudaDynamicTable table(opt);
+  if (device_slots >= 0) {
+    ASSERT_EQ(table.host_slots(), 128 - device_slots);
+  }
   ASSERT_EQ(table.capacity(), 128);
   const int64_t state_dim = table.state_dim(), row_dim = table.row_dim();
   ASSERT_GT(state_dim, 0);
@@ -621,14 +651,23 @@ TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
   }
 }
 
+TEST(CudaDynamicTable, InsertAndEvictWritesEvictedRowsExactly) {
+  GENREC_REQUIRE_CUDA();
+  run_insert_and_evict_exact(-1);
+  run_insert_and_evict_exact(64);
+}
+
 // A one-bucket table (128 slots) evicts exactly like the CPU table bounded to 128 rows, and the
 // evicted rows carry the same scores, stamps and values.
-void run_eviction_against_cpu(EvictionPolicy policy) {
-  SCOPED_TRACE(eviction_policy_name(policy));
+// device_slots >= 0: rows past that many slots in host memory (new keys move device rows there).
+void run_eviction_against_cpu(EvictionPolicy policy, int device_slots = -1) {
+  SCOPED_TRACE(testing::Message() << eviction_policy_name(policy) << " device slots "
+                                  << device_slots);
   const int64_t dim = 4;
   const bool custom = policy == EvictionPolicy::kCustom;
   CudaTableOptions opt = one_bucket(dim, 5);
   opt.eviction = policy;
+  if (device_slots >= 0) opt.max_hbm_row_bytes = device_slots * dim * 4;
   CudaDynamicTable gpu(opt);
   ASSERT_EQ(gpu.capacity(), 128);
   TableOptions copt;
@@ -704,6 +743,13 @@ TEST(CudaDynamicTable, EvictionOrderMatchesCpuTable) {
   for (auto p : {EvictionPolicy::kLru, EvictionPolicy::kLfu, EvictionPolicy::kEpochLru,
                  EvictionPolicy::kEpochLfu, EvictionPolicy::kCustom}) {
     run_eviction_against_cpu(p);
+  }
+}
+
+TEST(CudaDynamicTable, EvictionOrderMatchesCpuTableWithHostRows) {
+  GENREC_REQUIRE_CUDA();
+  for (auto p : {EvictionPolicy::kLru, EvictionPolicy::kLfu, EvictionPolicy::kCustom}) {
+    run_eviction_against_cpu(p, 40);
   }
 }
 

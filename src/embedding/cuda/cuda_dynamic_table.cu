@@ -7,10 +7,12 @@
 //    write their values, stamps and custom scores (see mark_and_write), and find_or_insert
 //    copies their rows out. Absent keys are left pending.
 // 2. insert (pending keys only): probe again (a duplicate may have inserted the key meanwhile),
-//    else claim the bucket's lowest free slot without a lock (a CAS on its digest), else under
-//    the bucket lock evict the unmarked slot with the lowest (score, key); the new row is
-//    written, stamped and marked before its key is published, and duplicates that find it mark
-//    and write like the lookup (see the kernel).
+//    else claim the bucket's lowest free slot (with host rows: free device slot) without a lock
+//    (a CAS on its digest), else under the bucket lock take a free slot or evict the unmarked
+//    slot with the lowest (score, key), and when that slot's row is in host memory, move the
+//    lowest-scored unmarked device row there and take its device slot; the new row is written,
+//    stamped and marked before its key is published, and duplicates that find it mark and
+//    write like the lookup (see the kernels).
 // 3. rewrite: the few rows that several occurrences may have written get the values (and
 //    custom score) of the occurrence their mark names, the last one, as on the CPU.
 // Because every present key of the batch is marked before any eviction can happen, no row of
@@ -55,6 +57,7 @@ struct BatchArgs {
   uint8_t* pending = nullptr;   // inserting calls, per key: absent at lookup, to be inserted
   int64_t* rewrites = nullptr;  // room for n (slot, occurrence) pairs, see mark_and_write
   HostRowQueue host_queue;      // lookup_kernel<., true>: host-row copies left to copy_host_rows
+  float* demoted = nullptr;     // n x (dim + state_dim): rows demote_device_row moves to host
   EvictedRows evicted;
   RemovalSink removals;  // the evict kernel logs its victims here
   InitParams init;
@@ -231,31 +234,58 @@ __device__ __forceinline__ void write_out_victim(const Tile& tile, const Evicted
   tile.sync();  // the victim's row is read before the new row overwrites it
 }
 
-// The lowest free slot of a bucket given the lanes' digests `word`, or -1 when it is full.
-__device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word) {
-  const uint32_t free_mask = digest_matches(word, 0);
+// A lane's bits (bit j: slot kSlotsPerLane * lane + j) of the slots in [lo, hi).
+__device__ __forceinline__ uint32_t lane_slots_in(int lane, int lo, int hi) {
+  const int first = lane * kSlotsPerLane;
+  const int from = min(max(lo - first, 0), kSlotsPerLane),
+            to = min(max(hi - first, 0), kSlotsPerLane);
+  return ((1u << to) - 1) & ~((1u << from) - 1);
+}
+
+// The lowest free slot in [lo, hi) of a bucket given the lanes' digests `word`, or -1 when there
+// is none.
+__device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word, int lo = 0,
+                                                int hi = kBucketSlots) {
+  const uint32_t free_mask =
+      digest_matches(word, 0) & lane_slots_in(static_cast<int>(tile.thread_rank()), lo, hi);
   const unsigned frees = tile.ballot(free_mask != 0);
   if (frees == 0) return -1;
   const int lane = __ffs(frees) - 1;
   return lane * kSlotsPerLane + __ffs(tile.shfl(free_mask, lane)) - 1;
 }
 
-// The slot to evict from the full bucket `base`: the unmarked one with the lowest (score, key),
-// or -1 when every slot holds a key of this batch. Called under the bucket lock. Slots claimed
-// but not yet published (key still kEmptyKey) belong to this batch: the key is read with acquire
-// so that a published key's mark is seen with it (the claimer marks before publishing).
+// The mark of a row the evict kernel moved from a device slot to a host slot in this call
+// (batch << 32 | kDemotedMark | occurrence that moved it): its row is still staged in
+// BatchArgs::demoted until copy_host_rows writes it, and it may be evicted like any row outside
+// the batch. Batches have fewer than 2^31 keys, so no occurrence mark has the bit.
+constexpr uint64_t kDemotedMark = 1ull << 31;
+
+__device__ __forceinline__ bool demoted_in(uint64_t mark, uint32_t batch) {
+  return (mark >> 32) == batch && (mark & kDemotedMark) != 0;
+}
+
+// The slot in [lo, hi) of bucket `base` to evict (or demote): the one outside the batch (its mark
+// is not this batch's, or it was demoted in this call) with the lowest (score, key), or -1 when
+// there is none. Called under the bucket lock. Slots claimed but not yet published (key still
+// kEmptyKey) belong to this batch: the key is read with acquire so that a published key's mark is
+// seen with it (the claimer marks before publishing).
 __device__ __forceinline__ int choose_victim(const Tile& tile, const TableView& t, uint64_t base,
                                              uint32_t batch, uint64_t* victim_key,
-                                             uint64_t* victim_score) {
+                                             uint64_t* victim_score, int lo = 0,
+                                             int hi = kBucketSlots) {
   const int lane = static_cast<int>(tile.thread_rank());
+  const uint32_t in_range = lane_slots_in(lane, lo, hi);
   int best = -1;
   uint64_t best_score = 0, best_key = 0;
   for (int j = 0; j < kSlotsPerLane; ++j) {
+    if ((in_range >> j & 1) == 0) continue;
     const Slot& slot = t.slots[base + lane * kSlotsPerLane + j];
     const uint64_t k =
         ::cuda::atomic_ref<uint64_t, ::cuda::thread_scope_device>(const_cast<uint64_t&>(slot.key))
             .load(::cuda::memory_order_acquire);
-    if (k == kEmptyKey || (load_relaxed(&slot.mark) >> 32) == batch) continue;
+    if (k == kEmptyKey) continue;
+    const uint64_t mark = load_relaxed(&slot.mark);
+    if ((mark >> 32) == batch && (mark & kDemotedMark) == 0) continue;
     const uint64_t sc = load_relaxed(&slot.score);
     if (best < 0 || sc < best_score || (sc == best_score && k < best_key)) {
       best = lane * kSlotsPerLane + j;
@@ -294,13 +324,16 @@ __device__ __forceinline__ bool claim_slot(const Tile& tile, const TableView& t,
 
 // Writes a new key's row (the initializer's values or occurrence i's, initial state), mark,
 // score and stamp into slot s, then publishes the key (publish_key). The whole tile calls it.
+// row_later: the row is left to copy_host_rows (a host row noted with kNewHostRow).
 __device__ __forceinline__ void write_new_row(const Tile& tile, const TableView& t,
                                               const BatchArgs& a, int64_t i, uint64_t key,
-                                              uint64_t s) {
-  float* row = row_ptr(t, s);
-  tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
-                a.state_dim);
-  if (a.values_in != nullptr) tile_copy<false>(tile, row, a.values_in + i * a.dim, a.dim);
+                                              uint64_t s, bool row_later = false) {
+  if (!row_later) {
+    float* row = row_ptr(t, s);
+    tile_init_row(tile, a.init, key, row, a.values_in == nullptr ? a.dim : 0, row + a.dim,
+                  a.state_dim);
+    if (a.values_in != nullptr) tile_copy<false>(tile, row, a.values_in + i * a.dim, a.dim);
+  }
   if (tile.thread_rank() == 0) {
     Slot& slot = t.slots[s];
     // The mark names this occurrence, so later ones rewrite the row.
@@ -337,8 +370,10 @@ __device__ __forceinline__ void finish_insert(const Tile& tile, const TableView&
   }
   if (tile.thread_rank() == 0 && a.flags != nullptr) a.flags[i] = s >= 0;
   if (a.op == BatchOp::kFindOrInsert) {
+    // A row found here was inserted by this call, so it holds the initial values: a host row's
+    // are computed again rather than read across PCIe (and may not be written yet, row_later).
     float* out = a.values_out + i * a.dim;
-    if (s >= 0) {
+    if (s >= 0 && host_row_of(t, static_cast<uint64_t>(s)) == kNoHostRow) {
       tile_copy<true>(tile, out, row_ptr(t, s), a.dim);
     } else {
       tile_init_row(tile, a.init, key, out, a.dim, nullptr, 0);
@@ -360,6 +395,9 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     insert_kernel(TableView t, BatchArgs a) {
   __shared__ unsigned long long added;
   begin_block_count(added);
+  // With host rows, new keys take device slots only (see evict_kernel).
+  const int new_key_slots =
+      t.hbm_per_bucket > 0 ? static_cast<int>(t.hbm_per_bucket) : kBucketSlots;
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     if (a.pending[i] == 0) return;
     const uint64_t key = a.keys[i];
@@ -373,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
       slot = find_in_bucket<true>(tile, t, b, word, key, digest);
       if (slot == kUnpublished) continue;
       if (slot >= 0) break;
-      slot = lowest_free_slot(tile, word);
+      slot = lowest_free_slot(tile, word, 0, new_key_slots);
       if (slot < 0) {
         if (tile.thread_rank() == 0) a.pending[i] = kBucketFull;
         return;
@@ -381,7 +419,14 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
       claimed = claim_slot(tile, t, base, word, slot, digest);
     }
     if (claimed) {
-      write_new_row(tile, t, a, i, key, base + slot);
+      // A host row (only in a table without device rows) is written after the kernels, in
+      // address order with the call's other host-row copies: written from here, rows spread
+      // over a 16 GiB host tier move at the 7.8 GB/s of random rows ("Host link" table of
+      // genrec_table_bench).
+      const uint64_t host_row =
+          a.host_queue.rows != nullptr ? host_row_of(t, base + slot) : kNoHostRow;
+      if (host_row != kNoHostRow) queue_host_row(tile, a.host_queue, i, host_row | kNewHostRow);
+      write_new_row(tile, t, a, i, key, base + slot, host_row != kNoHostRow);
       if (tile.thread_rank() == 0) atomicAdd(&added, 1ull);
     }
     finish_insert(tile, t, a, i, key, static_cast<int64_t>(base + slot), claimed);
@@ -389,35 +434,97 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
   end_block_count(added, t.size);
 }
 
-// Inserts the keys whose bucket the insert kernel found full: under the bucket lock, probe once
-// more (a duplicate may have inserted the key here), else evict the unmarked slot with the
-// lowest (score, key) (none when every slot holds a key of this batch: the key is not stored).
-// Slots only fill during the insert kernel, so these buckets are still full.
+// Evicts the victim of a full bucket `base` (choose_victim): its key, score, stamp and row go to
+// a.evicted and its key to the removal log; a row demoted earlier in this call is read from its
+// staging row and its queued host-row copy is cancelled. Returns the freed slot, or -1 when
+// every slot holds a key of this batch. Under the bucket lock.
+__device__ __forceinline__ int evict_lowest(const Tile& tile, const TableView& t,
+                                            const BatchArgs& a, uint64_t base) {
+  uint64_t key = 0, score = 0;
+  const int v = choose_victim(tile, t, base, a.batch, &key, &score);
+  if (v < 0) return -1;
+  const int64_t row_dim = a.dim + a.state_dim;
+  const uint64_t mark = load_relaxed(&t.slots[base + v].mark);
+  const bool staged = demoted_in(mark, a.batch);
+  const int64_t mover = static_cast<int64_t>(mark & (kDemotedMark - 1));
+  write_out_victim(tile, a.evicted, staged ? a.demoted + mover * row_dim : row_ptr(t, base + v),
+                   row_dim, key, score, &t.slots[base + v].stamp);
+  if (tile.thread_rank() == 0) {
+    if (staged) a.host_queue.rows[mover] = kNoHostRow;
+    log_removal(a.removals, key, a.step);
+  }
+  return v;
+}
+
+// Moves the device row with the lowest (score, key) outside the batch into host slot `to` of
+// bucket `base` (free, or a victim's), for occurrence i's new key to take its device slot, which
+// is returned (-1: every device row belongs to the batch). The row is staged in a.demoted row i
+// and written to host memory by copy_host_rows in address order with the call's other host rows;
+// key, digest, score and stamp move now. Under the bucket lock, with every present key of the
+// call marked, so no occurrence of the call reads the moved row.
+__device__ __forceinline__ int demote_device_row(const Tile& tile, const TableView& t,
+                                                 const BatchArgs& a, int64_t i, uint64_t base,
+                                                 int to) {
+  uint64_t key = 0, score = 0;
+  const int from =
+      choose_victim(tile, t, base, a.batch, &key, &score, 0, static_cast<int>(t.hbm_per_bucket));
+  if (from < 0) return -1;
+  const int64_t row_dim = a.dim + a.state_dim;
+  tile_copy<true>(tile, a.demoted + i * row_dim, row_ptr(t, base + from), row_dim);
+  if (tile.thread_rank() == 0) {
+    Slot& dst = t.slots[base + to];
+    const Slot& src = t.slots[base + from];
+    dst.score = score;
+    dst.stamp = load_relaxed(&src.stamp);
+    dst.mark = (static_cast<uint64_t>(a.batch) << 32) | kDemotedMark | static_cast<uint64_t>(i);
+    store_relaxed(&dst.key, key);
+    t.digests[base + to] = t.digests[base + from];
+    a.host_queue.rows[i] = host_row_of(t, base + to) | kDemotedHostRow;
+  }
+  tile.sync();  // the row is staged before the new key's row overwrites it
+  return from;
+}
+
+// Inserts the keys the insert kernel left (a full bucket, or with host rows no free device
+// slot), under the bucket lock: probe once more (a duplicate may have inserted the key here),
+// else take a free slot, else evict the row outside the batch with the lowest (score, key) (none
+// when every slot holds a key of this batch: the key is not stored). A slot whose row is in host
+// memory goes to the lowest-scored device row outside the batch instead (demote_device_row), and
+// the new key takes that device slot: new keys, the likeliest to be read again soon, are read
+// from device memory, and host memory holds the rows least recently (or least often) used.
 __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs a) {
+  __shared__ unsigned long long added;
+  begin_block_count(added);
+  const int device_slots = static_cast<int>(t.hbm_per_bucket);
   for_each_flagged_key(a.pending, kBucketFull, a.n, [&](const Tile& tile, int64_t i) {
     const uint64_t key = a.keys[i];
     const uint64_t h = mix64(key), b = h & t.bucket_mask, base = b * kBucketSlots;
     const uint32_t digest = digest_of(h);
     lock_bucket(tile, t.locks + b);
-    int slot = find_in_bucket<true>(tile, t, b, lane_digests<true>(tile, t, b), key, digest);
+    const uint64_t word = lane_digests<true>(tile, t, b);
+    int slot = find_in_bucket<true>(tile, t, b, word, key, digest);
     bool inserted = false;
     if (slot < 0) {
-      uint64_t victim_key = 0, victim_score = 0;
-      slot = choose_victim(tile, t, base, a.batch, &victim_key, &victim_score);
+      slot = lowest_free_slot(tile, word);
+      if (slot >= 0) {
+        if (tile.thread_rank() == 0) atomicAdd(&added, 1ull);
+      } else {
+        slot = evict_lowest(tile, t, a, base);
+      }
+      if (slot >= device_slots && device_slots > 0) {
+        const int from = demote_device_row(tile, t, a, i, base, slot);
+        if (from >= 0) slot = from;
+      }
       if (slot >= 0) {
         inserted = true;
-        write_out_victim(tile, a.evicted, row_ptr(t, base + slot), a.dim + a.state_dim, victim_key,
-                         victim_score, &t.slots[base + slot].stamp);
-        if (tile.thread_rank() == 0) {
-          t.digests[base + slot] = static_cast<uint8_t>(digest);
-          log_removal(a.removals, victim_key, a.step);
-        }
+        if (tile.thread_rank() == 0) t.digests[base + slot] = static_cast<uint8_t>(digest);
         write_new_row(tile, t, a, i, key, base + slot);
       }
     }
     unlock_bucket(tile, t.locks + b);
     finish_insert(tile, t, a, i, key, slot >= 0 ? static_cast<int64_t>(base + slot) : -1, inserted);
   });
+  end_block_count(added, t.size);
 }
 
 // Rewrites the queued rows (see mark_and_write) from the occurrence each mark names. The last
@@ -637,8 +744,8 @@ int64_t CudaDynamicTable::size(cudaStream_t stream) const {
 
 void CudaDynamicTable::check_batch(const uint64_t* keys, int64_t n, const uint64_t* scores,
                                    const char* op) const {
-  GENREC_CHECK(n >= 0 && n < int64_t{0xFFFFFFFF},
-               "CUDA dynamic table {}: batch size {} outside [0, 2^32 - 1)", op, n);
+  GENREC_CHECK(n >= 0 && n < int64_t{1} << 31,
+               "CUDA dynamic table {}: batch size {} outside [0, 2^31)", op, n);
   GENREC_CHECK(n == 0 || keys != nullptr, "CUDA dynamic table {}: null keys", op);
   if (options_.eviction == EvictionPolicy::kCustom) {
     GENREC_CHECK(n == 0 || scores != nullptr,
@@ -734,6 +841,12 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   const bool queue = storage_->host_slots() > 0;
   std::optional<HostRowCopies> copies;
   if (queue) a.host_queue = copies.emplace(n, stream).queue();
+  // Staging for the device rows the evict kernel moves to host slots (one per key at most).
+  const int64_t device_slots = t.hbm_per_bucket;
+  DeviceBuffer<float> demoted(
+      inserting && device_slots > 0 && device_slots < kBucketSlots ? n * (a.dim + a.state_dim) : 0,
+      stream);
+  a.demoted = demoted.data();
   if (writing) {
     if (queue) {
       lookup_kernel<true, true><<<grid, kThreads, 0, stream>>>(t, a);
@@ -768,7 +881,10 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   if (queue) {
     HostRowCopy copy;
     copy.dim = a.dim;
+    copy.state_dim = a.state_dim;
+    copy.state0 = a.init.state0;
     copy.batch = a.batch;
+    copy.demoted = a.demoted;
     if (op == BatchOp::kFindOrInsert) {
       copy.values_out = values_out;
     } else {

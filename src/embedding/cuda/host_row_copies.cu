@@ -21,14 +21,30 @@ __global__ void __launch_bounds__(kThreads)
     copy_host_rows_kernel(TableView t, const uint64_t* rows, const uint32_t* occurrences, int64_t n,
                           HostRowCopy c) {
   for_each_key(n, [&](const Tile& tile, int64_t k) {
-    const uint64_t r = rows[k];
+    uint64_t r = rows[k];
     if (r == kNoHostRow) return;
+    const bool is_new = (r & kNewHostRow) != 0;
+    const bool demoted = (r & kDemotedHostRow) != 0;
+    r &= ~(kNewHostRow | kDemotedHostRow);
     const int64_t i = occurrences[k];
     float* row = t.host_rows + static_cast<int64_t>(r) * t.stride;
+    if (demoted) {
+      const int64_t row_dim = c.dim + c.state_dim;
+      table::tile_copy<false>(tile, row, c.demoted + i * row_dim, row_dim);
+      return;
+    }
+    if (is_new) {  // the initial state; the values follow
+      table::tile_init_row(tile, table::InitParams{.state0 = c.state0}, 0, row, 0, row + c.dim,
+                           c.state_dim);
+    }
     if (c.values_in != nullptr) {
       const uint64_t mark = t.slots[table::slot_of_host_row(t, r)].mark;
       if (mark != ((static_cast<uint64_t>(c.batch) << 32) | static_cast<uint64_t>(i + 1))) return;
       table::tile_copy<false>(tile, row, c.values_in + i * c.dim, c.dim);
+      return;
+    }
+    if (is_new) {
+      table::tile_copy<false>(tile, row, c.values_out + i * c.dim, c.dim);
       return;
     }
     table::tile_copy<false>(tile, c.values_out + i * c.dim, row, c.dim);

@@ -17,13 +17,19 @@ namespace genrec::cuda {
 // What occurrence i does with its noted host row r: reads copy row r's values (dim floats) to
 // values_out row i and its state (state_dim floats) to states_out row i (optional); writes
 // (values_in set) copy values_in row i to row r when the slot's mark names occurrence i (the
-// last occurrence of the key in the call, see the batch marks in cuda_dynamic_table.cu).
+// last occurrence of the key in the call, see the batch marks in cuda_dynamic_table.cu). A new
+// row (noted with kNewHostRow) gets its initial state (state_dim floats of state0) and its
+// values: values_in row i under the same rule as a write, else values_out row i (find_or_insert
+// put the initial values there). A demoted row (kDemotedHostRow) is copied whole (dim +
+// state_dim floats) from demoted row i.
 struct HostRowCopy {
   float* values_out = nullptr;
   float* states_out = nullptr;
   const float* values_in = nullptr;
+  const float* demoted = nullptr;
   int64_t dim = 0, state_dim = 0;
-  uint32_t batch = 0;  // writes: the call's batch id
+  uint32_t batch = 0;   // writes: the call's batch id
+  float state0 = 0.0f;  // new rows' initial state
 };
 
 // The notes of one call of n occurrences, in buffers from the caching allocator.

@@ -1,15 +1,16 @@
 // Device memory of the CUDA dynamic table: buckets of 128 slots, each slot a one-byte digest and
 // a 32-byte Slot (key, eviction score, write stamp, batch mark), plus one lock word per bucket; the
-// rows (values then optimizer state, fp32) live in separate row-major arrays indexed by slot, so a
-// row never moves while its key stays. With a byte budget for device rows, the first hbm_per_bucket
-// slots of every bucket have their rows in device memory and the others in mapped pinned host
-// memory that the kernels read and write through the mapping. Inserts take a bucket's lowest free
-// slot, so device rows fill first and only a bucket's overflow past its device slots crosses the
-// bus (at load 0.75 with half the rows in host memory: 1/3 of the keys, where splitting the slots
-// by bucket would put half of them there). Host rows are slot-major: host slot k of every bucket
-// lies in one run (row k * buckets + b), so the rows in use, each bucket's lowest host slots, fill
-// the front of the host memory and a batch's host rows lie about twice as close together as in
-// bucket-major order, which halves the address translations per copied row.
+// rows (values then optimizer state, fp32) live in separate row-major arrays indexed by slot. With
+// a byte budget for device rows, the first hbm_per_bucket slots of every bucket have their rows in
+// device memory and the others in mapped pinned host memory that the kernels read and write
+// through the mapping. New keys take device slots: when a bucket's are full, its lowest-scored
+// device row outside the batch moves to a host slot (the only time a row moves while its key
+// stays), so device memory holds the rows most recently inserted or used and host memory the
+// coldest (at load 0.75 with half the rows in host memory: 1/3 of the keys, where splitting the
+// slots by bucket would put half of them there). Host rows are slot-major: host slot k of every
+// bucket lies in one run (row k * buckets + b), so the rows in use, each bucket's lowest host
+// slots, fill the front of the host memory and a batch's host rows lie about twice as close
+// together as in bucket-major order, which halves the address translations per copied row.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -49,8 +50,12 @@ struct TableView {
 
 // Where lookups of a table with host rows note the host-row copies they leave to
 // copy_host_rows (host_row_copies.h): for occurrence i, rows[i] = the host row to copy, or
-// kNoHostRow, and occurrences[i] = i.
+// kNoHostRow, and occurrences[i] = i. Inserts note rows they leave to the copies with a flag
+// added: kNewHostRow, a new key's host row (the insert kernel of a table without device rows);
+// kDemotedHostRow, the host row a device row moved to (the evict kernel, which staged the row).
 constexpr uint64_t kNoHostRow = ~0ull;
+constexpr uint64_t kNewHostRow = 1ull << 63;
+constexpr uint64_t kDemotedHostRow = 1ull << 62;
 struct HostRowQueue {
   uint64_t* rows = nullptr;
   uint32_t* occurrences = nullptr;
