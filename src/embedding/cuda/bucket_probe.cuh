@@ -149,6 +149,13 @@ __device__ __forceinline__ int probe(const Tile& tile, const TableView& t, uint6
   return find_in_bucket<kRacing>(tile, t, b, lane_digests<kRacing>(tile, t, b), key, digest);
 }
 
+// The mark occurrence i of batch `batch` leaves on a slot it accesses (see the batch marks in
+// cuda_dynamic_table.cu): the high half protects the row for the call, the low half names the
+// occurrence.
+__device__ __forceinline__ uint64_t mark_of(uint32_t batch, int64_t i) {
+  return (static_cast<uint64_t>(batch) << 32) | static_cast<uint64_t>(i + 1);
+}
+
 // The slot of `key` within its bucket (`bucket` is set), or < 0 when it is absent (see
 // find_in_bucket); the reserved empty key is never present.
 template <bool kRacing>

@@ -43,10 +43,6 @@ namespace {
 
 constexpr uint64_t kLow32 = 0xFFFFFFFFull;
 
-__device__ __forceinline__ uint64_t mark_of(uint32_t batch, int64_t i) {
-  return (static_cast<uint64_t>(batch) << 32) | static_cast<uint64_t>(i + 1);
-}
-
 struct BatchArgs {
   const uint64_t* keys = nullptr;
   int64_t n = 0;

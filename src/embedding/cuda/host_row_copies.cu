@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (c.values_in != nullptr) {
       const uint64_t mark = t.slots[table::slot_of_host_row(t, r)].mark;
-      if (mark != ((static_cast<uint64_t>(c.batch) << 32) | static_cast<uint64_t>(i + 1))) return;
+      if (mark != table::mark_of(c.batch, i)) return;
       table::tile_copy<false>(tile, row, c.values_in + i * c.dim, c.dim);
       return;
     }
