@@ -77,6 +77,12 @@ CudaTableOptions one_bucket(int64_t dim, uint64_t seed) {
   return opt;
 }
 
+// The max_hbm_row_bytes that keeps the rows of the lowest device_slots slots of each of `buckets`
+// buckets in device memory (rows of row_dim floats, padded to 4 as the table pads them).
+int64_t device_row_budget(int64_t buckets, int64_t device_slots, int64_t row_dim) {
+  return buckets * device_slots * ((row_dim + 3) / 4 * 4) * static_cast<int64_t>(sizeof(float));
+}
+
 // Inserts keys first .. first + count - 1 with rows of ones at step 1 and returns them.
 std::vector<uint64_t> insert_old_rows(CudaDynamicTable& table, int count, uint64_t first,
                                       cudaStream_t stream) {
@@ -181,10 +187,12 @@ void run_random_ops(const Config& cfg) {
   opt.initializer = {InitKind::kUniform, 0.5f, 11};
   opt.capacity = 16384;
   opt.eviction = cfg.policy;
-  const int64_t stride = (cfg.dim + optimizer_state_dim(cfg.optimizer, cfg.dim) + 3) / 4 * 4;
   // Host rows: device rows for the lowest 8 slots of each of the 128 buckets, so about half of
   // the universe's ~16 keys per bucket live in host memory.
-  if (cfg.host_rows) opt.max_hbm_row_bytes = 128 * 8 * stride * 4;
+  if (cfg.host_rows) {
+    opt.max_hbm_row_bytes =
+        device_row_budget(128, 8, cfg.dim + optimizer_state_dim(cfg.optimizer, cfg.dim));
+  }
   CudaDynamicTable table(opt);
   if (cfg.host_rows) {
     ASSERT_EQ(table.host_slots(), 128 * 120);
@@ -489,7 +497,7 @@ void run_duplicate_writes(int64_t dim, EvictionPolicy policy, int device_slots =
   opt.initializer = {InitKind::kUniform, 1.0f, 21};
   opt.capacity = 1 << 14;
   opt.eviction = policy;
-  if (device_slots >= 0) opt.max_hbm_row_bytes = 128 * device_slots * ((dim + 3) / 4 * 4) * 4;
+  if (device_slots >= 0) opt.max_hbm_row_bytes = device_row_budget(128, device_slots, dim);
   CudaDynamicTable table(opt);
   if (device_slots >= 0) {
     ASSERT_EQ(table.host_slots(), 128 * (128 - device_slots));
@@ -566,7 +574,10 @@ void run_insert_and_evict_exact(int device_slots) {
   CudaTableOptions opt = one_bucket(dim, 6);
   opt.optimizer = OptimizerState::kAdagrad;
   opt.initial_state = 0.25f;
-  if (device_slots >= 0) opt.max_hbm_row_bytes = device_slots * 8 * 4;  // rows of 8 floats
+  if (device_slots >= 0) {
+    opt.max_hbm_row_bytes =
+        device_row_budget(1, device_slots, dim + optimizer_state_dim(opt.optimizer, dim));
+  }
   CudaDynamicTable table(opt);
   if (device_slots >= 0) {
     ASSERT_EQ(table.host_slots(), 128 - device_slots);
@@ -667,7 +678,7 @@ void run_eviction_against_cpu(EvictionPolicy policy, int device_slots = -1) {
   const bool custom = policy == EvictionPolicy::kCustom;
   CudaTableOptions opt = one_bucket(dim, 5);
   opt.eviction = policy;
-  if (device_slots >= 0) opt.max_hbm_row_bytes = device_slots * dim * 4;
+  if (device_slots >= 0) opt.max_hbm_row_bytes = device_row_budget(1, device_slots, dim);
   CudaDynamicTable gpu(opt);
   ASSERT_EQ(gpu.capacity(), 128);
   TableOptions copt;

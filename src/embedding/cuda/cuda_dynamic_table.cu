@@ -256,8 +256,15 @@ __device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word,
 // the batch. Batches have fewer than 2^31 keys, so no occurrence mark has the bit.
 constexpr uint64_t kDemotedMark = 1ull << 31;
 
+__device__ __forceinline__ uint64_t demoted_mark(uint32_t batch, int64_t i) {
+  return (static_cast<uint64_t>(batch) << 32) | kDemotedMark | static_cast<uint64_t>(i);
+}
 __device__ __forceinline__ bool demoted_in(uint64_t mark, uint32_t batch) {
   return (mark >> 32) == batch && (mark & kDemotedMark) != 0;
+}
+// The occurrence that moved a row with a demoted mark.
+__device__ __forceinline__ int64_t demoted_by(uint64_t mark) {
+  return static_cast<int64_t>(mark & (kDemotedMark - 1));
 }
 
 // The slot in [lo, hi) of bucket `base` to evict (or demote): the one outside the batch (its mark
@@ -442,7 +449,7 @@ __device__ __forceinline__ int evict_lowest(const Tile& tile, const TableView& t
   const int64_t row_dim = a.dim + a.state_dim;
   const uint64_t mark = load_relaxed(&t.slots[base + v].mark);
   const bool staged = demoted_in(mark, a.batch);
-  const int64_t mover = static_cast<int64_t>(mark & (kDemotedMark - 1));
+  const int64_t mover = demoted_by(mark);
   write_out_victim(tile, a.evicted, staged ? a.demoted + mover * row_dim : row_ptr(t, base + v),
                    row_dim, key, score, &t.slots[base + v].stamp);
   if (tile.thread_rank() == 0) {
@@ -472,7 +479,7 @@ __device__ __forceinline__ int demote_device_row(const Tile& tile, const TableVi
     const Slot& src = t.slots[base + from];
     dst.score = score;
     dst.stamp = load_relaxed(&src.stamp);
-    dst.mark = (static_cast<uint64_t>(a.batch) << 32) | kDemotedMark | static_cast<uint64_t>(i);
+    dst.mark = demoted_mark(a.batch, i);
     store_relaxed(&dst.key, key);
     t.digests[base + to] = t.digests[base + from];
     a.host_queue.rows[i] = host_row_of(t, base + to) | kDemotedHostRow;
