@@ -8,9 +8,10 @@
 // stays), so device memory holds the rows most recently inserted or used and host memory the
 // coldest (at load 0.75 with half the rows in host memory: 1/3 of the keys, where splitting the
 // slots by bucket would put half of them there). Host rows are slot-major: host slot k of every
-// bucket lies in one run (row k * buckets + b), so the rows in use, each bucket's lowest host
-// slots, fill the front of the host memory and a batch's host rows lie about twice as close
-// together as in bucket-major order, which halves the address translations per copied row.
+// bucket lies in one run (row k * buckets + b), so the rows a call moves, which all aim at the
+// host slot index of the table's fill level, lie close together, and the rows in use fill the
+// front of the host memory, where a batch's host rows lie about twice as close together as in
+// bucket-major order (fewer address translations per copied row).
 #pragma once
 
 #include <cuda_runtime.h>
