@@ -238,16 +238,25 @@ __device__ __forceinline__ uint32_t lane_slots_in(int lane, int lo, int hi) {
   return ((1u << to) - 1) & ~((1u << from) - 1);
 }
 
-// The lowest free slot in [lo, hi) of a bucket given the lanes' digests `word`, or -1 when there
-// is none.
-__device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word, int lo = 0,
-                                                int hi = kBucketSlots) {
-  const uint32_t free_mask =
-      digest_matches(word, 0) & lane_slots_in(static_cast<int>(tile.thread_rank()), lo, hi);
+// The lowest slot of a bucket whose lane bit is set in `free_mask` (each lane its own bits), or
+// -1 when there is none.
+__device__ __forceinline__ int lowest_set_slot(const Tile& tile, uint32_t free_mask) {
   const unsigned frees = tile.ballot(free_mask != 0);
   if (frees == 0) return -1;
   const int lane = __ffs(frees) - 1;
   return lane * kSlotsPerLane + __ffs(tile.shfl(free_mask, lane)) - 1;
+}
+
+// The lowest free slot of a bucket given the lanes' digests `word`, or -1 when it is full.
+__device__ __forceinline__ int lowest_free_slot(const Tile& tile, uint64_t word) {
+  return lowest_set_slot(tile, digest_matches(word, 0));
+}
+
+// The lowest free slot in [lo, hi), or -1 when there is none.
+__device__ __forceinline__ int lowest_free_slot_in(const Tile& tile, uint64_t word, int lo,
+                                                   int hi) {
+  return lowest_set_slot(
+      tile, digest_matches(word, 0) & lane_slots_in(static_cast<int>(tile.thread_rank()), lo, hi));
 }
 
 // The mark of a row the evict kernel moved from a device slot to a host slot in this call
@@ -358,7 +367,8 @@ constexpr uint8_t kBucketFull = 2;
 // rather than inserted (an earlier duplicate's) is marked and written like the lookup does, the
 // stored flag is set, and find_or_insert copies the row out (or the initial values when the key
 // could not be stored). The row cannot change slots for the rest of the call: it carries this
-// batch's mark.
+// batch's mark. kHostRows: the table may have host rows (else every row is in device memory).
+template <bool kHostRows>
 __device__ __forceinline__ void finish_insert(const Tile& tile, const TableView& t,
                                               const BatchArgs& a, int64_t i, uint64_t key,
                                               int64_t s, bool inserted) {
@@ -376,7 +386,7 @@ __device__ __forceinline__ void finish_insert(const Tile& tile, const TableView&
     // A row found here was inserted by this call, so it holds the initial values: a host row's
     // are computed again rather than read across PCIe (and may not be written yet, row_later).
     float* out = a.values_out + i * a.dim;
-    if (s >= 0 && host_row_of(t, static_cast<uint64_t>(s)) == kNoHostRow) {
+    if (s >= 0 && (!kHostRows || host_row_of(t, static_cast<uint64_t>(s)) == kNoHostRow)) {
       tile_copy<true>(tile, out, row_ptr(t, s), a.dim);
     } else {
       tile_init_row(tile, a.init, key, out, a.dim, nullptr, 0);
@@ -394,13 +404,15 @@ __device__ __forceinline__ void finish_insert(const Tile& tile, const TableView&
 // a key inserted earlier in the call find it without waiting. Keys whose bucket is full are left
 // to the evict kernel, which runs after this one.
 // Capped at 32 registers: the kernel is bound by latency, not bandwidth, so keys in flight count.
+// kHostRows: the table has host rows (a.host_queue is set); the kernel of a table without them
+// carries none of their code (with it, its inserting calls ran 7-13% slower on an H100).
+template <bool kHostRows>
 __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
     insert_kernel(TableView t, BatchArgs a) {
   __shared__ unsigned long long added;
   begin_block_count(added);
-  // With host rows, new keys take device slots only (see evict_kernel).
-  const int new_key_slots =
-      t.hbm_per_bucket > 0 ? static_cast<int>(t.hbm_per_bucket) : kBucketSlots;
+  // With device and host rows, new keys take device slots only (see evict_kernel).
+  const int new_key_slots = t.splits_rows() ? static_cast<int>(t.hbm_per_bucket) : kBucketSlots;
   for_each_key(a.n, [&](const Tile& tile, int64_t i) {
     if (a.pending[i] == 0) return;
     const uint64_t key = a.keys[i];
@@ -414,7 +426,8 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
       slot = find_in_bucket<true>(tile, t, b, word, key, digest);
       if (slot == kUnpublished) continue;
       if (slot >= 0) break;
-      slot = lowest_free_slot(tile, word, 0, new_key_slots);
+      slot = kHostRows ? lowest_free_slot_in(tile, word, 0, new_key_slots)
+                       : lowest_free_slot(tile, word);
       if (slot < 0) {
         if (tile.thread_rank() == 0) a.pending[i] = kBucketFull;
         return;
@@ -426,13 +439,12 @@ __global__ void __launch_bounds__(kThreads, 2048 / kThreads)
       // address order with the call's other host-row copies: written from here, rows spread
       // over a 16 GiB host tier move at the 7.8 GB/s of random rows ("Host link" table of
       // genrec_table_bench).
-      const uint64_t host_row =
-          a.host_queue.rows != nullptr ? host_row_of(t, base + slot) : kNoHostRow;
+      const uint64_t host_row = kHostRows ? host_row_of(t, base + slot) : kNoHostRow;
       if (host_row != kNoHostRow) queue_host_row(tile, a.host_queue, i, host_row | kNewHostRow);
       write_new_row(tile, t, a, i, key, base + slot, host_row != kNoHostRow);
       if (tile.thread_rank() == 0) atomicAdd(&added, 1ull);
     }
-    finish_insert(tile, t, a, i, key, static_cast<int64_t>(base + slot), claimed);
+    finish_insert<kHostRows>(tile, t, a, i, key, static_cast<int64_t>(base + slot), claimed);
   });
   end_block_count(added, t.size);
 }
@@ -497,8 +509,8 @@ __device__ __forceinline__ int demote_device_row(const Tile& tile, const TableVi
 __device__ __forceinline__ int free_host_slot(const Tile& tile, uint64_t word, int device_slots,
                                               int stripe) {
   const int from = device_slots + stripe;
-  const int slot = lowest_free_slot(tile, word, from, kBucketSlots);
-  return slot >= 0 ? slot : lowest_free_slot(tile, word, device_slots, from);
+  const int slot = lowest_free_slot_in(tile, word, from, kBucketSlots);
+  return slot >= 0 ? slot : lowest_free_slot_in(tile, word, device_slots, from);
 }
 
 // Inserts the keys the insert kernel left (a full bucket, or with host rows no free device
@@ -514,7 +526,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs 
   __shared__ unsigned long long added;
   begin_block_count(added);
   const int device_slots = static_cast<int>(t.hbm_per_bucket);
-  const bool split = device_slots > 0 && device_slots < kBucketSlots;
+  const bool split = t.splits_rows();
   const int64_t fill_level = static_cast<int64_t>(load_relaxed(t.size) / (t.bucket_mask + 1));
   const int stripe =
       split ? static_cast<int>(min(max(fill_level - device_slots, int64_t{0}),
@@ -530,7 +542,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs 
     bool inserted = false;
     if (slot < 0) {
       if (split) {
-        slot = lowest_free_slot(tile, word, 0, device_slots);
+        slot = lowest_free_slot_in(tile, word, 0, device_slots);
         if (slot < 0) slot = free_host_slot(tile, word, device_slots, stripe);
       } else {
         slot = lowest_free_slot(tile, word);
@@ -540,7 +552,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs 
       } else {
         slot = evict_lowest(tile, t, a, base);
       }
-      if (slot >= device_slots && device_slots > 0) {
+      if (split && slot >= device_slots) {
         const int from = demote_device_row(tile, t, a, i, base, slot);
         if (from >= 0) slot = from;
       }
@@ -551,7 +563,8 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(TableView t, BatchArgs 
       }
     }
     unlock_bucket(tile, t.locks + b);
-    finish_insert(tile, t, a, i, key, slot >= 0 ? static_cast<int64_t>(base + slot) : -1, inserted);
+    finish_insert<true>(tile, t, a, i, key, slot >= 0 ? static_cast<int64_t>(base + slot) : -1,
+                        inserted);
   });
   end_block_count(added, t.size);
 }
@@ -732,7 +745,7 @@ CudaDynamicTable::CudaDynamicTable(const CudaTableOptions& options) : options_(o
   GENREC_CUDA_CHECK(cudaGetDevice(&device));
   GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   GENREC_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, insert_kernel, kThreads, 0));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, insert_kernel<true>, kThreads, 0));
   insert_blocks_ = static_cast<unsigned>(std::max(1, sms * per_sm));
   GENREC_CUDA_CHECK(cudaEventCreateWithFlags(&last_, cudaEventDisableTiming));
 }
@@ -871,10 +884,7 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   std::optional<HostRowCopies> copies;
   if (queue) a.host_queue = copies.emplace(n, stream).queue();
   // Staging for the device rows the evict kernel moves to host slots (one per key at most).
-  const int64_t device_slots = t.hbm_per_bucket;
-  DeviceBuffer<float> demoted(
-      inserting && device_slots > 0 && device_slots < kBucketSlots ? n * (a.dim + a.state_dim) : 0,
-      stream);
+  DeviceBuffer<float> demoted(inserting && t.splits_rows() ? n * (a.dim + a.state_dim) : 0, stream);
   a.demoted = demoted.data();
   if (writing) {
     if (queue) {
@@ -895,7 +905,12 @@ void CudaDynamicTable::run_batch(BatchOp op, const uint64_t* keys, int64_t n,
   if (inserting) {
     // Resident blocks striding over the batch: with a block per 16 keys, each block lasted as
     // long as its slowest key (a lock wait), its other warps idle at the count's barrier.
-    insert_kernel<<<std::min(grid, insert_blocks_), kThreads, 0, stream>>>(t, a);
+    const unsigned insert_grid = std::min(grid, insert_blocks_);
+    if (queue) {
+      insert_kernel<true><<<insert_grid, kThreads, 0, stream>>>(t, a);
+    } else {
+      insert_kernel<false><<<insert_grid, kThreads, 0, stream>>>(t, a);
+    }
     GENREC_CUDA_LAUNCH_CHECK("dynamic table insert");
     // Few keys (those of full buckets): the blocks pick them out kThreads flags at a time.
     const auto evict_grid = static_cast<unsigned>((n + kThreads - 1) / kThreads);

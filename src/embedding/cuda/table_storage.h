@@ -47,6 +47,12 @@ struct TableView {
   int64_t hbm_per_bucket = kBucketSlots;
   int64_t stride = 0;  // floats per row: dim + state_dim rounded up to 4 (16-byte rows)
   uint64_t bucket_mask = 0;
+
+  // Whether a bucket's rows are split between device and host memory (rows are moved between
+  // them only then).
+  __host__ __device__ bool splits_rows() const {
+    return hbm_per_bucket > 0 && hbm_per_bucket < kBucketSlots;
+  }
 };
 
 // Where lookups of a table with host rows note the host-row copies they leave to
