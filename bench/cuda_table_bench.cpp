@@ -237,9 +237,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!cuda_available()) {
-    std::printf("no CUDA device: nothing to measure\n");
-    return 1;
+  if (!cuda_available()) {  // as the other CUDA benchmarks: nothing to measure is no failure
+    std::printf("genrec_table_bench: no CUDA device\n");
+    return 0;
   }
   const std::vector<BenchRow> rows = {
       {"HBM", 8, 128 * kM, 0.50, -1, {1.863, 3.676, 1.894, 2.891, 1.742, 5.463}},

@@ -57,7 +57,8 @@ summary_row() {
   summary+=("$(printf '| %-22s | %-4s | %6ss | %s' "$@")")
 }
 
-# step NAME DETAIL-FILE COMMAND...: runs COMMAND, records ok/FAIL, seconds and a detail line.
+# step NAME DETAIL-FILE COMMAND...: runs COMMAND, records ok/FAIL, seconds and a detail line (the
+# detail file's lines joined by "; ", so that a table row stays one line).
 step() {
   local name="$1" detail_file="$2"
   shift 2
@@ -65,7 +66,9 @@ step() {
   echo "==== $name"
   "$@"
   rc=$?
-  [ -n "$detail_file" ] && [ -f "$detail_file" ] && detail="$(cat "$detail_file")"
+  if [ -n "$detail_file" ] && [ -f "$detail_file" ]; then
+    detail="$(awk 'NF { sub(/^ +/, ""); printf "%s%s", (n++ ? "; " : ""), $0 }' "$detail_file")"
+  fi
   summary_row "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$((SECONDS - start))" "$detail"
   [ $rc -eq 0 ] || failed=1
   return $rc
