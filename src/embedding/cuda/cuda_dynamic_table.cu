@@ -744,6 +744,7 @@ CudaDynamicTable::CudaDynamicTable(const CudaTableOptions& options) : options_(o
   int device = 0, sms = 0, per_sm = 0;
   GENREC_CUDA_CHECK(cudaGetDevice(&device));
   GENREC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // Both insert kernels have the same launch bounds, so either gives the count.
   GENREC_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, insert_kernel<true>, kThreads, 0));
   insert_blocks_ = static_cast<unsigned>(std::max(1, sms * per_sm));
