@@ -656,12 +656,13 @@ __device__ __forceinline__ void load_stage(T* dst_a, T* dst_b, const T* a, int64
 
 // ---- query kernel: forward ------------------------------------------------------------------
 
-template <typename T, int D, int kBias>
+template <typename T, int D, int kBias, int kHalves>
 constexpr size_t query_smem_bytes() {
   // own rows Q, two slots each of K and V (and time slot tiles), bias state, the barriers of the
-  // two slots' TMA copies (wgmma only)
-  return sizeof(T) * (D + kPad) * (kRows + 4 * kCols) + (kBias & kTimeBias ? 2 * kSlotTile : 0) +
-         (kBias ? sizeof(BiasSmem) : 0) + 2 * sizeof(uint64_t);
+  // slots' TMA copies (wgmma only; K and V apart with two halves)
+  return sizeof(T) * (D + kPad) * (kHalves * kRows + 4 * kCols) +
+         (kBias & kTimeBias ? 2 * kSlotTile : 0) + (kBias ? sizeof(BiasSmem) : 0) +
+         2 * kHalves * sizeof(uint64_t);
 }
 
 // The tensor maps of a kernel's tiles (tensor_map.h): with wgmma they arrive by TMA. The query
@@ -687,16 +688,15 @@ __device__ __forceinline__ void copy_rows([[maybe_unused]] T* dst,
 #endif
 }
 
-// Two barriers at the end of a kernel's shared memory (kBytes of it) for its two stages of TMA
+// kCount barriers at the end of a kernel's shared memory (kBytes of it) for its stages of TMA
 // copies, set up by thread 0 (a __syncthreads must follow before they are used).
-template <int D, size_t kBytes>
+template <int D, size_t kBytes, int kCount = 2>
 __device__ __forceinline__ uint64_t* stage_barriers(unsigned char* smem) {
   static_assert(kBytes % sizeof(uint64_t) == 0);
-  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem + kBytes) - 2;
+  uint64_t* barriers = reinterpret_cast<uint64_t*>(smem + kBytes) - kCount;
 #if GENREC_WGMMA
   if (kWg<D> && threadIdx.x == 0) {
-    tma::init_barrier(barriers);
-    tma::init_barrier(barriers + 1);
+    for (int b = 0; b < kCount; ++b) tma::init_barrier(barriers + b);
   }
 #endif
   return barriers;
@@ -761,16 +761,27 @@ __device__ __forceinline__ void wait_tiles([[maybe_unused]] uint64_t* barriers,
 // a step after it is issued. kSplit: the cached forward's split of the key tiles over blocks
 // (p.key_splits > 1); the other launches carry none of its code (with a runtime split of one in
 // every launch the training forward measured 7% slower).
-template <typename T, int D, int kBias, bool kSplit>
+//
+// kHalves = 2 (the unbiased forward at D = 128 with wgmma): a block owns 128 rows, two halves of
+// 64, and each K and V tile serves both. Its steps alternate the halves: S0_t = Q0 K_tᵀ with
+// P1_{t-1} V_{t-1}, then S1_t with P0_t V_t, so one half's activation runs while the other's
+// products are on the tensor cores, and K and V are read once per 128 rows; half the blocks
+// start and end. A block whose second half has no rows runs the one-half steps. (At D = 64 the
+// kernel's 191 registers leave two blocks per multiprocessor where the one-half kernel fits
+// four, and it ran slower.)
+template <typename T, int D, int kBias, bool kSplit, int kHalves>
 __global__ void __launch_bounds__(kThreads)
     query_kernel(Params p, T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
                  const T* __restrict__ v, const __grid_constant__ TileMaps maps) {
   // With wgmma thread 0 copies every tile by TMA (rows past a sequence's end: see the key kernel).
   constexpr bool kTma = kWg<D>;
   constexpr int LD = D + kPad;
+  constexpr int kBlockRows = kHalves * kRows;
+  static_assert(kHalves == 1 || (kBias == kNoBias && !kSplit));
+  if constexpr (kHalves == 2 && !kTma) __trap();  // the host launches it on the wgmma path only
   extern __shared__ __align__(1024) unsigned char smem[];
   T* s_q = reinterpret_cast<T*>(smem);
-  T* s_k = s_q + kRows * LD;
+  T* s_k = s_q + kBlockRows * LD;
   T* s_v = s_k + 2 * kCols * LD;
   constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
   uint8_t* s_slots = reinterpret_cast<uint8_t*>(s_v + 2 * kCols * LD);                // kTime only
@@ -781,16 +792,18 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t h = work.head;
   const Sequence s = sequence(p, work.seq);
   if constexpr (kBias != kNoBias) load_bias_tables(bs, p);
-  // Group t's barrier is t % 2's (kTma).
-  [[maybe_unused]] uint64_t* group_ready = stage_barriers<D, query_smem_bytes<T, D, kBias>()>(smem);
+  // Group t's barrier is t % 2's (kTma); with two halves K_t's is t % 2's and V_t's 2 + t % 2's.
+  [[maybe_unused]] uint64_t* group_ready =
+      stage_barriers<D, query_smem_bytes<T, D, kBias, kHalves>(), 2 * kHalves>(smem);
   [[maybe_unused]] uint32_t phases = 0;
 
   const int split = kSplit ? work.rank % splits : 0;
-  for (int tile = p.num_tiles - 1 - work.rank / splits; tile * kRows < s.q_len;
+  for (int tile = p.num_tiles - 1 - work.rank / splits; tile * kBlockRows < s.q_len;
        tile += p.num_tiles) {
-    const int m0 = tile * kRows;
+    const int m0 = tile * kBlockRows;
     const int i_first = s.q_shift + m0;  // position of the block's row 0
-    const int i_last = min(s.q_shift + m0 + kRows, s.length) - 1;
+    const int i_last = min(s.q_shift + m0 + kBlockRows, s.length) - 1;
+    const bool two = kHalves == 2 && kTma && m0 + kRows < s.q_len;  // the second half has rows
     const int j_first = static_cast<int>(s.mask.first_key(i_first)) / kCols * kCols;
     const int j_end = s.mask.contexts > 0 ? s.length : i_last + 1;
     const int key_tiles = j_first < j_end ? (j_end - j_first + kCols - 1) / kCols : 0;
@@ -841,8 +854,10 @@ __global__ void __launch_bounds__(kThreads)
       }
       cp_async_commit();
     };
-    load_group(0);
-    load_group(1);
+    if (!two) {
+      load_group(0);
+      load_group(1);
+    }
 
     float acc[D / 8][4];
     zero(acc);
@@ -865,13 +880,14 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();  // K_t and V_{t-1} are read: their slots take group t + 2
       load_group(t + 2);
     };
-    // Scores of tile t -> P; only tiles that cross the diagonal, the end of the sequence or a
-    // mask boundary test each element.
-    auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal) {
+    // Scores of tile t -> P for the rows from r0 on (the half's first); only tiles that cross the
+    // diagonal, the end of the sequence or a mask boundary test each element.
+    auto activate_tile = [&](float(&sc)[8][4], int t, bool diagonal, int r0) {
       if (kSplit && m0 + 16 * w >= s.q_len) {  // the warp's rows are all padding (few new tokens)
         zero(sc);
         return;
       }
+      const int i0 = i_first + r0;
       const int j0 = j_begin + t * kCols;
       const uint8_t* slots = s_slots + (t & 1) * kSlotTile;
       auto activate = [&](auto masked, auto diagonal_bias) {
@@ -879,15 +895,15 @@ __global__ void __launch_bounds__(kThreads)
         auto pre = [&](int n, int e, int, int row, int col) {
           float z = p.alpha * sc[n][e];
           if constexpr (kPos) {
-            z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1),
-                                          i_first + row, j0 + col);
+            z += position_bias<kDiagonal>(p, s, bs->diagonal + (row - col + kCols - 1), i0 + row,
+                                          j0 + col);
           }
           if constexpr (kTime) z += bs->time[slots[slot_offset(row, col)]];
           return z;
         };
         auto post = [&](int n, int e, int, int row, int col, float z, float t) {
           bool keep = true;
-          if constexpr (decltype(masked)::value) keep = s.pairs.visible(i_first + row, j0 + col);
+          if constexpr (decltype(masked)::value) keep = s.pairs.visible(i0 + row, j0 + col);
           sc[n][e] = keep ? z * sigmoid_over_n(t, p.half_inv_n) : 0.0f;
         };
         if constexpr (kBias != kNoBias || kSplit) {
@@ -896,7 +912,7 @@ __global__ void __launch_bounds__(kThreads)
           for_each_score([&](int n, int e, int, int row, int col) {
             const float z = p.alpha * sc[n][e];
             bool keep = true;
-            if constexpr (decltype(masked)::value) keep = s.pairs.visible(i_first + row, j0 + col);
+            if constexpr (decltype(masked)::value) keep = s.pairs.visible(i0 + row, j0 + col);
             sc[n][e] = keep ? z * sigmoid_over_n(tanh_approx(0.5f * z), p.half_inv_n) : 0.0f;
           });
         }
@@ -904,7 +920,7 @@ __global__ void __launch_bounds__(kThreads)
       // Target columns (j >= history) and columns right of the diagonal need the mask (target
       // rows see every history column). The bias kernels' general copy tests every element:
       // fewer copies of their larger code keep it in the instruction cache.
-      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i_first ||
+      const bool masked = s.mask.contexts > 0 || s.mask.window > 0 || j0 + kCols > i0 ||
                           j0 + kCols > s.mask.history;
       if (diagonal && masked) {
         activate(std::true_type{}, std::true_type{});
@@ -917,6 +933,117 @@ __global__ void __launch_bounds__(kThreads)
       }
     };
 
+#if GENREC_WGMMA
+    if constexpr (kHalves == 2 && kTma) {
+      if (two) {
+        // Half 0 (rows i_first + [0, 64)) sees keys0 tiles, half 1 all num_keys (keys0 or one
+        // more; both at least one). K_t comes (with Q for t = 0) on barrier t % 2, V_t on
+        // 2 + t % 2; a slot is copied into once both halves' products have read it.
+        const int j_end0 = s.mask.contexts > 0 ? s.length : i_first + kRows;
+        const int keys0 = (j_end0 - j_first + kCols - 1) / kCols;
+        constexpr uint32_t kTile = kCols * D * sizeof(T);
+        auto load_key = [&](int t) {
+          if (threadIdx.x != 0 || t >= num_keys) return;
+          tma::arrive_expecting(group_ready + (t & 1), (t == 0 ? 3 : 1) * kTile);
+          if (t == 0) {
+            copy_rows<D>(s_q, maps.q, group_ready, h, s.q_start + m0);
+            copy_rows<D>(s_q + kRows * LD, maps.q, group_ready, h, s.q_start + m0 + kRows);
+          }
+          copy_rows<D>(s_k + (t & 1) * kCols * LD, maps.k, group_ready + (t & 1), h,
+                       s.kv_start + j_first + t * kCols);
+        };
+        auto load_value = [&](int t) {
+          if (threadIdx.x != 0 || t >= num_keys) return;
+          tma::arrive_expecting(group_ready + 2 + (t & 1), kTile);
+          copy_rows<D>(s_v + (t & 1) * kCols * LD, maps.v, group_ready + 2 + (t & 1), h,
+                       s.kv_start + j_first + t * kCols);
+        };
+        // V_t's rows past the sequence's end would meet every row: zeroed (only the last tile).
+        auto wait_value = [&](int t) {
+          wait_stage(group_ready, phases, 2 + (t & 1));
+          const int v_first = j_first + t * kCols;
+          if (v_first + kCols > s.length) {
+            zero_tail<D>(s_v + (t & 1) * kCols * LD, s.length - v_first);
+            __syncthreads();
+          }
+        };
+        const T* s_q1 = s_q + kRows * LD;
+        float acc1[D / 8][4];
+        zero(acc1);
+        uint32_t pf1[4][4];  // P1_{t-1}
+        float sc[8][4];
+        load_key(0);
+        load_key(1);
+        load_value(0);
+        // Step 0: S0_0 alone, then S1_0 with P0_0 V_0.
+        wait_stage(group_ready, phases, 0);
+        issue_scores<D>(sc, s_q, key_slot(0));
+        commit_products<D>();
+        wait_products<D, 0>(sc);
+        activate_tile(sc, 0, false, 0);
+        score_fragments<T>(pf, sc);
+        load_value(1);  // its slot has not been used yet
+        wait_value(0);
+        issue_scores<D>(sc, s_q1, key_slot(0));
+        commit_products<D>();
+        issue_score_product<D>(acc, pf, value_slot(0));
+        commit_products<D>();
+        wait_products<D, 1>(sc);
+        activate_tile(sc, 0, false, kRows);
+        wait_products<D, 0>(acc, pf);
+        score_fragments<T>(pf1, sc);
+        __syncthreads();  // K_0 is read: its slot takes K_2
+        load_key(2);
+        int t = 1;
+        for (; t < keys0; ++t) {
+          wait_stage(group_ready, phases, t & 1);
+          issue_scores<D>(sc, s_q, key_slot(t));
+          commit_products<D>();
+          issue_score_product<D>(acc1, pf1, value_slot(t - 1));
+          commit_products<D>();
+          wait_products<D, 1>(sc);
+          activate_tile(sc, t, false, 0);
+          wait_products<D, 0>(acc1, pf1);
+          score_fragments<T>(pf, sc);
+          __syncthreads();  // V_{t-1} is read: its slot takes V_{t+1}
+          load_value(t + 1);
+          wait_value(t);
+          issue_scores<D>(sc, s_q1, key_slot(t));
+          commit_products<D>();
+          issue_score_product<D>(acc, pf, value_slot(t));
+          commit_products<D>();
+          wait_products<D, 1>(sc);
+          activate_tile(sc, t, false, kRows);
+          wait_products<D, 0>(acc, pf);
+          score_fragments<T>(pf1, sc);
+          __syncthreads();  // K_t is read: its slot takes K_{t+2}
+          load_key(t + 2);
+        }
+        if (t < num_keys) {  // the last key tile is half 1's alone
+          wait_stage(group_ready, phases, t & 1);
+          issue_scores<D>(sc, s_q1, key_slot(t));
+          commit_products<D>();
+          issue_score_product<D>(acc1, pf1, value_slot(t - 1));
+          commit_products<D>();
+          wait_products<D, 1>(sc);
+          activate_tile(sc, t, false, kRows);
+          wait_products<D, 0>(acc1, pf1);
+          score_fragments<T>(pf1, sc);
+          wait_value(t);
+          ++t;
+        }
+        issue_score_product<D>(acc1, pf1, value_slot(t - 1));
+        commit_products<D>();
+        wait_products<D, 0>(acc1, pf1);
+        __syncthreads();  // the key slots are free: O leaves through them
+        store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0, s.q_len, acc, 1.0f, s_k);
+        store_rows<D>(out + s.q_start * p.ld_o + h * D, p.ld_o, m0 + kRows, s.q_len, acc1, 1.0f,
+                      s_k + kCols * LD);
+        shared_written<D>();  // the next tile's copies overwrite the key slots
+        continue;
+      }
+    }
+#endif
     // The first and last steps are peeled off so that every step of the loop issues the same
     // products: then the compiler keeps the wgmma pipeline instead of serialising it.
     if (num_keys > 0) {
@@ -925,7 +1052,7 @@ __global__ void __launch_bounds__(kThreads)
       issue_scores<D>(sc, s_q, key_slot(0));
       commit_products<D>();
       wait_products<D, 0>(sc);
-      activate_tile(sc, 0, diagonal);
+      activate_tile(sc, 0, diagonal, 0);
       score_fragments<T>(pf, sc);
       end_step(0);
       for (int t = 1; t < num_keys; ++t) {
@@ -935,7 +1062,7 @@ __global__ void __launch_bounds__(kThreads)
         issue_score_product<D>(acc, pf, value_slot(t - 1));
         commit_products<D>();
         wait_products<D, 1>(sc);
-        activate_tile(sc, t, diagonal);
+        activate_tile(sc, t, diagonal, 0);
         wait_products<D, 0>(acc, pf);
         score_fragments<T>(pf, sc);
         end_step(t);
@@ -1709,21 +1836,30 @@ TileMaps tile_maps(const Params& p, int64_t dim, const T* q, int64_t q_tokens, c
 template <typename T>
 void launch_query(Params p, T* out, const T* q, const T* k, const T* v, const TileMaps& maps,
                   int64_t dim, int64_t kv_rows, cudaStream_t stream) {
-  const dim3 grid(grid_blocks(p, p.num_tiles * p.key_splits));
   // The blocks of a pair share its K and V.
   group_pairs(p, kv_rows * dim * 2 * static_cast<int64_t>(sizeof(T)));
   with_dim_and_bias(dim, p, [&](auto d, auto has_bias) {
     constexpr int D = decltype(d)::value;
     constexpr int kBias = decltype(has_bias)::value;
-    constexpr size_t bytes = query_smem_bytes<T, D, kBias>();
-    auto launch = [&](auto kernel) {
+    auto launch = [&](auto split, auto halves) {
+      constexpr int kHalves = decltype(halves)::value;
+      constexpr size_t bytes = query_smem_bytes<T, D, kBias, kHalves>();
+      auto kernel = query_kernel<T, D, kBias, decltype(split)::value, kHalves>;
+      Params kp = p;
+      kp.num_tiles = static_cast<int>(ceil_div(p.num_tiles, kHalves));  // of kHalves * 64 rows
       allow_smem(kernel, bytes);
-      kernel<<<grid, kThreads, bytes, stream>>>(p, out, q, k, v, maps);
+      kernel<<<grid_blocks(kp, kp.num_tiles * kp.key_splits), kThreads, bytes, stream>>>(
+          kp, out, q, k, v, maps);
     };
+    // Two halves per block where that kernel is built: unbiased, D = 128, wgmma.
+    constexpr int kHalves = kBias == kNoBias && D == 128 ? 2 : 1;
+    using One = std::integral_constant<int, 1>;
     if (p.key_splits > 1) {
-      launch(query_kernel<T, D, kBias, true>);
+      launch(std::true_type{}, One{});
+    } else if (wgmma_path(dim)) {
+      launch(std::false_type{}, std::integral_constant<int, kHalves>{});
     } else {
-      launch(query_kernel<T, D, kBias, false>);
+      launch(std::false_type{}, One{});
     }
   });
 }
