@@ -972,6 +972,19 @@ __global__ void __launch_bounds__(kThreads)
         zero(acc1);
         uint32_t pf1[4][4];  // P1_{t-1}
         float sc[8][4];
+        // S = Q_half K_tᵀ issued with o += pv V_u (the other half's product), the scores of the
+        // rows from r0 on activated while that runs, then their P into `next`.
+        auto half_step = [&](const T* q_half, int t, int r0, float(&o)[D / 8][4],
+                             uint32_t(&pv)[4][4], int u, uint32_t(&next)[4][4]) {
+          issue_scores<D>(sc, q_half, key_slot(t));
+          commit_products<D>();
+          issue_score_product<D>(o, pv, value_slot(u));
+          commit_products<D>();
+          wait_products<D, 1>(sc);
+          activate_tile(sc, t, false, r0);
+          wait_products<D, 0>(o, pv);
+          score_fragments<T>(next, sc);
+        };
         load_key(0);
         load_key(1);
         load_value(0);
@@ -984,51 +997,23 @@ __global__ void __launch_bounds__(kThreads)
         score_fragments<T>(pf, sc);
         load_value(1);  // its slot has not been used yet
         wait_value(0);
-        issue_scores<D>(sc, s_q1, key_slot(0));
-        commit_products<D>();
-        issue_score_product<D>(acc, pf, value_slot(0));
-        commit_products<D>();
-        wait_products<D, 1>(sc);
-        activate_tile(sc, 0, false, kRows);
-        wait_products<D, 0>(acc, pf);
-        score_fragments<T>(pf1, sc);
+        half_step(s_q1, 0, kRows, acc, pf, 0, pf1);
         __syncthreads();  // K_0 is read: its slot takes K_2
         load_key(2);
         int t = 1;
         for (; t < keys0; ++t) {
           wait_stage(group_ready, phases, t & 1);
-          issue_scores<D>(sc, s_q, key_slot(t));
-          commit_products<D>();
-          issue_score_product<D>(acc1, pf1, value_slot(t - 1));
-          commit_products<D>();
-          wait_products<D, 1>(sc);
-          activate_tile(sc, t, false, 0);
-          wait_products<D, 0>(acc1, pf1);
-          score_fragments<T>(pf, sc);
+          half_step(s_q, t, 0, acc1, pf1, t - 1, pf);
           __syncthreads();  // V_{t-1} is read: its slot takes V_{t+1}
           load_value(t + 1);
           wait_value(t);
-          issue_scores<D>(sc, s_q1, key_slot(t));
-          commit_products<D>();
-          issue_score_product<D>(acc, pf, value_slot(t));
-          commit_products<D>();
-          wait_products<D, 1>(sc);
-          activate_tile(sc, t, false, kRows);
-          wait_products<D, 0>(acc, pf);
-          score_fragments<T>(pf1, sc);
+          half_step(s_q1, t, kRows, acc, pf, t, pf1);
           __syncthreads();  // K_t is read: its slot takes K_{t+2}
           load_key(t + 2);
         }
         if (t < num_keys) {  // the last key tile is half 1's alone
           wait_stage(group_ready, phases, t & 1);
-          issue_scores<D>(sc, s_q1, key_slot(t));
-          commit_products<D>();
-          issue_score_product<D>(acc1, pf1, value_slot(t - 1));
-          commit_products<D>();
-          wait_products<D, 1>(sc);
-          activate_tile(sc, t, false, kRows);
-          wait_products<D, 0>(acc1, pf1);
-          score_fragments<T>(pf1, sc);
+          half_step(s_q1, t, kRows, acc1, pf1, t - 1, pf1);
           wait_value(t);
           ++t;
         }
