@@ -1079,14 +1079,25 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
+// Whether the key kernel issues a query tile's dQ a step late, with the next tile's scores, so
+// that it runs on the tensor cores during that tile's activation (wgmma only). Its dZ tiles then
+// need two buffers. The biased kernels at D = 128 keep the product in their step: with it in
+// flight during their activation they spilled 90-1000 bytes, and two buffers would pass the
+// shared memory of one block with the time bias.
+template <int D, int kBias>
+constexpr bool key_defers_dq(bool wgmma) {
+  return wgmma && (kBias == kNoBias || D <= 64);
+}
+
 // wgmma: the kernel stages dQ rows for bulk reductions and loads by TMA (wgmma_path).
 template <typename T, int D, int kBias, int G>
 constexpr size_t key_smem_bytes(bool wgmma) {
-  // per warpgroup its rows of K and V, its staged dZ tile and its dQ staging rows; two stages of
-  // Q and dO and of each warpgroup's time slot tile; with bias: its state and the gradient sums;
-  // last, with wgmma, the barriers of the two stages' TMA copies
+  // per warpgroup its rows of K and V, its staged dZ tiles (one or two) and its dQ staging rows;
+  // two stages of Q and dO and of each warpgroup's time slot tile; with bias: its state and the
+  // gradient sums; last, with wgmma, the barriers of the two stages' TMA copies
   return sizeof(T) * (D + kPad) * (2 * G * kRows + 4 * kCols) +
-         (kBias & kTimeBias ? 2 * G * kSlotTile : 0) + sizeof(T) * G * kRows * kDzLd +
+         (kBias & kTimeBias ? 2 * G * kSlotTile : 0) +
+         sizeof(T) * (key_defers_dq<D, kBias>(wgmma) ? 2 : 1) * G * kRows * kDzLd +
          (wgmma ? sizeof(float) * G * kRows * kDqCols : 0) +
          (kBias ? sizeof(BiasSmem) + (kMaxSmemPositions + kTimeCopies * kTimeStride) * sizeof(float)
                 : 0) +
@@ -1340,13 +1351,13 @@ __global__ void __launch_bounds__(kThreads* G)
   uint8_t* s_slots = reinterpret_cast<uint8_t*>(s_do + 2 * kCols * LD);  // kTime only
   T* s_dz = reinterpret_cast<T*>(s_slots + (kTime ? 2 * G * kSlotTile : 0));
   // kBias only: bias state, gradient sums (positions, then time slots)
-  float* s_dq = reinterpret_cast<float*>(s_dz + G * kDzTile);  // wgmma only
+  constexpr bool kDeferDq = key_defers_dq<D, kBias>(kWg<D>);
+  float* s_dq = reinterpret_cast<float*>(s_dz + (kDeferDq ? 2 : 1) * G * kDzTile);  // wgmma only
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dq + (kWg<D> ? G * kRows * kDqCols : 0));
   float* s_bias = reinterpret_cast<float*>(bs + 1);
   const int lane = lane_id(), group = threadIdx.x / kThreads;
   T* my_k = s_k + group * kRows * LD;
   T* my_v = s_v + group * kRows * LD;
-  T* my_dz = s_dz + group * kDzTile;
   float* my_dq = s_dq + group * kRows * kDqCols;
   const BlockWork work = block_work(p, p.num_tiles);
   const int64_t h = work.head;
@@ -1423,7 +1434,37 @@ __global__ void __launch_bounds__(kThreads* G)
     zero(acc_k);
     zero(acc_v);
 
-    int stage = 0;
+    // dQ = sum over warpgroups g of dZ_g K_g: with wgmma by columns (each warpgroup D / G of
+    // them over every key tile) when that is a whole chunk, else each warpgroup all columns over
+    // its own keys (mma.sync always: it never runs with two warpgroups on a measured machine).
+    // kDeferDq: a step's dZ tiles go to buffer `stage` (a buffer holds the G warpgroups' tiles
+    // one after another) and its dQ is issued with the next step's scores.
+    constexpr bool kByColumns = kWg<D> && G > 1 && D / G >= kDqWidth<D>;
+    constexpr int kDqTiles = kByColumns ? G : 1;
+    constexpr int kDqSpan = kByColumns ? D / G : D;
+    auto dz_buffer = [&](int b) { return s_dz + (kDeferDq ? b : 0) * G * kDzTile; };
+    auto dz_tiles = [&](int b) { return dz_buffer(b) + (kByColumns ? 0 : group * kDzTile); };
+    const T* k_tiles = kByColumns ? s_k : my_k;
+    const int c_first = kByColumns ? group * kDqSpan : 0;
+    float dq[kDqWidth<D> / 8][4];
+    auto issue_first_dq = [&](int b) {  // dQ's first chunk from the dZ tiles of buffer b
+      issue_dq<D, kDqTiles>(dq, dz_tiles(b), k_tiles, c_first);
+      commit_products<D>();
+    };
+    // Adds the issued first chunk (retired) of query tile i0's dQ, then multiplies and adds the
+    // others; `add` false drops them.
+    auto finish_dq = [&](int i0, int b, bool add) {
+      if (add) add_dq<D>(p, s, h, i0, c_first, dq, my_dq);
+#pragma unroll
+      for (int c0 = c_first + kDqWidth<D>; c0 < c_first + kDqSpan; c0 += kDqWidth<D>) {
+        issue_dq<D, kDqTiles>(dq, dz_tiles(b), k_tiles, c0);
+        commit_products<D>();
+        wait_products<D, 0>(dq);
+        if (add) add_dq<D>(p, s, h, i0, c0, dq, my_dq);
+      }
+    };
+
+    int stage = 0;  // also the dZ buffer of the step
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
       if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
@@ -1453,7 +1494,11 @@ __global__ void __launch_bounds__(kThreads* G)
       issue_scores<D>(dp, my_v, tdo);
       issue_scores<D>(sc, my_k, tq);
       commit_products<D>();
-      wait_products<D, 0>(dp, sc);
+      // kDeferDq: the previous query tile's dQ, issued every step (at the first tile it
+      // multiplies a stale buffer and is dropped: an issue under a condition makes ptxas
+      // serialise the pipeline).
+      if constexpr (kDeferDq) issue_first_dq(stage ^ 1);
+      wait_products<D, (kDeferDq ? 1 : 0)>(dp, sc);
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
       auto activate = [&](auto masked, auto diagonal_bias) {
         [[maybe_unused]] constexpr bool kDiagonal = decltype(diagonal_bias)::value;
@@ -1509,17 +1554,8 @@ __global__ void __launch_bounds__(kThreads* G)
       } else {
         activate(std::false_type{}, std::false_type{});
       }
-      // wgmma: dZ is staged for dQ first; dV and dK then run on the tensor cores while the first
-      // dQ columns are added to the sums. mma.sync: dV and dK first, which frees P and dZ.
-      // dQ = sum over warpgroups g of dZ_g K_g: with wgmma by columns (each warpgroup D / G of
-      // them over every key tile) when that is a whole chunk, else each warpgroup all columns over
-      // its own keys (mma.sync always: it never runs with two warpgroups on a measured machine).
-      constexpr bool kByColumns = kWg<D> && G > 1 && D / G >= kDqWidth<D>;
-      constexpr int kDqTiles = kByColumns ? G : 1;
-      constexpr int kDqSpan = kByColumns ? D / G : D;
-      const T* dz_tiles = kByColumns ? s_dz : my_dz;
-      const T* k_tiles = kByColumns ? s_k : my_k;
-      const int c_first = kByColumns ? group * kDqSpan : 0;
+      // wgmma: dZ is staged for dQ first; dV and dK then run on the tensor cores while dQ's first
+      // columns are added to the sums. mma.sync: dV and dK first, which frees P and dZ.
       uint32_t pf[4][4], zf[4][4];
       score_fragments<T>(pf, sc);
       score_fragments<T>(zf, dp);
@@ -1529,25 +1565,30 @@ __global__ void __launch_bounds__(kThreads* G)
         commit_products<D>();
       };
       if constexpr (!kWg<D>) issue_dkv();
-      stage_dz<D>(my_dz, zf);
+      stage_dz<D>(dz_buffer(stage) + group * kDzTile, zf);
       shared_written<D>();
-      __syncthreads();  // the staged dZ is complete
-      if (diagonal && want_pos) add_diagonal_gradients<D>(p, my_dz, s_bias, smem_pos, i0 - jg);
-      float dq[kDqWidth<D> / 8][4];
-      issue_dq<D, kDqTiles>(dq, dz_tiles, k_tiles, c_first);
-      commit_products<D>();
+      if constexpr (!kDeferDq) {
+        __syncthreads();  // the staged dZ is complete
+        if (diagonal && want_pos) {
+          add_diagonal_gradients<D>(p, dz_buffer(stage) + group * kDzTile, s_bias, smem_pos,
+                                    i0 - jg);
+        }
+        issue_first_dq(stage);
+      }
       if constexpr (kWg<D>) issue_dkv();
       wait_products<D, 1>(dq);
-      add_dq<D>(p, s, h, i0, c_first, dq, my_dq);
+      finish_dq(kDeferDq ? i0 - kCols : i0, kDeferDq ? stage ^ 1 : stage,
+                !kDeferDq || i0 > i_begin);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
-#pragma unroll
-      for (int c0 = c_first + kDqWidth<D>; c0 < c_first + kDqSpan; c0 += kDqWidth<D>) {
-        issue_dq<D, kDqTiles>(dq, dz_tiles, k_tiles, c0);
-        commit_products<D>();
-        wait_products<D, 0>(dq);
-        add_dq<D>(p, s, h, i0, c0, dq, my_dq);
+      __syncthreads();  // this stage is free for the next copies; kDeferDq: both dZ are staged
+      if (kDeferDq && diagonal && want_pos) {
+        add_diagonal_gradients<D>(p, dz_buffer(stage) + group * kDzTile, s_bias, smem_pos, i0 - jg);
       }
-      __syncthreads();  // this stage and the staged dZ are free for the next tile
+    }
+    if (kDeferDq && i_begin < i_end) {  // the last query tile's dQ
+      issue_first_dq(stage ^ 1);
+      wait_products<D, 0>(dq);
+      finish_dq(i_begin + (i_end - i_begin - 1) / kCols * kCols, stage ^ 1, true);
     }
     cp_async_wait<0>();
     __syncthreads();  // the query stages are free: dK and dV leave through them
