@@ -138,6 +138,15 @@ __device__ __forceinline__ void group_barrier() {
                : "memory");
 }
 
+// Named barrier `id` shared by the two warpgroups of a block: one arrives (without waiting), the
+// other waits for those arrivals. Ids from 3 on (group_barrier takes 1 and 2).
+__device__ __forceinline__ void arrive_for_other_group(int id) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(2 * kThreads) : "memory");
+}
+__device__ __forceinline__ void wait_for_other_group(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(2 * kThreads) : "memory");
+}
+
 // ---- PTX wrappers ---------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -1350,8 +1359,17 @@ __global__ void __launch_bounds__(kThreads* G)
   constexpr bool kPos = kBias & kPositionBias, kTime = kBias & kTimeBias;
   uint8_t* s_slots = reinterpret_cast<uint8_t*>(s_do + 2 * kCols * LD);  // kTime only
   T* s_dz = reinterpret_cast<T*>(s_slots + (kTime ? 2 * G * kSlotTile : 0));
-  // kBias only: bias state, gradient sums (positions, then time slots)
   constexpr bool kDeferDq = key_defers_dq<D, kBias>(kWg<D>);
+  // kHandOff (two warpgroups, dQ a step late): the warpgroups need not meet at every step, so that
+  // one's activation can run while the other's products are on the tensor cores. Each hands the
+  // other its staged dZ tile by a named barrier (3 + 2 receiver + buffer), and the one that
+  // finishes with a stage last issues the copies of the tile two steps on (stage_users counts).
+  // Holding warpgroup 1 half a step behind 0 (FlashAttention-3's ping-pong) measured slower.
+  constexpr bool kHandOff = kDeferDq && G == 2;
+  auto dz_hand_off = [](int receiver, int buffer) { return 3 + 2 * receiver + buffer; };
+  __shared__ int stage_users[2];
+  if (kHandOff && threadIdx.x < 2) stage_users[threadIdx.x] = 0;
+  // kBias only: bias state, gradient sums (positions, then time slots)
   float* s_dq = reinterpret_cast<float*>(s_dz + (kDeferDq ? 2 : 1) * G * kDzTile);  // wgmma only
   BiasSmem* bs = reinterpret_cast<BiasSmem*>(s_dq + (kWg<D> ? G * kRows * kDqCols : 0));
   float* s_bias = reinterpret_cast<float*>(bs + 1);
@@ -1408,23 +1426,26 @@ __global__ void __launch_bounds__(kThreads* G)
     }
     // A stage's time slot tile of warpgroup g (query tile i0 / 64 against its key tile).
     auto slot_tile = [&](int stage, int g) { return s_slots + (stage * G + g) * kSlotTile; };
-    auto load_queries = [&](int i0, int stage) {
-      T* dst_q = s_q + stage * kCols * LD;
-      T* dst_do = s_do + stage * kCols * LD;
-      if constexpr (kTma) {
+    // With TMA the calling thread issues a stage's copies; load_queries has thread 0 do it.
+    auto copy_queries = [&]([[maybe_unused]] int i0, [[maybe_unused]] int stage) {
 #if GENREC_WGMMA
-        if (threadIdx.x == 0) {
-          tma::arrive_expecting(stage_ready + stage, 2 * kCols * D * sizeof(T));
-          copy_rows<D>(dst_q, maps.q, stage_ready + stage, h, s.kv_start + i0);
-          copy_rows<D>(dst_do, maps.d_out, stage_ready + stage, h, s.kv_start + i0);
-        }
+      tma::arrive_expecting(stage_ready + stage, 2 * kCols * D * sizeof(T));
+      copy_rows<D>(s_q + stage * kCols * LD, maps.q, stage_ready + stage, h, s.kv_start + i0);
+      copy_rows<D>(s_do + stage * kCols * LD, maps.d_out, stage_ready + stage, h, s.kv_start + i0);
 #endif
+    };
+    auto load_queries = [&](int i0, int stage) {
+      if constexpr (kTma) {
+        if (threadIdx.x == 0) copy_queries(i0, stage);
       } else {
+        T* dst_q = s_q + stage * kCols * LD;
+        T* dst_do = s_do + stage * kCols * LD;
         load_stage<D, G>(dst_q, dst_do, q, p.ld_q, d_out, p.ld_o, s, h, i0);
       }
       if constexpr (kTime) load_slots(slot_tile(stage, group), p, bs, s, i0 / kCols, jg / kCols);
     };
     if (i_begin < i_end) load_queries(i_begin, 0);
+    if (kHandOff && i_begin + kCols < i_end) load_queries(i_begin + kCols, 1);
     cp_async_commit();
     constexpr int kDiagonals = kKeys + kCols - 1;
     auto lowest_diagonal = [&](int i0) { return i0 - j0 - (kKeys - 1); };
@@ -1466,7 +1487,7 @@ __global__ void __launch_bounds__(kThreads* G)
 
     int stage = 0;  // also the dZ buffer of the step
     for (int i0 = i_begin; i0 < i_end; i0 += kCols, stage ^= 1) {
-      if (i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
+      if (!kHandOff && i0 + kCols < i_end) load_queries(i0 + kCols, stage ^ 1);
       cp_async_commit();
       // A warpgroup's tile is a candidate only if the first one's is: its keys come later.
       const bool diagonal = kBias && diagonal_tile(s, jg, i0);
@@ -1497,6 +1518,7 @@ __global__ void __launch_bounds__(kThreads* G)
       // kDeferDq: the previous query tile's dQ, issued every step (at the first tile it
       // multiplies a stale buffer and is dropped: an issue under a condition makes ptxas
       // serialise the pipeline).
+      if (kHandOff && i0 > i_begin) wait_for_other_group(dz_hand_off(group, stage ^ 1));
       if constexpr (kDeferDq) issue_first_dq(stage ^ 1);
       wait_products<D, (kDeferDq ? 1 : 0)>(dp, sc);
       // Scores -> Pᵀ (in sc) and dZᵀ (in dp), and the bias gradients.
@@ -1565,8 +1587,14 @@ __global__ void __launch_bounds__(kThreads* G)
         commit_products<D>();
       };
       if constexpr (!kWg<D>) issue_dkv();
+      // kDeferDq: the previous tile's dQ has read this buffer (it ran during the activation).
+      if constexpr (kDeferDq) wait_products<D, 0>(dq);
       stage_dz<D>(dz_buffer(stage) + group * kDzTile, zf);
       shared_written<D>();
+      if constexpr (kHandOff) {
+        group_barrier();  // this warpgroup's dZ tile is complete for its own dQ
+        arrive_for_other_group(dz_hand_off(group ^ 1, stage));
+      }
       if constexpr (!kDeferDq) {
         __syncthreads();  // the staged dZ is complete
         if (diagonal && want_pos) {
@@ -1580,12 +1608,26 @@ __global__ void __launch_bounds__(kThreads* G)
       finish_dq(kDeferDq ? i0 - kCols : i0, kDeferDq ? stage ^ 1 : stage,
                 !kDeferDq || i0 > i_begin);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
-      __syncthreads();  // this stage is free for the next copies; kDeferDq: both dZ are staged
+      if constexpr (kHandOff) {
+        // The warpgroup that finishes with the stage last hands it to the copies of tile i0 + 128.
+        group_barrier();
+        if (group_thread() == 0) {
+          __threadfence_block();
+          if (atomicAdd(stage_users + stage, 1) == G - 1) {
+            stage_users[stage] = 0;
+            __threadfence_block();
+            if (i0 + 2 * kCols < i_end) copy_queries(i0 + 2 * kCols, stage);
+          }
+        }
+      } else {
+        __syncthreads();  // this stage is free for the next copies; kDeferDq: both dZ are staged
+      }
       if (kDeferDq && diagonal && want_pos) {
         add_diagonal_gradients<D>(p, dz_buffer(stage) + group * kDzTile, s_bias, smem_pos, i0 - jg);
       }
     }
     if (kDeferDq && i_begin < i_end) {  // the last query tile's dQ
+      if constexpr (kHandOff) wait_for_other_group(dz_hand_off(group, stage ^ 1));
       issue_first_dq(stage ^ 1);
       wait_products<D, 0>(dq);
       finish_dq(i_begin + (i_end - i_begin - 1) / kCols * kCols, stage ^ 1, true);
