@@ -139,8 +139,9 @@ __device__ __forceinline__ void group_barrier() {
 }
 
 // Named barrier `id` shared by the two warpgroups of a block: one arrives (without waiting), the
-// other waits for those arrivals. Ids from 3 on (group_barrier takes 1 and 2).
-__device__ __forceinline__ void arrive_for_other_group(int id) {
+// other waits for those arrivals. Ids from 3 on (group_barrier takes 1 and 2). Only the kernels
+// with two warpgroups on the wgmma path call them.
+[[maybe_unused]] __device__ __forceinline__ void arrive_for_other_group(int id) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(2 * kThreads) : "memory");
 }
 __device__ __forceinline__ void wait_for_other_group(int id) {
@@ -1464,7 +1465,8 @@ __global__ void __launch_bounds__(kThreads* G)
     constexpr int kDqTiles = kByColumns ? G : 1;
     constexpr int kDqSpan = kByColumns ? D / G : D;
     auto dz_buffer = [&](int b) { return s_dz + (kDeferDq ? b : 0) * G * kDzTile; };
-    auto dz_tiles = [&](int b) { return dz_buffer(b) + (kByColumns ? 0 : group * kDzTile); };
+    auto my_dz = [&](int b) { return dz_buffer(b) + group * kDzTile; };  // this warpgroup's tile
+    auto dz_tiles = [&](int b) { return kByColumns ? dz_buffer(b) : my_dz(b); };
     const T* k_tiles = kByColumns ? s_k : my_k;
     const int c_first = kByColumns ? group * kDqSpan : 0;
     float dq[kDqWidth<D> / 8][4];
@@ -1589,7 +1591,7 @@ __global__ void __launch_bounds__(kThreads* G)
       if constexpr (!kWg<D>) issue_dkv();
       // kDeferDq: the previous tile's dQ has read this buffer (it ran during the activation).
       if constexpr (kDeferDq) wait_products<D, 0>(dq);
-      stage_dz<D>(dz_buffer(stage) + group * kDzTile, zf);
+      stage_dz<D>(my_dz(stage), zf);
       shared_written<D>();
       if constexpr (kHandOff) {
         group_barrier();  // this warpgroup's dZ tile is complete for its own dQ
@@ -1598,8 +1600,7 @@ __global__ void __launch_bounds__(kThreads* G)
       if constexpr (!kDeferDq) {
         __syncthreads();  // the staged dZ is complete
         if (diagonal && want_pos) {
-          add_diagonal_gradients<D>(p, dz_buffer(stage) + group * kDzTile, s_bias, smem_pos,
-                                    i0 - jg);
+          add_diagonal_gradients<D>(p, my_dz(stage), s_bias, smem_pos, i0 - jg);
         }
         issue_first_dq(stage);
       }
@@ -1623,7 +1624,7 @@ __global__ void __launch_bounds__(kThreads* G)
         __syncthreads();  // this stage is free for the next copies; kDeferDq: both dZ are staged
       }
       if (kDeferDq && diagonal && want_pos) {
-        add_diagonal_gradients<D>(p, dz_buffer(stage) + group * kDzTile, s_bias, smem_pos, i0 - jg);
+        add_diagonal_gradients<D>(p, my_dz(stage), s_bias, smem_pos, i0 - jg);
       }
     }
     if (kDeferDq && i_begin < i_end) {  // the last query tile's dQ
