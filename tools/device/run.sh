@@ -16,7 +16,8 @@
 # the .deb files compiles the same binaries, and `--prebuilt` runs them on the GPU machine
 # without spending its time on compiling. The tests then run from the gtest binary itself
 # (ctest's files name the build machine's paths), and the benchmarks whose binary is missing
-# are skipped.
+# are skipped. The summary and the benchmarks name the commit the binaries were built from, which
+# the build writes to source-commit in the build directory.
 # Environment: GENREC_BUILD_DIR (build-device), GENREC_CUDA_ARCH (90a), GENREC_JOBS (nproc),
 # GENREC_TEST_TIMEOUT (seconds per test, 600; with --prebuilt per half: CUDA, then CPU tests),
 # GENREC_TABLE_BENCH_TIMEOUT (seconds, 300),
@@ -45,7 +46,7 @@ for arg in "$@"; do
     --build-only) build_only=1 ;;
     --no-bench) bench=0 ;;
     --prebuilt) prebuilt=1 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -74,9 +75,22 @@ step() {
   return $rc
 }
 
+# The commit the binaries were built from: the build writes it next to them (with "-dirty" when
+# the tree had changes), so that --prebuilt binaries name their source, not this copy's HEAD.
+source_commit() {
+  git -C "$REPO" describe --always --dirty 2>/dev/null || echo 'no git'
+}
+binaries_commit() {
+  if [ $prebuilt -eq 1 ]; then
+    cat "$BUILD/source-commit" 2>/dev/null || echo 'prebuilt, source unknown'
+  else
+    source_commit
+  fi
+}
+
 print_summary() {
   echo
-  echo "==== summary ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no git'), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo 'no nvidia-smi'))"
+  echo "==== summary ($(binaries_commit), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo 'no nvidia-smi'))"
   printf '| %-22s | %-4s | %7s | %s\n' step rc time detail
   printf '|%s|%s|%s|%s\n' "------------------------" "------" "---------" "-------"
   for line in "${summary[@]}"; do echo "$line"; done
@@ -167,7 +181,8 @@ configure() {
 build() {
   # shellcheck disable=SC2086 # one word per target
   cmake --build "$BUILD" -j"$JOBS" ${GENREC_TARGETS:+--target $GENREC_TARGETS} 2>&1 | tee "$LOGS/build.log" | grep -E "error|warning|Linking|Built target" | tail -40
-  [ "${PIPESTATUS[0]}" -eq 0 ]
+  [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+  source_commit >"$BUILD/source-commit"
 }
 
 # run_tests NAME CUDA|CPU: the CUDA tests (names starting with Cuda) or the others, with a
@@ -231,7 +246,7 @@ bench_step() {
 }
 
 run_bench() {
-  GENREC_COMMIT="${GENREC_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  GENREC_COMMIT="${GENREC_COMMIT:-$(binaries_commit)}" \
     "$BUILD/genrec_cuda_bench" 2>&1 | tee "$LOGS/bench.log"
   local rc=${PIPESTATUS[0]}
   grep -m1 "^device:" "$LOGS/bench.log" | cut -c1-60 >"$LOGS/bench.txt"
@@ -239,7 +254,7 @@ run_bench() {
 }
 
 run_attention_bench() {
-  GENREC_COMMIT="${GENREC_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  GENREC_COMMIT="${GENREC_COMMIT:-$(binaries_commit)}" \
     "$BUILD/genrec_attention_bench" 2>&1 | tee "$LOGS/attention-bench.log"
   local rc=${PIPESTATUS[0]}
   grep -m1 "| 32 | 1024 | 4 | 128 | uniform" "$LOGS/attention-bench.log" |
