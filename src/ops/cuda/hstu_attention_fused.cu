@@ -1280,41 +1280,43 @@ __device__ __forceinline__ void issue_dq(float (&acc)[kDqWidth<D> / 8][4], const
 }
 
 #if GENREC_WGMMA
-// add_dq_rows through shared memory: the warpgroup writes its 64 x 64 fragment to its staging
-// rows, laid out as the sums are, and one thread hands the tile's valid rows (one span) to the
-// bulk-copy unit as a reduce-add. From registers it took 8 vector atomics and 16 shuffles per
-// thread, and at 255 registers every atomic held the registers the next shuffle needed.
+// add_dq_rows through shared memory: each warp writes its 16 x 64 fragment to its staging rows,
+// laid out as the sums are, and its lane 0 hands the valid ones (one span) to the bulk-copy unit
+// as a reduce-add. From registers it took 8 vector atomics and 16 shuffles per thread, and at
+// 255 registers every atomic held the registers the next shuffle needed. A reduction per warp
+// (not per warpgroup) keeps the warps apart: none waits at a barrier for another's staging.
 __device__ __forceinline__ void add_dq_rows_bulk(float* dst, int64_t token, int rows,
                                                  float* staging,
                                                  const float (&acc)[kDqCols / 8][4]) {
   const int lane = lane_id(), w = group_warp();
-  const bool issues = group_thread() == 0;
-  if (issues) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-  group_barrier();  // the previous reduction has read the staging rows
+  float* warp_rows = staging + 16 * w * kDqCols;
+  if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  __syncwarp();  // the warp's previous reduction has read its staging rows
 #pragma unroll
   for (int n = 0; n < kDqCols / 8; ++n) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = 16 * w + lane / 4 + 8 * half;
-      *reinterpret_cast<float2*>(staging + r * kDqCols +
-                                 dq_column(8 * n + 2 * (lane % 4), token + r)) =
+      const int r = lane / 4 + 8 * half;
+      *reinterpret_cast<float2*>(warp_rows + r * kDqCols +
+                                 dq_column(8 * n + 2 * (lane % 4), token + 16 * w + r)) =
           make_float2(acc[n][2 * half], acc[n][2 * half + 1]);
     }
   }
   wgmma::fence_shared();
-  group_barrier();
-  if (issues && rows > 0) {
+  __syncwarp();
+  const int valid = min(rows - 16 * w, 16);
+  if (lane == 0 && valid > 0) {
     asm volatile(
         "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-        "cp.async.bulk.commit_group;\n" ::"l"(dst),
-        "r"(smem_u32(staging)), "r"(rows * kDqCols * static_cast<int>(sizeof(float)))
+        "cp.async.bulk.commit_group;\n" ::"l"(dst + 16 * w * kDqCols),
+        "r"(smem_u32(warp_rows)), "r"(valid * kDqCols * static_cast<int>(sizeof(float)))
         : "memory");
   }
 }
 
 // Before a block leaves: its bulk reductions have read its shared memory and are done.
 __device__ __forceinline__ void finish_dq_bulk() {
-  if (group_thread() == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  if (lane_id() == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 #endif
 
@@ -1363,8 +1365,9 @@ __global__ void __launch_bounds__(kThreads* G)
   constexpr bool kDeferDq = key_defers_dq<D, kBias>(kWg<D>);
   // kHandOff (two warpgroups, dQ a step late): the warpgroups need not meet at every step, so that
   // one's activation can run while the other's products are on the tensor cores. Each hands the
-  // other its staged dZ tile by a named barrier (3 + 2 receiver + buffer), and the one that
-  // finishes with a stage last issues the copies of the tile two steps on (stage_users counts).
+  // other its staged dZ tile by a named barrier (3 + 2 receiver + buffer), and the warp (of
+  // either) that finishes with a stage last issues the copies of the tile two steps on
+  // (stage_users counts).
   // Holding warpgroup 1 half a step behind 0 (FlashAttention-3's ping-pong) measured slower.
   constexpr bool kHandOff = kDeferDq && G == 2;
   auto dz_hand_off = [](int receiver, int buffer) { return 3 + 2 * receiver + buffer; };
@@ -1593,10 +1596,9 @@ __global__ void __launch_bounds__(kThreads* G)
       if constexpr (kDeferDq) wait_products<D, 0>(dq);
       stage_dz<D>(my_dz(stage), zf);
       shared_written<D>();
-      if constexpr (kHandOff) {
-        group_barrier();  // this warpgroup's dZ tile is complete for its own dQ
-        arrive_for_other_group(dz_hand_off(group ^ 1, stage));
-      }
+      // No barrier of this warpgroup first: its own wait for the other's tile, a barrier of both
+      // warpgroups' threads, also finds this tile complete for its own dQ.
+      if constexpr (kHandOff) arrive_for_other_group(dz_hand_off(group ^ 1, stage));
       if constexpr (!kDeferDq) {
         __syncthreads();  // the staged dZ is complete
         if (diagonal && want_pos) {
@@ -1610,11 +1612,12 @@ __global__ void __launch_bounds__(kThreads* G)
                 !kDeferDq || i0 > i_begin);
       wait_products<D, 0>(acc_v, acc_k, pf, zf);
       if constexpr (kHandOff) {
-        // The warpgroup that finishes with the stage last hands it to the copies of tile i0 + 128.
-        group_barrier();
-        if (group_thread() == 0) {
+        // The warp that finishes with the stage last (every warp has waited for its products)
+        // hands it to the copies of tile i0 + 128.
+        __syncwarp();
+        if (lane == 0) {
           __threadfence_block();
-          if (atomicAdd(stage_users + stage, 1) == G - 1) {
+          if (atomicAdd(stage_users + stage, 1) == kWarps * G - 1) {
             stage_users[stage] = 0;
             __threadfence_block();
             if (i0 + 2 * kCols < i_end) copy_queries(i0 + 2 * kCols, stage);
