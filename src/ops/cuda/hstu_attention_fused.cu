@@ -12,12 +12,12 @@
 // the A operand of the next product without a trip through shared memory (the m16n8
 // accumulator layout of two adjacent tiles is the m16k16 A layout, for wgmma as for mma.sync). HSTU
 // needs no running maximum, so there is no rescaling. Rows owned by a block (O; dK and dV) are
-// written once (through shared memory); dQ is summed over the key tiles in an fp32 buffer (a bulk
-// reduction per tile from shared memory on sm_90a, atomics elsewhere; a small kernel then scales
-// and rounds it), and so are the bias gradients (atomics), which all pairs share. The KV-cache
-// forward may split a query tile's keys over blocks whose fp32 parts a small kernel adds. With a
-// time bias, a first kernel writes every pair's time slot (a byte) for all heads to share, and the
-// tiles of slots stream in next to the tiles they belong to.
+// written once (through shared memory); dQ is summed over the key tiles in an fp32 buffer (zeroed
+// by a small kernel; a bulk reduction per tile from shared memory on sm_90a, atomics elsewhere;
+// another small kernel then scales and rounds it), and so are the bias gradients (atomics), which
+// all pairs share. The KV-cache forward may split a query tile's keys over blocks whose fp32 parts
+// a small kernel adds. With a time bias, a first kernel writes every pair's time slot (a byte) for
+// all heads to share, and the tiles of slots stream in next to the tiles they belong to.
 #include "ops/cuda/kernel_util.cuh"  // first: it configures fmt for nvcc
 
 #include <cuda_bf16.h>
@@ -1089,6 +1089,20 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- key kernel: backward -------------------------------------------------------------------
 
+// Programmatic dependent launch (sm_90): a kernel launched with it may start while the stream's
+// previous kernel ends, once that one has allowed it, and waits for its results here. Both are
+// no-ops for a kernel launched without it.
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_grid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Whether the key kernel issues a query tile's dQ a step late, with the next tile's scores, so
 // that it runs on the tensor cores during that tile's activation (wgmma only). Its dZ tiles then
 // need two buffers. The biased kernels at D = 128 keep the product in their step: with it in
@@ -1347,6 +1361,8 @@ __global__ void __launch_bounds__(kThreads* G)
     key_kernel(Params p, T* __restrict__ d_k, T* __restrict__ d_v, const T* __restrict__ d_out,
                const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                const __grid_constant__ TileMaps maps) {
+  wait_for_previous_grid();         // the dQ sums are zeroed
+  allow_next_grid();                // store_dq_kernel may take the multiprocessors this grid leaves
   constexpr int kKeys = G * kRows;  // keys a block owns
   // With wgmma thread 0 copies every tile by TMA, each stage counted on its barrier; rows past a
   // sequence's end then hold the next sequence's (or zeros past the batch): the masks keep them
@@ -1720,21 +1736,45 @@ __global__ void sum_parts_kernel(T* __restrict__ out, const float* __restrict__ 
   }
 }
 
-// d_q = alpha times the fp32 sums (laid out as dq_row says, blocks of `width` columns), rounded
-// to T, in rows ld_q apart; 8 columns of a token at a time (two 16-byte chunks of one block).
+// Zeroes the fp32 dQ sums (`planes` blocks of `width` columns per token) from the last token to
+// the first: the first tokens' rows, which the key kernel's first block group adds into, are
+// written last and so are the ones still in L2 when it starts.
+__global__ void zero_dq_kernel(float* __restrict__ acc, int64_t tokens, int planes, int width) {
+  allow_next_grid();
+  const int per_token = planes * width / 4;  // float4 chunks
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < tokens * per_token; e += stride) {
+    const int64_t token = tokens - 1 - e / per_token;
+    const int chunk = static_cast<int>(e % per_token), plane = chunk / (width / 4);
+    reinterpret_cast<float4*>(acc + (plane * tokens + token) * width)[chunk % (width / 4)] =
+        make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+}
+
+// d_q = alpha times the fp32 sums (laid out as dq_row says, blocks of `width` >= 32 columns),
+// rounded to T, in rows ld_q apart; 8 columns of a token at a time (two 16-byte chunks of one
+// block). From the last token to the first, so that the last block group's sums, the ones still
+// in L2, are read first; each 128-byte line of sums, once its four readers have read it, is
+// dropped from L2 without being written back (the sums are dead: every call zeroes them first).
 template <typename T>
 __global__ void store_dq_kernel(T* __restrict__ d_q, int64_t ld_q, const float* __restrict__ acc,
                                 int64_t tokens, int heads, int dim, int width, float alpha) {
+  wait_for_previous_grid();  // the key kernel's sums are complete
   const int64_t per_token = heads * dim / 8;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        e < tokens * per_token; e += stride) {
-    const int64_t token = e / per_token;
+    const int64_t token = tokens - 1 - e / per_token;
     const int col = static_cast<int>(e % per_token) * 8, h = col / dim, c = col % dim;
     const float* row = acc + dq_offset(h, c, token, tokens, dim, width);
     const float4 lo = *reinterpret_cast<const float4*>(row + dq_column(c % width, token));
     const float4 hi = *reinterpret_cast<const float4*>(row + dq_column(c % width + 4, token));
     *reinterpret_cast<uint4*>(d_q + token * ld_q + col) = pack8<T>(lo, hi, alpha);
+    __syncwarp(__activemask());  // the line's four readers (lanes 4k..4k+3) have their values
+    if (c % 32 == 0) {
+      asm volatile("discard.global.L2 [%0], 128;\n" ::"l"(row + c % width) : "memory");
+    }
   }
 }
 
@@ -1807,6 +1847,24 @@ Params make_params(const int64_t* kv_offsets, const int64_t* q_offsets, int64_t 
 void group_pairs(Params& p, int64_t bytes_per_pair) {
   p.groups = block_groups(static_cast<int64_t>(p.num_heads) * p.batch_size, bytes_per_pair,
                           detail::device_attribute<cudaDevAttrL2CacheSize>() / 3);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when
+// `dependent` (sm_90: the kernel waits for the previous one with wait_for_previous_grid).
+template <typename... Params, typename... Args>
+void launch_kernel(bool dependent, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = dependent ? 1 : 0;
+  GENREC_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 // Blocks of a 1-D grid of `tiles` per (sequence, head) pair (block_work).
@@ -2027,7 +2085,16 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   p.dq_tokens = num_tokens;
   DeviceBuffer<float> dq_sums(dq_elements, stream);
   p.dq_acc = dq_sums.data();
-  GENREC_CUDA_CHECK(cudaMemsetAsync(p.dq_acc, 0, dq_sums.bytes(), stream));
+  // Zeroed by a kernel, not a memset, so that the key kernel can start as it ends (below).
+  const int dq_width = static_cast<int>(std::min<int64_t>(shape.dim_qk, kDqCols));
+  const int dq_planes = static_cast<int>(shape.num_heads * shape.dim_qk / dq_width);
+  zero_dq_kernel<<<detail::grid_for(num_tokens * dq_planes * dq_width / 4, detail::kThreads),
+                   detail::kThreads, 0, stream>>>(p.dq_acc, num_tokens, dq_planes, dq_width);
+  GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (zero dq)");
+  // On Hopper the unbiased key kernel and store_dq_kernel are programmatic dependent launches:
+  // each one's blocks take the multiprocessors as the kernel before leaves them (the biased key
+  // kernels were not measured with it).
+  const bool dependent = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
   const TileMaps maps = tile_maps(p, shape.dim_qk, q, num_tokens, k, v, num_tokens, d_out);
   for_each_slot_chunk(p, max_len, max_len, stream, [&](const Params& chunk) {
     with_dim_and_bias(shape.dim_qk, chunk, [&](auto d, auto has_bias) {
@@ -2042,8 +2109,8 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
         group_pairs(key_p, max_len * D * (2 * static_cast<int64_t>(sizeof(T)) + 4));
         const dim3 grid(grid_blocks(key_p, key_p.num_tiles));
         allow_smem(key_kernel<T, D, kBias, G>, bytes);
-        key_kernel<T, D, kBias, G>
-            <<<grid, kThreads * G, bytes, stream>>>(key_p, d_k, d_v, d_out, q, k, v, maps);
+        launch_kernel(dependent && kBias == kNoBias, key_kernel<T, D, kBias, G>, grid,
+                      dim3(kThreads * G), bytes, stream, key_p, d_k, d_v, d_out, q, k, v, maps);
       };
       // Two warpgroups where the by-column dQ applies (Hopper's wgmma at D = 128); elsewhere one:
       // at D = 64 the pair measured 1.2-1.4x slower, and sm_80 has not been measured with it.
@@ -2057,11 +2124,10 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
     });
     GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward");
   });
-  store_dq_kernel<T>
-      <<<detail::grid_for(dq_elements / 8, detail::kThreads), detail::kThreads, 0, stream>>>(
-          d_q, shape.ld_q, p.dq_acc, num_tokens, static_cast<int>(shape.num_heads),
-          static_cast<int>(shape.dim_qk),
-          static_cast<int>(std::min<int64_t>(shape.dim_qk, kDqCols)), shape.alpha);
+  launch_kernel(dependent, store_dq_kernel<T>,
+                dim3(detail::grid_for(dq_elements / 8, detail::kThreads)), dim3(detail::kThreads),
+                0, stream, d_q, shape.ld_q, p.dq_acc, num_tokens, static_cast<int>(shape.num_heads),
+                static_cast<int>(shape.dim_qk), dq_width, shape.alpha);
   GENREC_CUDA_LAUNCH_CHECK("hstu_attention_fused_backward (dq)");
   if (p.bias_acc != nullptr) {
     constexpr int kAddThreads = 256;
