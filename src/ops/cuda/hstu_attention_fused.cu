@@ -1943,11 +1943,17 @@ void with_dim_and_bias(int64_t dim, const Params& p, F&& f) {
   }
 }
 
+// Whether the device runs the sm_90a code (Hopper): elsewhere the sm_80 code, or PTX built from
+// it, runs, which has no wgmma path and no programmatic launch (wait_for_previous_grid).
+bool sm90a_code() {
+  return detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9;
+}
+
 // Whether the kernels for head dim `dim` may run their wgmma code (kWg<D>, which the host cannot
-// see): on Hopper at D >= 64, the only place sm_90a code runs. The host then sizes their shared
-// memory for it and hands them tensor maps.
+// see): with the sm_90a code at D >= 64. The host then sizes their shared memory for it and hands
+// them tensor maps.
 bool wgmma_path(int64_t dim) {
-  return detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() == 9 && dim >= 64;
+  return sm90a_code() && dim >= 64;
 }
 
 // The maps of q, k, v (and d_out) for the wgmma kernels; empty elsewhere.
@@ -2094,7 +2100,7 @@ void hstu_attention_fused_backward(T* d_q, T* d_k, T* d_v, float* d_position_bia
   // On Hopper the unbiased key kernel and store_dq_kernel are programmatic dependent launches:
   // each one's blocks take the multiprocessors as the kernel before leaves them (the biased key
   // kernels were not measured with it).
-  const bool dependent = detail::device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
+  const bool dependent = sm90a_code();
   const TileMaps maps = tile_maps(p, shape.dim_qk, q, num_tokens, k, v, num_tokens, d_out);
   for_each_slot_chunk(p, max_len, max_len, stream, [&](const Params& chunk) {
     with_dim_and_bias(shape.dim_qk, chunk, [&](auto d, auto has_bias) {
